@@ -1,0 +1,34 @@
+# Hearth: `make run` and `make test` are the whole quick start (see README.md).
+
+# System packages: build tools, and the browsers the end-to-end tests drive.
+DEPS := build-essential pkg-config cmake chromium firefox-esr iproute2 util-linux fonts-dejavu-core ca-certificates
+CARGO ?= cargo
+STATE_DIR ?= $(CURDIR)/target/dev-state
+
+.PHONY: deps build run test lint bench
+
+deps:
+	@missing=""; for p in $(DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing system packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --release --locked
+
+run: build
+	./target/release/hearth --state-dir $(STATE_DIR) run --board dev
+
+# Unit tests run as they are; the browser tests run inside a private network namespace
+# (only `lo`), so no test traffic can reach the machine's LAN address or beyond.
+test: deps
+	$(CARGO) build --release --locked --all-targets
+	$(CARGO) test --release --locked --no-run
+	./tests/in-netns $(CARGO) test --release --locked --offline
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+bench: deps
+	$(CARGO) build --release --locked --all-targets
+	./tests/in-netns $(CARGO) bench --locked --offline

@@ -1,0 +1,279 @@
+//! The owner's configuration file: TOML, every field defaulted, unknown keys refused.
+//! Range checks run inside deserialization so every error carries the span of the bad value,
+//! which becomes "FILE:LINE:COLUMN: key `x.y`: problem" in one line.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub web: WebConfig,
+    pub call: CallConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// HTTPS port of the join page and signalling.
+    #[serde(deserialize_with = "port")]
+    pub https_port: u16,
+    /// Plain HTTP port that only redirects to HTTPS; 0 turns it off.
+    #[serde(deserialize_with = "port_or_zero")]
+    pub http_port: u16,
+    /// Name in join links and the certificate; empty means the machine's hostname.
+    pub hostname: String,
+    /// Address to listen on with `--lan`; empty means every address.
+    #[serde(deserialize_with = "optional_ip")]
+    pub lan_address: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallConfig {
+    /// The one UDP port every phone's media uses.
+    #[serde(deserialize_with = "port")]
+    pub udp_port: u16,
+    #[serde(deserialize_with = "max_participants")]
+    pub max_participants: usize,
+    /// How long a new join link stays valid unless `--ttl` says otherwise.
+    #[serde(deserialize_with = "invite_ttl")]
+    pub invite_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            web: WebConfig::default(),
+            call: CallConfig::default(),
+        }
+    }
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            https_port: 8443,
+            http_port: 8080,
+            hostname: String::new(),
+            lan_address: None,
+        }
+    }
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            udp_port: 10000,
+            max_participants: 8,
+            invite_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+pub const MAX_INVITE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The default configuration as commented TOML (`hearth config default`).
+pub const DEFAULT_TOML: &str = r#"# Hearth configuration. Every key is optional; these are the defaults.
+
+[web]
+# HTTPS port of the join page (phones open https://<hostname>.local:<port>/join#...).
+https_port = 8443
+# Plain HTTP port; it only redirects to HTTPS. 0 turns it off.
+http_port = 8080
+# Name used in join links and in Hearth's certificate. Empty: this machine's hostname.
+hostname = ""
+# With --lan: the address to listen on. Empty: all addresses.
+lan_address = ""
+
+[call]
+# The single UDP port that carries every phone's audio and video.
+udp_port = 10000
+# Most people in one call (2 to 16). Each phone receives everyone else's video.
+max_participants = 8
+# How long a new join link stays valid (for example "2h", "24h", "7d"; at most 30 days).
+invite_ttl = "24h"
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        /// "key `web.https_port`: " or empty when the error is not about one key.
+        key: String,
+        message: String,
+    },
+}
+
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+    toml::from_str::<Config>(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let (line, column) = line_and_column(text, offset);
+        let key = key_at(text, offset)
+            .map(|k| format!("key `{k}`: "))
+            .unwrap_or_default();
+        ConfigError::Invalid {
+            path: path.to_string(),
+            line,
+            column,
+            key,
+            message: e.message().replace('\n', " "),
+        }
+    })
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = text
+        .get(line_start..offset)
+        .map(|s| s.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+/// The dotted key whose line holds `offset`: the nearest `[table]` above plus the key on
+/// that line. None for lines that are not `key = value`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text.get(..offset)?.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text.get(line_start..)?.lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+        return None;
+    }
+    let table = text
+        .get(..line_start)?
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let value = i64::deserialize(d)?;
+    match u16::try_from(value) {
+        Ok(p) if p >= 1 => Ok(p),
+        _ => Err(serde::de::Error::custom(format!(
+            "port {value} is out of range (1 to 65535)"
+        ))),
+    }
+}
+
+fn port_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let value = i64::deserialize(d)?;
+    u16::try_from(value).map_err(|_| {
+        serde::de::Error::custom(format!("port {value} is out of range (0 to 65535)"))
+    })
+}
+
+fn max_participants<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let value = i64::deserialize(d)?;
+    match usize::try_from(value) {
+        Ok(n) if (2..=16).contains(&n) => Ok(n),
+        _ => Err(serde::de::Error::custom(format!(
+            "{value} is out of range (2 to 16)"
+        ))),
+    }
+}
+
+fn invite_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_ttl(&text).map_err(serde::de::Error::custom)
+}
+
+/// A link lifetime like "90m", "24h", "7d": at least a minute, at most 30 days.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like \"24h\": {e}"))?;
+    if ttl < Duration::from_secs(60) || ttl > MAX_INVITE_TTL {
+        return Err(format!("`{text}` is out of range (1 minute to 30 days)"));
+    }
+    Ok(ttl)
+}
+
+fn optional_ip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<IpAddr>()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("`{text}` is not an IP address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        parse(text, "hearth.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn default_text_is_the_default_config() {
+        assert_eq!(parse(DEFAULT_TOML, "default").unwrap(), Config::default());
+        assert_eq!(parse("", "empty").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn five_kinds_of_bad_config_name_file_line_column_and_key() {
+        let cases = [
+            // syntax error
+            ("[web]\nhttps_port = = 3\n", "hearth.toml:2:"),
+            // unknown key
+            ("[web]\nhttps_prot = 443\n", "hearth.toml:2:1: key `web.https_prot`: unknown field"),
+            // wrong type
+            ("[call]\nudp_port = \"ten\"\n", "hearth.toml:2:12: key `call.udp_port`: invalid type"),
+            // bad address
+            ("[web]\nlan_address = \"10.0.0.300\"\n", "hearth.toml:2:15: key `web.lan_address`: `10.0.0.300` is not an IP address"),
+            // out-of-range number
+            ("[call]\nmax_participants = 99\n", "hearth.toml:2:20: key `call.max_participants`: 99 is out of range"),
+            ("\n[web]\nhttps_port = 70000\n", "hearth.toml:3:14: key `web.https_port`: port 70000 is out of range"),
+            ("[call]\ninvite_ttl = \"forever\"\n", "hearth.toml:2:14: key `call.invite_ttl`: `forever` is not a duration"),
+            // unknown table
+            ("[cal]\nudp_port = 1\n", "hearth.toml:1:"),
+        ];
+        for (text, expected) in cases {
+            let message = error(text);
+            assert!(message.starts_with(expected), "{text:?} gave {message:?}");
+            assert!(!message.contains('\n'), "one line: {message:?}");
+        }
+    }
+
+    #[test]
+    fn ttl_bounds() {
+        assert_eq!(parse_ttl("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_ttl("10s").is_err());
+        assert!(parse_ttl("31d").is_err());
+    }
+}

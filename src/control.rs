@@ -1,0 +1,127 @@
+//! The CLI ↔ daemon control channel: one JSON request and one JSON response per connection
+//! on a Unix socket in the state dir, mode 0600 so only the owner can mint invites.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+pub const SOCKET_NAME: &str = "control.sock";
+const MAX_REQUEST_BYTES: u64 = 16 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    InviteCreate { name: String, ttl_secs: Option<u64> },
+    InviteList,
+    InviteRevoke { id: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// A request on its way to the hub, with where to send the answer.
+pub type Envelope = (Request, oneshot::Sender<Response>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("Hearth is not running (no control socket at {0})")]
+    NotRunning(PathBuf),
+    #[error("Hearth is already running (control socket {0} answers)")]
+    AlreadyRunning(PathBuf),
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the daemon sent something unreadable: {0}")]
+    BadResponse(String),
+}
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_NAME)
+}
+
+/// Bind the control socket, replacing a stale one left by a crash but never a live daemon's.
+pub async fn bind(state_dir: &Path) -> Result<UnixListener, ControlError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(state_dir);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(ControlError::AlreadyRunning(path));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let io = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let listener = UnixListener::bind(&path).map_err(io)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Accept CLI connections and pass their requests to the hub.
+pub async fn serve(listener: UnixListener, hub: mpsc::Sender<Envelope>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, hub).await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, hub: mpsc::Sender<Envelope>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST_BYTES))
+        .read_line(&mut line)
+        .await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Response::Error(format!("bad request: {e}")),
+        Ok(request) => {
+            let (tx, rx) = oneshot::channel();
+            if hub.send((request, tx)).await.is_err() {
+                Response::Error("Hearth is shutting down".into())
+            } else {
+                rx.await
+                    .unwrap_or_else(|_| Response::Error("Hearth is shutting down".into()))
+            }
+        }
+    };
+    let mut text = serde_json::to_string(&response).map_err(std::io::Error::other)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// The CLI side: one request, one response.
+pub async fn request(state_dir: &Path, request: &Request) -> Result<Response, ControlError> {
+    let path = socket_path(state_dir);
+    let stream = UnixStream::connect(&path)
+        .await
+        .map_err(|_| ControlError::NotRunning(path.clone()))?;
+    let io = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let (read, mut write) = stream.into_split();
+    let mut text = serde_json::to_string(request).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await.map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await.map_err(io)?;
+    serde_json::from_str(&line).map_err(|e| ControlError::BadResponse(e.to_string()))
+}

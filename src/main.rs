@@ -1,0 +1,171 @@
+//! `hearth`: the daemon and the owner's command line.
+
+mod app;
+mod board;
+mod call;
+mod config;
+mod control;
+mod hub;
+mod invite;
+mod protocol;
+mod room;
+mod sfu;
+mod tls;
+mod web;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::board::Board;
+use crate::control::{Request, Response};
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "Family video calls from a box at home")]
+struct Cli {
+    /// Where Hearth keeps its certificate, invites and control socket.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "dev")]
+        board: Board,
+        /// Open the call to the local network (the dev board is loopback-only without it).
+        #[arg(long)]
+        lan: bool,
+    },
+    /// Make a new join link (or list or revoke them).
+    Invite {
+        /// Who the link is for (shown in `--list`).
+        #[arg(long, default_value = "Guest")]
+        name: String,
+        /// How long the link works, e.g. 2h, 24h, 7d.
+        #[arg(long, value_parser = config::parse_ttl)]
+        ttl: Option<std::time::Duration>,
+        #[arg(long, conflicts_with = "revoke")]
+        list: bool,
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
+    },
+    /// Who is in the call, as JSON.
+    Status,
+    /// Print or check configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the full default configuration as commented TOML.
+    Default,
+    /// Validate a configuration file.
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HEARTH_LOG")
+                .unwrap_or_else(|_| "hearth=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hearth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let state_dir = cli.state_dir.unwrap_or_else(app::default_state_dir);
+    match cli.command {
+        Command::Run { config, board, lan } => {
+            let config = match config {
+                Some(path) => config::load(&path)?,
+                None => config::Config::default(),
+            };
+            install_crypto();
+            runtime()?.block_on(app::run(app::RunOptions {
+                state_dir,
+                config,
+                board,
+                lan,
+            }))
+        }
+        Command::Invite {
+            name,
+            ttl,
+            list,
+            revoke,
+        } => {
+            let request = if list {
+                Request::InviteList
+            } else if let Some(id) = revoke {
+                Request::InviteRevoke { id }
+            } else {
+                Request::InviteCreate {
+                    name,
+                    ttl_secs: ttl.map(|t| t.as_secs()),
+                }
+            };
+            let value = ask(&state_dir, &request)?;
+            match (&request, value.get("url").and_then(|u| u.as_str())) {
+                (Request::InviteCreate { .. }, Some(url)) => println!("{url}"),
+                _ => println!("{}", serde_json::to_string_pretty(&value)?),
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let value = ask(&state_dir, &Request::Status)?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
+        Command::Config { action } => match action {
+            ConfigAction::Default => {
+                print!("{}", config::DEFAULT_TOML);
+                Ok(())
+            }
+            ConfigAction::Check { file } => {
+                config::load(&file)?;
+                println!("{}: ok", file.display());
+                Ok(())
+            }
+        },
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// One crypto backend (aws-lc, with NEON paths on a Pi 4) for both TLS and DTLS-SRTP.
+fn install_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    str0m::crypto::from_feature_flags().install_process_default();
+}
+
+fn ask(state_dir: &Path, request: &Request) -> Result<serde_json::Value> {
+    let response = runtime()?.block_on(control::request(state_dir, request))?;
+    match response {
+        Response::Ok(value) => Ok(value),
+        Response::Error(message) => Err(anyhow::anyhow!(message)),
+    }
+}

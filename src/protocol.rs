@@ -1,0 +1,164 @@
+//! The signalling wire protocol between the join page and Hearth: JSON text frames on the
+//! WebSocket at `/ws`, one message per frame, tagged by `"type"`.
+//!
+//! Order of a session:
+//! 1. client `join` (first frame; carries the invite token)
+//! 2. server `refused` and close — or `welcome`, then `roster`
+//! 3. client `offer` (its one and only offer: its own camera and mic, send-only)
+//! 4. server `answer`
+//! 5. from then on only the server offers (`offer` → client `answer`) when tracks of other
+//!    participants come or go; so there is never glare.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest text frame accepted from a client; an SDP offer is a few KiB.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Longest display name kept; longer names are cut on a character boundary.
+pub const MAX_NAME_CHARS: usize = 40;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    Join {
+        token: String,
+        name: String,
+        /// Video codecs this browser can decode, as MIME subtypes ("H264", "VP8", …),
+        /// from `RTCRtpReceiver.getCapabilities('video')`.
+        #[serde(default)]
+        video_codecs: Vec<String>,
+    },
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    /// The participant's own mic/camera switches, shown to everyone on their tile.
+    Mute {
+        audio: bool,
+        video: bool,
+    },
+    Leave,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// The join was refused; the socket closes after this. Nothing about the call is sent.
+    Refused { reason: String },
+    Welcome {
+        /// This participant's id; the `msid` stream id of its forwarded tracks.
+        you: String,
+        /// The video codec to send with ("H264" or "VP8"): one every participant can decode.
+        publish_video_codec: VideoCodec,
+    },
+    /// Everyone in the call, this participant included, in join order.
+    Roster { participants: Vec<RosterEntry> },
+    Offer { sdp: String },
+    Answer { sdp: String },
+    /// Switch the video codec you send with (someone joined who cannot decode the old one).
+    PublishCodec { codec: VideoCodec },
+    /// A problem with the last message; the session goes on.
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterEntry {
+    pub id: String,
+    pub name: String,
+    /// Mic on (as the participant says).
+    pub audio: bool,
+    /// Camera on (as the participant says).
+    pub video: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VideoCodec {
+    H264,
+    VP8,
+}
+
+impl VideoCodec {
+    pub fn from_mime_subtype(name: &str) -> Option<VideoCodec> {
+        match name.to_ascii_uppercase().as_str() {
+            "H264" => Some(VideoCodec::H264),
+            "VP8" => Some(VideoCodec::VP8),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("message too large ({0} bytes)")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+pub fn parse_client_msg(text: &str) -> Result<ClientMsg, ProtocolError> {
+    if text.len() > MAX_CLIENT_MESSAGE_BYTES {
+        return Err(ProtocolError::TooLarge(text.len()));
+    }
+    Ok(serde_json::from_str(text)?)
+}
+
+/// Cut a display name to something safe to show: trimmed, control characters removed,
+/// at most [`MAX_NAME_CHARS`] characters; empty becomes "Guest".
+pub fn clean_name(raw: &str) -> String {
+    let cleaned: String = raw
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_NAME_CHARS)
+        .collect();
+    let trimmed = cleaned.trim();
+    if trimmed.is_empty() {
+        "Guest".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_parses_with_tag() {
+        let msg = parse_client_msg(
+            r#"{"type":"join","token":"abc","name":"Gran","video_codecs":["VP8"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            msg,
+            ClientMsg::Join {
+                token: "abc".into(),
+                name: "Gran".into(),
+                video_codecs: vec!["VP8".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_type_and_fields_are_errors_not_panics() {
+        assert!(parse_client_msg(r#"{"type":"hack"}"#).is_err());
+        assert!(parse_client_msg(r#"{"type":"mute","audio":true,"video":true,"x":1}"#).is_err());
+        assert!(parse_client_msg("not json").is_err());
+        let huge = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(70_000));
+        assert!(matches!(parse_client_msg(&huge), Err(ProtocolError::TooLarge(_))));
+    }
+
+    #[test]
+    fn server_messages_serialize_snake_case() {
+        let json = serde_json::to_string(&ServerMsg::PublishCodec { codec: VideoCodec::VP8 }).unwrap();
+        assert_eq!(json, r#"{"type":"publish_codec","codec":"VP8"}"#);
+    }
+
+    #[test]
+    fn names_are_cleaned() {
+        assert_eq!(clean_name("  \u{7}Ann\n "), "Ann");
+        assert_eq!(clean_name(""), "Guest");
+        assert_eq!(clean_name(&"x".repeat(100)).chars().count(), MAX_NAME_CHARS);
+    }
+}

@@ -1,0 +1,251 @@
+//! Who is in the call and what everyone must be told: the meaning of the room, apart from
+//! the media plane (`sfu`) and the wiring (`web`, `app`). Pure: inputs in, messages out.
+
+use std::time::Instant;
+
+use crate::protocol::{RosterEntry, ServerMsg, VideoCodec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ParticipantId(pub u64);
+
+impl std::fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Participant {
+    pub id: ParticipantId,
+    pub name: String,
+    pub can_decode_h264: bool,
+    pub audio: bool,
+    pub video: bool,
+    pub joined_at: Instant,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JoinRefused {
+    #[error("The call is full ({0} people). Try again when someone leaves.")]
+    Full(usize),
+    #[error("This browser cannot play the call's video (it decodes neither H.264 nor VP8).")]
+    NoCommonCodec,
+}
+
+/// A message for one participant.
+pub type Outgoing = (ParticipantId, ServerMsg);
+
+#[derive(Debug)]
+pub struct Room {
+    next_id: u64,
+    max_participants: usize,
+    participants: Vec<Participant>,
+}
+
+impl Room {
+    pub fn new(max_participants: usize) -> Self {
+        Room {
+            next_id: 1,
+            max_participants,
+            participants: Vec::new(),
+        }
+    }
+
+    pub fn participants(&self) -> &[Participant] {
+        &self.participants
+    }
+
+    /// The codec every publisher sends: H.264 while everyone can decode it (phones decode it
+    /// in hardware, and it is what the box's encoder makes), VP8 otherwise, since without
+    /// transcoding every subscriber must decode what a publisher sends.
+    pub fn publish_codec(&self) -> VideoCodec {
+        if self.participants.iter().all(|p| p.can_decode_h264) {
+            VideoCodec::H264
+        } else {
+            VideoCodec::VP8
+        }
+    }
+
+    pub fn join(
+        &mut self,
+        name: &str,
+        video_codecs: &[String],
+        now: Instant,
+    ) -> Result<(ParticipantId, Vec<Outgoing>), JoinRefused> {
+        if self.participants.len() >= self.max_participants {
+            return Err(JoinRefused::Full(self.max_participants));
+        }
+        let codecs: Vec<VideoCodec> = video_codecs
+            .iter()
+            .filter_map(|c| VideoCodec::from_mime_subtype(c))
+            .collect();
+        // An empty list means the browser did not say (old browser): assume both, as phones do.
+        let (h264, vp8) = if video_codecs.is_empty() {
+            (true, true)
+        } else {
+            (codecs.contains(&VideoCodec::H264), codecs.contains(&VideoCodec::VP8))
+        };
+        if !h264 && !vp8 {
+            return Err(JoinRefused::NoCommonCodec);
+        }
+        let codec_before = self.publish_codec();
+        let id = ParticipantId(self.next_id);
+        self.next_id += 1;
+        self.participants.push(Participant {
+            id,
+            name: crate::protocol::clean_name(name),
+            can_decode_h264: h264,
+            audio: true,
+            video: true,
+            joined_at: now,
+        });
+        let mut out = vec![(
+            id,
+            ServerMsg::Welcome {
+                you: id.to_string(),
+                publish_video_codec: self.publish_codec(),
+            },
+        )];
+        out.extend(self.codec_change_since(codec_before, Some(id)));
+        out.extend(self.roster_for_all());
+        Ok((id, out))
+    }
+
+    /// Remove a participant; unknown ids are ignored (a socket may close twice).
+    pub fn leave(&mut self, id: ParticipantId) -> Vec<Outgoing> {
+        let codec_before = self.publish_codec();
+        let before = self.participants.len();
+        self.participants.retain(|p| p.id != id);
+        if self.participants.len() == before {
+            return Vec::new();
+        }
+        let mut out = self.codec_change_since(codec_before, None);
+        out.extend(self.roster_for_all());
+        out
+    }
+
+    pub fn set_mute(&mut self, id: ParticipantId, audio: bool, video: bool) -> Vec<Outgoing> {
+        match self.participants.iter_mut().find(|p| p.id == id) {
+            Some(p) if (p.audio, p.video) != (audio, video) => {
+                p.audio = audio;
+                p.video = video;
+                self.roster_for_all()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn codec_change_since(
+        &self,
+        before: VideoCodec,
+        except: Option<ParticipantId>,
+    ) -> Vec<Outgoing> {
+        let codec = self.publish_codec();
+        if codec == before {
+            return Vec::new();
+        }
+        self.participants
+            .iter()
+            .filter(|p| Some(p.id) != except)
+            .map(|p| (p.id, ServerMsg::PublishCodec { codec }))
+            .collect()
+    }
+
+    fn roster_for_all(&self) -> Vec<Outgoing> {
+        let roster: Vec<RosterEntry> = self
+            .participants
+            .iter()
+            .map(|p| RosterEntry {
+                id: p.id.to_string(),
+                name: p.name.clone(),
+                audio: p.audio,
+                video: p.video,
+            })
+            .collect();
+        self.participants
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    ServerMsg::Roster {
+                        participants: roster.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codecs(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn roster_names(out: &[Outgoing], to: ParticipantId) -> Option<Vec<String>> {
+        out.iter().rev().find_map(|(p, m)| match m {
+            ServerMsg::Roster { participants } if *p == to => {
+                Some(participants.iter().map(|e| e.name.clone()).collect())
+            }
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn join_welcomes_and_tells_everyone() {
+        let now = Instant::now();
+        let mut room = Room::new(8);
+        let (a, _) = room.join("Ann", &codecs(&["H264", "VP8"]), now).unwrap();
+        let (b, out) = room.join("Bob", &codecs(&["H264", "VP8"]), now).unwrap();
+        assert!(matches!(
+            &out[0],
+            (p, ServerMsg::Welcome { publish_video_codec: VideoCodec::H264, .. }) if *p == b
+        ));
+        assert_eq!(roster_names(&out, a).unwrap(), vec!["Ann", "Bob"]);
+        assert_eq!(roster_names(&out, b).unwrap(), vec!["Ann", "Bob"]);
+    }
+
+    #[test]
+    fn a_vp8_only_joiner_switches_the_room_and_back_when_gone() {
+        let now = Instant::now();
+        let mut room = Room::new(8);
+        let (a, _) = room.join("Ann", &codecs(&["H264", "VP8"]), now).unwrap();
+        let (f, out) = room.join("Fox", &codecs(&["VP8", "VP9"]), now).unwrap();
+        assert!(out.contains(&(a, ServerMsg::PublishCodec { codec: VideoCodec::VP8 })));
+        assert!(matches!(
+            &out[0],
+            (_, ServerMsg::Welcome { publish_video_codec: VideoCodec::VP8, .. })
+        ));
+        // The joiner learns the codec from its welcome, not from a second message.
+        assert!(!out.iter().any(|(p, m)| *p == f && matches!(m, ServerMsg::PublishCodec { .. })));
+        let out = room.leave(f);
+        assert!(out.contains(&(a, ServerMsg::PublishCodec { codec: VideoCodec::H264 })));
+    }
+
+    #[test]
+    fn full_room_and_codecless_browser_are_refused() {
+        let now = Instant::now();
+        let mut room = Room::new(1);
+        room.join("Ann", &[], now).unwrap();
+        assert_eq!(room.join("Bob", &[], now).unwrap_err(), JoinRefused::Full(1));
+        let mut room = Room::new(4);
+        assert_eq!(
+            room.join("Old", &codecs(&["AV1"]), now).unwrap_err(),
+            JoinRefused::NoCommonCodec
+        );
+    }
+
+    #[test]
+    fn leave_twice_is_harmless_and_mute_is_broadcast_once() {
+        let now = Instant::now();
+        let mut room = Room::new(8);
+        let (a, _) = room.join("Ann", &[], now).unwrap();
+        let (b, _) = room.join("Bob", &[], now).unwrap();
+        assert_eq!(room.set_mute(a, false, true).len(), 2);
+        assert!(room.set_mute(a, false, true).is_empty());
+        assert_eq!(roster_names(&room.leave(b), a).unwrap(), vec!["Ann"]);
+        assert!(room.leave(b).is_empty());
+    }
+}
