@@ -185,10 +185,14 @@ impl Call {
         out: &mut Vec<Output>,
     ) {
         match msg {
-            ClientMsg::Offer { sdp } => match self.sfu.accept_offer(id, &sdp, now) {
-                Ok(answer) => out.push(Output::Send(conn, ServerMsg::Answer { sdp: answer })),
-                Err(e) => self.fail(conn, id, &e.to_string(), out),
-            },
+            ClientMsg::Offer { sdp } => {
+                let publish = self.room.publish_codec();
+                let decodes_h264 = self.room.participant(id).is_some_and(|p| p.can_decode_h264);
+                match self.sfu.accept_offer(id, &sdp, publish, decodes_h264, now) {
+                    Ok(answer) => out.push(Output::Send(conn, ServerMsg::Answer { sdp: answer })),
+                    Err(e) => self.fail(conn, id, &e.to_string(), out),
+                }
+            }
             ClientMsg::Answer { sdp } => {
                 if let Err(e) = self.sfu.accept_answer(id, &sdp, now) {
                     self.fail(conn, id, &e.to_string(), out);

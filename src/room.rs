@@ -55,6 +55,10 @@ impl Room {
         &self.participants
     }
 
+    pub fn participant(&self, id: ParticipantId) -> Option<&Participant> {
+        self.participants.iter().find(|p| p.id == id)
+    }
+
     /// The codec every publisher sends: H.264 while everyone can decode it (phones decode it
     /// in hardware, and it is what the box's encoder makes), VP8 otherwise, since without
     /// transcoding every subscriber must decode what a publisher sends.

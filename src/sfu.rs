@@ -7,10 +7,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use crate::protocol::VideoCodec;
 use crate::room::ParticipantId;
 
 /// A peer that has sent nothing for this long is gone (ICE failed, phone out of range).
@@ -124,6 +126,7 @@ struct Peer {
     tracks_in: Vec<TrackIn>,
     tracks_out: Vec<TrackOut>,
     pending: Option<SdpPendingOffer>,
+    decodes_h264: bool,
     created: Instant,
     last_heard: Option<Instant>,
     connected: bool,
@@ -174,23 +177,30 @@ impl Sfu {
     }
 
     /// The peer's one offer (its own camera and mic). Returns the SDP answer.
+    /// `publish` is the video codec this peer should send: listed first in the answer, since
+    /// a browser sends with the answer's first codec. `decodes_h264` is false for browsers
+    /// that list H.264 in SDP but cannot decode it; they are never sent H.264.
     pub fn accept_offer(
         &mut self,
         id: ParticipantId,
         sdp: &str,
+        publish: VideoCodec,
+        decodes_h264: bool,
         now: Instant,
     ) -> Result<String, SfuError> {
         if self.peers.iter().any(|p| p.id == id) {
             return Err(SfuError::SecondOffer);
         }
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        let mut rtc = Rtc::builder()
+        let config = Rtc::builder()
             .set_ice_lite(true)
             .clear_codecs()
-            .enable_opus(true, false)
-            .enable_h264(true)
-            .enable_vp8(true)
-            .build(now);
+            .enable_opus(true, false);
+        let config = match publish {
+            VideoCodec::H264 => config.enable_h264(true).enable_vp8(true),
+            VideoCodec::VP8 => config.enable_vp8(true).enable_h264(true),
+        };
+        let mut rtc = config.build(now);
         let candidate =
             Candidate::host(self.candidate, Protocol::Udp).map_err(|_| SfuError::NoCandidate)?;
         rtc.add_local_candidate(candidate);
@@ -217,6 +227,7 @@ impl Sfu {
             tracks_in: Vec::new(),
             tracks_out: existing,
             pending: None,
+            decodes_h264,
             created: now,
             last_heard: None,
             connected: false,
@@ -544,6 +555,9 @@ impl Peer {
     /// Write one publisher's frame to this subscriber. False when it does not subscribe
     /// (yet) or cannot decode that codec.
     fn forward(&mut self, origin: ParticipantId, data: &MediaData) -> bool {
+        if data.params.spec().codec == Codec::H264 && !self.decodes_h264 {
+            return false;
+        }
         let Some(mid) = self
             .tracks_out
             .iter()

@@ -49,6 +49,10 @@ const CHROMIUM_FLAGS: &[&str] = &[
 const FIREFOX_PREFS: &[(&str, &str)] = &[
     ("media.navigator.streams.fake", "true"), // synthetic camera + microphone
     ("media.navigator.permission.disabled", "true"), // no getUserMedia prompt
+    // Firefox gathers only the default-route address (none at all in a namespace with just `lo`)
+    // unless the page has camera/mic permission, and fake devices alone do not count as that.
+    ("permissions.default.camera", "1"),
+    ("permissions.default.microphone", "1"),
     ("media.autoplay.default", "0"),
     ("media.peerconnection.ice.loopback", "true"), // gather 127.0.0.1 candidates
     ("media.peerconnection.ice.obfuscate_host_addresses", "false"), // no mDNS .local names
@@ -127,6 +131,9 @@ struct Proc {
     child: Child,
     dir: PathBuf,
     log: Arc<Mutex<VecDeque<String>>>,
+    /// The output readers. Every helper process the browser forks inherits these pipes, so both
+    /// readers finishing means the whole process tree is gone, not just the main process.
+    pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -142,13 +149,23 @@ impl Drop for Proc {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Chromium's helpers outlive the main process briefly and keep writing to the profile.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !self.pumps.iter().all(|p| p.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for _ in 0..10 {
+            if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
 /// Drains one output pipe on a plain thread (a browser blocks once a pipe fills up), keeps the
 /// last lines for error messages, and reports the line that starts with `marker`.
-fn pump(out: impl Read + Send + 'static, marker: &'static str, tx: mpsc::UnboundedSender<String>, log: Arc<Mutex<VecDeque<String>>>) {
+fn pump(out: impl Read + Send + 'static, marker: &'static str, tx: mpsc::UnboundedSender<String>, log: Arc<Mutex<VecDeque<String>>>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(out).split(b'\n') {
             let Ok(line) = line else { break };
@@ -162,7 +179,7 @@ fn pump(out: impl Read + Send + 'static, marker: &'static str, tx: mpsc::Unbound
             }
             log.push_back(line);
         }
-    });
+    })
 }
 
 impl Browser {
@@ -171,10 +188,11 @@ impl Browser {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         let name = format!("hearth-{kind:?}-{}-{}-{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join(name.to_lowercase());
-        let (profile, home) = (dir.join("profile"), dir.join("home"));
+        let (profile, home, tmp) = (dir.join("profile"), dir.join("home"), dir.join("tmp"));
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::create_dir(&profile)?;
-        std::fs::create_dir(&home)?;
+        for d in [&profile, &home, &tmp] {
+            std::fs::create_dir(d)?;
+        }
 
         let (bin, marker, mut cmd) = match kind {
             BrowserKind::Chromium => {
@@ -192,9 +210,10 @@ impl Browser {
                 (FIREFOX_BIN, "WebDriver BiDi listening on ", cmd)
             }
         };
-        // A private HOME keeps both browsers away from the real user's dotfiles (and Firefox
-        // from complaining about a root-owned HOME of another user).
-        cmd.arg("about:blank").env("HOME", &home);
+        // Private HOME/TMPDIR/XDG_RUNTIME_DIR: nothing touches the real user's dotfiles or audio
+        // server, and the droppings (Chromium's singleton socket dir, PulseAudio's /tmp/pulse-*)
+        // land inside `dir`, which Drop removes.
+        cmd.arg("about:blank").env("HOME", &home).env("TMPDIR", &tmp).env("XDG_RUNTIME_DIR", &tmp);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = match cmd.spawn() {
             Ok(child) => child,
@@ -205,9 +224,11 @@ impl Browser {
         };
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        pump(child.stdout.take().unwrap(), marker, tx.clone(), log.clone());
-        pump(child.stderr.take().unwrap(), marker, tx, log.clone());
-        let mut proc = Proc { child, dir, log };
+        let pumps = vec![
+            pump(child.stdout.take().unwrap(), marker, tx.clone(), log.clone()),
+            pump(child.stderr.take().unwrap(), marker, tx, log.clone()),
+        ];
+        let mut proc = Proc { child, dir, log, pumps };
 
         let url = match timeout(LAUNCH_TIMEOUT, rx.recv()).await {
             Ok(Some(url)) => url,

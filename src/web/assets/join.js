@@ -26,10 +26,7 @@
   const quiet = (p) => { if (p && p.catch) p.catch(() => {}); };
   const make = (tag, cls) => { const e = document.createElement(tag); e.className = cls; return e; };
 
-  function setState(state) {
-    hearth.state = state;
-    document.body.dataset.state = state;
-  }
+  const setState = (state) => { hearth.state = state; document.body.dataset.state = state; };
 
   function show(view) { // 'lobby' | 'call' | 'after' | 'none'
     els.lobby.hidden = view !== 'lobby';
@@ -44,10 +41,7 @@
     try { return decodeURIComponent(raw); } catch (_) { return raw; }
   }
 
-  function resetJoinButton() {
-    els.join.disabled = false;
-    els.join.textContent = 'Join';
-  }
+  const resetJoinButton = () => { els.join.disabled = false; els.join.textContent = 'Join'; };
 
   function idleView() {
     if (hearth.state !== 'idle') return;
@@ -60,18 +54,15 @@
   // ---------- playback unlocking (must run inside a tap) ----------
   function makeVideo() {
     const v = document.createElement('video');
-    v.autoplay = true;
-    v.playsInline = true;
+    v.autoplay = v.playsInline = true;
     v.setAttribute('autoplay', '');
-    v.setAttribute('playsinline', '');
+    v.setAttribute('playsinline', ''); // iOS: play in the page, not full screen
     return v;
   }
 
   function playVideo(v) {
-    const p = v.play();
-    if (p && p.catch) {
-      p.catch((e) => { if (e && e.name === 'NotAllowedError') els.tap.hidden = false; });
-    }
+    const p = v.play(); // NotAllowedError: the browser wants a tap before playing sound
+    if (p && p.catch) p.catch((e) => { if (e && e.name === 'NotAllowedError') els.tap.hidden = false; });
   }
 
   function unlockPlayback() {
@@ -305,11 +296,7 @@
     const el = make('div', 'tile');
     el.dataset.participant = id;
     const video = isMe ? makeVideo() : videoPool.pop() || makeVideo();
-    if (isMe) {
-      video.muted = true;
-      video.setAttribute('muted', '');
-      video.classList.add('mirror');
-    }
+    if (isMe) { video.muted = true; video.setAttribute('muted', ''); video.classList.add('mirror'); }
     const avatar = make('div', 'avatar'), label = make('div', 'label');
     const name = make('span', 'name'), flags = make('span', 'flags');
     avatar.setAttribute('aria-hidden', 'true');

@@ -1,0 +1,164 @@
+//! Start the real `hearth` binary on loopback with its own state dir and free ports, for
+//! tests and benchmarks. Stopped with SIGTERM on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+pub struct Daemon {
+    child: Child,
+    pub state_dir: PathBuf,
+    pub https_port: u16,
+    pub udp_port: u16,
+    /// The join URL the daemon printed at start.
+    pub join_url: String,
+}
+
+pub fn hearth_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hearth"))
+}
+
+/// A unique empty directory under the system temp dir.
+pub fn temp_dir(label: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "hearth-{label}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A port that was free a moment ago (the OS picks it).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+impl Daemon {
+    pub fn start(label: &str) -> Result<Daemon> {
+        Self::start_in(&temp_dir(label))
+    }
+
+    /// Start with `state_dir` (which may already hold invites).
+    pub fn start_in(state_dir: &Path) -> Result<Daemon> {
+        let https_port = free_tcp_port();
+        let udp_port = free_udp_port();
+        let config = state_dir.join("test.toml");
+        std::fs::write(
+            &config,
+            format!("[web]\nhttps_port = {https_port}\nhttp_port = 0\n[call]\nudp_port = {udp_port}\n"),
+        )?;
+        let mut child = Command::new(hearth_bin())
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(["run", "--board", "dev", "--config"])
+            .arg(&config)
+            .env("HEARTH_LOG", "hearth=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting hearth")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("Join: ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let join_url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("hearth printed no join link within 30 s");
+            }
+        };
+        Ok(Daemon {
+            child,
+            state_dir: state_dir.to_path_buf(),
+            https_port,
+            udp_port,
+            join_url,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Run the CLI against this daemon: (exit success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        cli(&self.state_dir, args)
+    }
+
+    /// `hearth status` as JSON.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let (ok, out, err) = self.cli(&["status"]);
+        if !ok {
+            bail!("hearth status failed: {err}");
+        }
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// A fresh join URL from `hearth invite`.
+    pub fn invite(&self, name: &str) -> Result<String> {
+        let (ok, out, err) = self.cli(&["invite", "--name", name]);
+        if !ok {
+            bail!("hearth invite failed: {err}");
+        }
+        Ok(out.trim().to_string())
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("wss://127.0.0.1:{}/ws", self.https_port)
+    }
+}
+
+pub fn cli(state_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(hearth_bin())
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(args)
+        .output()
+        .expect("running hearth");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM first, so shutdown runs as in production.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

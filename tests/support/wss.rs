@@ -1,0 +1,69 @@
+//! A signalling client that trusts only the daemon's own CA, as a phone that installed it would.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use super::daemon::Daemon;
+
+pub type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn connect(daemon: &Daemon) -> Result<Socket> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = daemon.state_dir.join("tls/ca.pem");
+    for cert in CertificateDer::pem_file_iter(&ca).context("reading the daemon's CA")? {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut request = daemon.ws_url().into_client_request()?;
+    let origin = format!("https://127.0.0.1:{}", daemon.https_port);
+    request.headers_mut().insert("origin", origin.parse()?);
+    let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        None,
+        false,
+        Some(Connector::Rustls(Arc::new(config))),
+    )
+    .await
+    .context("connecting to signalling")?;
+    Ok(socket)
+}
+
+pub async fn send(socket: &mut Socket, value: serde_json::Value) -> Result<()> {
+    socket.send(Message::Text(value.to_string().into())).await?;
+    Ok(())
+}
+
+/// The next text message, or None when the server closed the socket.
+pub async fn next(socket: &mut Socket) -> Result<Option<serde_json::Value>> {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .map_err(|_| anyhow!("no message from the server within 10 s"))?;
+        match message {
+            None | Some(Ok(Message::Close(_))) => return Ok(None),
+            Some(Ok(Message::Text(text))) => return Ok(Some(serde_json::from_str(&text)?)),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Every message until the server closes the socket.
+pub async fn until_closed(socket: &mut Socket) -> Result<Vec<serde_json::Value>> {
+    let mut all = Vec::new();
+    while let Some(message) = next(socket).await? {
+        all.push(message);
+    }
+    Ok(all)
+}
