@@ -141,7 +141,16 @@ enum Propagate {
         publisher: ParticipantId,
         mid: Mid,
         kind: KeyframeRequestKind,
+        urgency: Urgency,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    /// A subscriber lost packets or asked: merged with other requests in a short window.
+    Repair,
+    /// A subscriber just started: it sees nothing until a keyframe, so never merged away.
+    NewSubscriber,
 }
 
 pub struct Sfu {
@@ -259,10 +268,13 @@ impl Sfu {
         }
         peer.tracks_out
             .retain(|t| !matches!(t.state, TrackOutState::Stopping(_)));
-        // A new subscriber can decode nothing until the next keyframe: ask for one now.
-        for (origin, mid, kind) in newly_open {
-            if kind == MediaKind::Video {
-                self.request_keyframe(origin, mid, KeyframeRequestKind::Pli, now);
+        // A new subscriber can decode nothing until the next keyframe: ask for one now if
+        // media can flow, else when it connects (a keyframe sent before would be lost).
+        if peer.connected {
+            for (origin, mid, kind) in newly_open {
+                if kind == MediaKind::Video {
+                    self.request_keyframe(origin, mid, KeyframeRequestKind::Pli, Urgency::NewSubscriber, now);
+                }
             }
         }
         Ok(())
@@ -405,7 +417,8 @@ impl Sfu {
                 publisher,
                 mid,
                 kind,
-            } => self.request_keyframe(publisher, mid, kind, now),
+                urgency,
+            } => self.request_keyframe(publisher, mid, kind, urgency, now),
         }
     }
 
@@ -414,6 +427,7 @@ impl Sfu {
         publisher: ParticipantId,
         mid: Mid,
         kind: KeyframeRequestKind,
+        urgency: Urgency,
         now: Instant,
     ) {
         let Some(peer) = self.peers.iter_mut().find(|p| p.id == publisher) else {
@@ -422,9 +436,10 @@ impl Sfu {
         let Some(track) = peer.tracks_in.iter_mut().find(|t| t.mid == mid) else {
             return;
         };
-        if track
-            .last_keyframe_request
-            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+        if urgency == Urgency::Repair
+            && track
+                .last_keyframe_request
+                .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
         {
             return;
         }
@@ -513,7 +528,19 @@ impl Peer {
         counters: &mut SfuCounters,
     ) {
         match event {
-            Event::Connected => self.connected = true,
+            Event::Connected => {
+                self.connected = true;
+                for track in &self.tracks_out {
+                    if track.kind == MediaKind::Video && track.open_mid().is_some() {
+                        propagate.push(Propagate::KeyframeWanted {
+                            publisher: track.origin,
+                            mid: track.origin_mid,
+                            kind: KeyframeRequestKind::Pli,
+                            urgency: Urgency::NewSubscriber,
+                        });
+                    }
+                }
+            }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.lost = Some(LostReason::IceDisconnected);
             }
@@ -535,6 +562,7 @@ impl Peer {
                         publisher: self.id,
                         mid: data.mid,
                         kind: KeyframeRequestKind::Fir,
+                        urgency: Urgency::Repair,
                     });
                 }
                 propagate.push(Propagate::Media(self.id, data));
@@ -545,6 +573,7 @@ impl Peer {
                         publisher: t.origin,
                         mid: t.origin_mid,
                         kind: req.kind,
+                        urgency: Urgency::Repair,
                     });
                 }
             }

@@ -12,7 +12,7 @@
 
   let session = 0; // bumped on every teardown; callbacks of older sessions compare and bail out
   let ws = null, pc = null, localStream = null, me = null, chain = Promise.resolve();
-  let audioTr = null, videoTr = null, audioCtx = null;
+  let audioTr = null, videoTr = null, mediaReady = Promise.resolve(null);
   let publishCodec = 'H264', prefsApplied = false, audioOn = false, videoOn = false, note = '';
   const tiles = new Map(); // participant id -> { el, video, avatar, name, flags, isMe }
   const remoteStreams = new Map(); // participant id -> MediaStream (may arrive before the roster)
@@ -65,18 +65,9 @@
     if (p && p.catch) p.catch((e) => { if (e && e.name === 'NotAllowedError') els.tap.hidden = false; });
   }
 
+  // Media elements started inside the Join tap may later play sound (iOS Safari's rule);
+  // remote tiles take their <video> from this pool.
   function unlockPlayback() {
-    try {
-      const AC = window.AudioContext || window.webkitAudioContext;
-      if (AC && !audioCtx) audioCtx = new AC();
-      if (audioCtx) {
-        quiet(audioCtx.resume());
-        const src = audioCtx.createBufferSource(); // one silent sample, the classic iOS unlock
-        src.buffer = audioCtx.createBuffer(1, 1, 22050);
-        src.connect(audioCtx.destination);
-        src.start(0);
-      }
-    } catch (e) { console.warn('Could not start audio output:', e); }
     while (videoPool.length < 6) videoPool.push(makeVideo());
     videoPool.forEach((v) => quiet(v.play()));
     els.tap.hidden = true;
@@ -126,18 +117,9 @@
     show('lobby');
     els.join.disabled = true;
     els.join.textContent = 'Joining…';
-    say('Asking for your camera and microphone…');
-    const stream = await getMedia();
-    if (s !== session) { if (stream) stream.getTracks().forEach((t) => t.stop()); return; }
-    localStream = stream;
-    audioOn = !!(stream && stream.getAudioTracks().length);
-    videoOn = !!(stream && stream.getVideoTracks().length);
-    if (!stream) {
-      note = 'Your camera and microphone are not available, so the others cannot see or hear you. You can still see and hear them.';
-    } else if (!videoOn) {
-      note = 'No camera found: the others can hear you but not see you.';
-    } else note = '';
-    say(note ? `${note} Connecting…` : 'Connecting…');
+    say('Connecting…');
+    // The camera starts while the call connects; its tracks join the call when ready.
+    mediaReady = getMedia();
     openSocket(token, name, s);
   }
 
@@ -155,6 +137,31 @@
     };
     sock.onmessage = (e) => { if (s === session) onMessage(e.data, s); };
     sock.onclose = () => { if (s === session) disconnected(); };
+  }
+
+  // Put the camera and mic into the call (replaceTrack needs no renegotiation).
+  async function attachLocal(stream, s) {
+    if (s !== session) { if (stream) stream.getTracks().forEach((t) => t.stop()); return; }
+    localStream = stream;
+    const a = stream && stream.getAudioTracks()[0];
+    const v = stream && stream.getVideoTracks()[0];
+    audioOn = !!a;
+    videoOn = !!v;
+    if (!stream) {
+      note = 'Your camera and microphone are not available, so the others cannot see or hear you. You can still see and hear them.';
+    } else if (!videoOn) {
+      note = 'No camera found: the others can hear you but not see you.';
+    } else note = '';
+    say(note);
+    try {
+      await audioTr.sender.replaceTrack(a || null);
+      await videoTr.sender.replaceTrack(v || null);
+    } catch (e) { console.error('Could not send camera or microphone:', e); }
+    const t = tiles.get(me);
+    if (t && stream) { t.video.srcObject = stream; playVideo(t.video); }
+    updateControls();
+    renderRoster();
+    if (!audioOn || !videoOn) send({ type: 'mute', audio: audioOn, video: videoOn });
   }
 
   function onMessage(data, s) {
@@ -220,7 +227,7 @@
 
   async function switchCodec(name) {
     const sender = videoTr && videoTr.sender;
-    if (!sender || !sender.track) return; // sending no video: nothing to switch
+    if (!sender) return;
     try {
       const wanted = String(name).toUpperCase();
       const codec = RTCRtpSender.getCapabilities('video').codecs
@@ -248,13 +255,11 @@
     conn.oniceconnectionstatechange = () => {
       if (s === session && conn.iceConnectionState === 'failed') disconnected();
     };
-    const a = localStream && localStream.getAudioTracks()[0];
-    const v = localStream && localStream.getVideoTracks()[0];
-    // With no camera/mic, track-less send-only transceivers keep the offer the same shape.
-    audioTr = a ? conn.addTransceiver(a, { direction: 'sendonly', streams: [localStream] })
-      : conn.addTransceiver('audio', { direction: 'sendonly' });
-    videoTr = v ? conn.addTransceiver(v, { direction: 'sendonly', streams: [localStream] })
-      : conn.addTransceiver('video', { direction: 'sendonly' });
+    // Send-only slots now, filled by attachLocal when the camera is ready: the call does not
+    // wait for camera start-up (often the slowest step of joining).
+    const outgoing = new MediaStream();
+    audioTr = conn.addTransceiver('audio', { direction: 'sendonly', streams: [outgoing] });
+    videoTr = conn.addTransceiver('video', { direction: 'sendonly', streams: [outgoing] });
     prefsApplied = applyPreferences(publishCodec);
 
     setState('in-call');
@@ -268,8 +273,8 @@
       await conn.setLocalDescription(await conn.createOffer());
       // ICE-lite server: no trickle, no waiting for gathering.
       send({ type: 'offer', sdp: conn.localDescription.sdp });
-      if (!audioOn || !videoOn) send({ type: 'mute', audio: audioOn, video: videoOn });
     });
+    mediaReady.then((stream) => attachLocal(stream, s));
   }
 
   function onRemoteTrack(e) {
