@@ -90,14 +90,21 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let lan = lan || board.on_lan_by_default();
 
     let (listen_ip, media_ip): (IpAddr, IpAddr) = if lan {
-        let media = config
-            .web
-            .lan_address
-            .or_else(lan_ipv4)
-            .ok_or_else(|| anyhow!("--lan: this machine has no network address besides loopback"))?;
-        (config.web.lan_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), media)
+        let media = config.web.lan_address.or_else(lan_ipv4).ok_or_else(|| {
+            anyhow!("--lan: this machine has no network address besides loopback")
+        })?;
+        (
+            config
+                .web
+                .lan_address
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            media,
+        )
     } else {
-        (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::LOCALHOST))
+        (
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        )
     };
 
     let host = if config.web.hostname.is_empty() {
@@ -105,9 +112,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
     } else {
         config.web.hostname.clone()
     };
-    let mut dns_names = vec![host.clone(), format!("{host}.local"), "localhost".to_string()];
+    let mut dns_names = vec![
+        host.clone(),
+        format!("{host}.local"),
+        "localhost".to_string(),
+    ];
     dns_names.dedup();
-    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    let mut ips = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
     if lan {
         ips.extend(
             if_addrs::get_if_addrs()
@@ -117,19 +131,32 @@ pub async fn run(options: RunOptions) -> Result<()> {
                 .filter(|ip| !ip.is_loopback()),
         );
     }
-    let identity = crate::tls::ensure_identity(&state_dir, &dns_names, &ips, time::OffsetDateTime::now_utc())?;
+    let identity = crate::tls::ensure_identity(
+        &state_dir,
+        &dns_names,
+        &ips,
+        time::OffsetDateTime::now_utc(),
+    )?;
 
-    let https = bind_tcp(SocketAddr::new(listen_ip, config.web.https_port), "web.https_port")?;
+    let https = bind_tcp(
+        SocketAddr::new(listen_ip, config.web.https_port),
+        "web.https_port",
+    )?;
     let http = match config.web.http_port {
         0 => None,
         port => Some(bind_tcp(SocketAddr::new(listen_ip, port), "web.http_port")?),
     };
-    let udp = std::net::UdpSocket::bind(SocketAddr::new(media_ip, config.call.udp_port)).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            anyhow!("port {} is already in use (call.udp_port)", config.call.udp_port)
-        }
-        _ => anyhow!("cannot bind UDP {media_ip}:{}: {e}", config.call.udp_port),
-    })?;
+    let udp = std::net::UdpSocket::bind(SocketAddr::new(media_ip, config.call.udp_port)).map_err(
+        |e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                anyhow!(
+                    "port {} is already in use (call.udp_port)",
+                    config.call.udp_port
+                )
+            }
+            _ => anyhow!("cannot bind UDP {media_ip}:{}: {e}", config.call.udp_port),
+        },
+    )?;
     udp.set_nonblocking(true)?;
     let udp = tokio::net::UdpSocket::from_std(udp)?;
     let candidate = udp.local_addr()?;
@@ -146,7 +173,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let base_url = format!("https://{link_host}:{}", config.web.https_port);
 
     let invites = InviteStore::load(&state_dir)?;
-    let call = Call::new(Room::new(config.call.max_participants), Sfu::new(candidate), invites);
+    let call = Call::new(
+        Room::new(config.call.max_participants),
+        Sfu::new(candidate),
+        invites,
+    );
     let mut hub = Hub {
         call,
         socket: udp,
@@ -160,7 +191,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
         "Hearth on board {board:?}: https port {}, media UDP port {}, {}",
         config.web.https_port,
         candidate.port(),
-        if lan { "on the local network" } else { "loopback only" }
+        if lan {
+            "on the local network"
+        } else {
+            "loopback only"
+        }
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -87,7 +87,9 @@ impl Call {
             Ok(m) => m,
             Err(e) => {
                 match state {
-                    Conn::AwaitingJoin { .. } => self.refuse(conn, "That was not a join request.", out),
+                    Conn::AwaitingJoin { .. } => {
+                        self.refuse(conn, "That was not a join request.", out)
+                    }
                     Conn::Joined(_) => out.push(Output::Send(
                         conn,
                         ServerMsg::Error {
@@ -133,7 +135,9 @@ impl Call {
             .conns
             .iter()
             .filter_map(|(c, s)| match s {
-                Conn::AwaitingJoin { since } if now.saturating_duration_since(*since) > JOIN_LIMIT => {
+                Conn::AwaitingJoin { since }
+                    if now.saturating_duration_since(*since) > JOIN_LIMIT =>
+                {
                     Some(*c)
                 }
                 _ => None,
@@ -301,7 +305,11 @@ mod tests {
         let mut invites = InviteStore::default();
         let wall = SystemTime::now();
         let (_, good) = invites.create("Gran", Duration::from_secs(3600), wall);
-        let (old, expired) = invites.create("Old", Duration::from_secs(60), wall - Duration::from_secs(120));
+        let (old, expired) = invites.create(
+            "Old",
+            Duration::from_secs(60),
+            wall - Duration::from_secs(120),
+        );
         let _ = old;
         let sfu = Sfu::new("127.0.0.1:10000".parse().unwrap());
         (Call::new(Room::new(8), sfu, invites), good, expired)
@@ -328,7 +336,13 @@ mod tests {
         let wall = SystemTime::now();
         let mut out = Vec::new();
         call.connected(ConnId(1), now);
-        call.message(ConnId(1), &join_text(&good, "Alice Insider"), now, wall, &mut out);
+        call.message(
+            ConnId(1),
+            &join_text(&good, "Alice Insider"),
+            now,
+            wall,
+            &mut out,
+        );
 
         let mut revoked_store_id = None;
         for invite in call.invites_mut().list() {
@@ -351,11 +365,15 @@ mod tests {
             assert!(sent[0].contains(r#""type":"refused""#));
             assert!(sent[0].contains(&refusal.to_string()));
             assert!(!sent[0].contains("Alice Insider"));
-            assert!(out.iter().any(|o| matches!(o, Output::Close(c) if *c == conn)));
+            assert!(out
+                .iter()
+                .any(|o| matches!(o, Output::Close(c) if *c == conn)));
         }
 
         // Revoke the good invite: the next join with it is refused too.
-        call.invites_mut().revoke(&revoked_store_id.unwrap()).unwrap();
+        call.invites_mut()
+            .revoke(&revoked_store_id.unwrap())
+            .unwrap();
         let mut out = Vec::new();
         call.connected(ConnId(20), now);
         call.message(ConnId(20), &join_text(&good, "Late"), now, wall, &mut out);
@@ -373,10 +391,18 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         call.connected(ConnId(1), now);
-        call.message(ConnId(1), &join_text(&good, "Ann"), now, SystemTime::now(), &mut out);
+        call.message(
+            ConnId(1),
+            &join_text(&good, "Ann"),
+            now,
+            SystemTime::now(),
+            &mut out,
+        );
         let sent = sent_to(&out, ConnId(1));
         assert!(sent[0].contains(r#""type":"welcome""#), "{sent:?}");
-        assert!(sent.iter().any(|s| s.contains(r#""type":"roster""#) && s.contains("Ann")));
+        assert!(sent
+            .iter()
+            .any(|s| s.contains(r#""type":"roster""#) && s.contains("Ann")));
         assert!(out.iter().any(|o| matches!(o, Output::SaveInvites)));
     }
 
@@ -386,7 +412,13 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         call.connected(ConnId(1), now);
-        call.message(ConnId(1), r#"{"type":"leave"}"#, now, SystemTime::now(), &mut out);
+        call.message(
+            ConnId(1),
+            r#"{"type":"leave"}"#,
+            now,
+            SystemTime::now(),
+            &mut out,
+        );
         assert!(sent_to(&out, ConnId(1))[0].contains("refused"));
         let mut out = Vec::new();
         call.connected(ConnId(2), now);
@@ -400,10 +432,24 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         call.connected(ConnId(1), now);
-        call.message(ConnId(1), &join_text(&good, "Ann"), now, SystemTime::now(), &mut out);
+        call.message(
+            ConnId(1),
+            &join_text(&good, "Ann"),
+            now,
+            SystemTime::now(),
+            &mut out,
+        );
         let mut out = Vec::new();
-        call.message(ConnId(1), r#"{"type":"offer","sdp":"v=0\r\nnonsense"}"#, now, SystemTime::now(), &mut out);
-        assert!(sent_to(&out, ConnId(1)).iter().any(|s| s.contains(r#""type":"error""#)));
+        call.message(
+            ConnId(1),
+            r#"{"type":"offer","sdp":"v=0\r\nnonsense"}"#,
+            now,
+            SystemTime::now(),
+            &mut out,
+        );
+        assert!(sent_to(&out, ConnId(1))
+            .iter()
+            .any(|s| s.contains(r#""type":"error""#)));
         assert!(call.room().participants().is_empty());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub web: WebConfig,
@@ -42,15 +42,6 @@ pub struct CallConfig {
     /// How long a new join link stays valid unless `--ttl` says otherwise.
     #[serde(deserialize_with = "invite_ttl")]
     pub invite_ttl: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            web: WebConfig::default(),
-            call: CallConfig::default(),
-        }
-    }
 }
 
 impl Default for WebConfig {
@@ -191,9 +182,8 @@ fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
 
 fn port_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     let value = i64::deserialize(d)?;
-    u16::try_from(value).map_err(|_| {
-        serde::de::Error::custom(format!("port {value} is out of range (0 to 65535)"))
-    })
+    u16::try_from(value)
+        .map_err(|_| serde::de::Error::custom(format!("port {value} is out of range (0 to 65535)")))
 }
 
 fn max_participants<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -251,15 +241,33 @@ mod tests {
             // syntax error
             ("[web]\nhttps_port = = 3\n", "hearth.toml:2:"),
             // unknown key
-            ("[web]\nhttps_prot = 443\n", "hearth.toml:2:1: key `web.https_prot`: unknown field"),
+            (
+                "[web]\nhttps_prot = 443\n",
+                "hearth.toml:2:1: key `web.https_prot`: unknown field",
+            ),
             // wrong type
-            ("[call]\nudp_port = \"ten\"\n", "hearth.toml:2:12: key `call.udp_port`: invalid type"),
+            (
+                "[call]\nudp_port = \"ten\"\n",
+                "hearth.toml:2:12: key `call.udp_port`: invalid type",
+            ),
             // bad address
-            ("[web]\nlan_address = \"10.0.0.300\"\n", "hearth.toml:2:15: key `web.lan_address`: `10.0.0.300` is not an IP address"),
+            (
+                "[web]\nlan_address = \"10.0.0.300\"\n",
+                "hearth.toml:2:15: key `web.lan_address`: `10.0.0.300` is not an IP address",
+            ),
             // out-of-range number
-            ("[call]\nmax_participants = 99\n", "hearth.toml:2:20: key `call.max_participants`: 99 is out of range"),
-            ("\n[web]\nhttps_port = 70000\n", "hearth.toml:3:14: key `web.https_port`: port 70000 is out of range"),
-            ("[call]\ninvite_ttl = \"forever\"\n", "hearth.toml:2:14: key `call.invite_ttl`: `forever` is not a duration"),
+            (
+                "[call]\nmax_participants = 99\n",
+                "hearth.toml:2:20: key `call.max_participants`: 99 is out of range",
+            ),
+            (
+                "\n[web]\nhttps_port = 70000\n",
+                "hearth.toml:3:14: key `web.https_port`: port 70000 is out of range",
+            ),
+            (
+                "[call]\ninvite_ttl = \"forever\"\n",
+                "hearth.toml:2:14: key `call.invite_ttl`: `forever` is not a duration",
+            ),
             // unknown table
             ("[cal]\nudp_port = 1\n", "hearth.toml:1:"),
         ];

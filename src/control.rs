@@ -118,10 +118,14 @@ pub async fn request(state_dir: &Path, request: &Request) -> Result<Response, Co
         source,
     };
     let (read, mut write) = stream.into_split();
-    let mut text = serde_json::to_string(request).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+    let mut text =
+        serde_json::to_string(request).map_err(|e| ControlError::BadResponse(e.to_string()))?;
     text.push('\n');
     write.write_all(text.as_bytes()).await.map_err(io)?;
     let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await.map_err(io)?;
+    BufReader::new(read)
+        .read_line(&mut line)
+        .await
+        .map_err(io)?;
     serde_json::from_str(&line).map_err(|e| ControlError::BadResponse(e.to_string()))
 }

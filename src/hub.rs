@@ -135,7 +135,9 @@ impl Hub {
         match request {
             Request::Status => Response::Ok(self.status()),
             Request::InviteCreate { name, ttl_secs } => {
-                let ttl = ttl_secs.map(Duration::from_secs).unwrap_or(self.default_ttl);
+                let ttl = ttl_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(self.default_ttl);
                 let url = self.new_invite(&name, ttl);
                 match url {
                     Ok((id, url)) => Response::Ok(serde_json::json!({ "id": id, "url": url })),

@@ -70,7 +70,9 @@ pub struct InviteStore {
 }
 
 pub fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn hash(token: &str) -> String {
@@ -85,12 +87,12 @@ impl InviteStore {
     pub fn load(state_dir: &Path) -> Result<Self, InviteError> {
         let path = state_dir.join(FILE_NAME);
         let mut store = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str::<InviteStore>(&text).map_err(|source| {
-                InviteError::Parse {
+            Ok(text) => {
+                serde_json::from_str::<InviteStore>(&text).map_err(|source| InviteError::Parse {
                     path: path.clone(),
                     source,
-                }
-            })?,
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => InviteStore::default(),
             Err(source) => return Err(InviteError::Read { path, source }),
         };
@@ -210,8 +212,14 @@ mod tests {
         let (invite, token) = store.create("Gran", DAY, start);
         assert_eq!(store.check(&token, start).unwrap().name, "Gran");
         assert_eq!(store.list()[0].last_used, Some(unix_seconds(start)));
-        assert_eq!(store.check(&token, start + DAY).unwrap_err(), Refusal::Expired);
-        assert_eq!(store.check("AAAAAAAAAAAAAAAAAAAAAA", start).unwrap_err(), Refusal::Unknown);
+        assert_eq!(
+            store.check(&token, start + DAY).unwrap_err(),
+            Refusal::Expired
+        );
+        assert_eq!(
+            store.check("AAAAAAAAAAAAAAAAAAAAAA", start).unwrap_err(),
+            Refusal::Unknown
+        );
         store.revoke(&invite.id).unwrap();
         assert_eq!(store.check(&token, start).unwrap_err(), Refusal::Revoked);
         assert!(store.revoke("nope").is_err());
@@ -227,7 +235,10 @@ mod tests {
         let mut again = InviteStore::load(&dir).unwrap();
         assert!(again.check(&token, SystemTime::now()).is_ok());
         std::fs::write(dir.join(FILE_NAME), "{broken").unwrap();
-        assert!(matches!(InviteStore::load(&dir), Err(InviteError::Parse { .. })));
+        assert!(matches!(
+            InviteStore::load(&dir),
+            Err(InviteError::Parse { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

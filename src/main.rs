@@ -23,7 +23,11 @@ use crate::board::Board;
 use crate::control::{Request, Response};
 
 #[derive(Parser)]
-#[command(name = "hearth", version, about = "Family video calls from a box at home")]
+#[command(
+    name = "hearth",
+    version,
+    about = "Family video calls from a box at home"
+)]
 struct Cli {
     /// Where Hearth keeps its certificate, invites and control socket.
     #[arg(long, global = true, value_name = "DIR")]

@@ -46,7 +46,9 @@ pub enum ClientMsg {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
     /// The join was refused; the socket closes after this. Nothing about the call is sent.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     Welcome {
         /// This participant's id; the `msid` stream id of its forwarded tracks.
         you: String,
@@ -54,13 +56,23 @@ pub enum ServerMsg {
         publish_video_codec: VideoCodec,
     },
     /// Everyone in the call, this participant included, in join order.
-    Roster { participants: Vec<RosterEntry> },
-    Offer { sdp: String },
-    Answer { sdp: String },
+    Roster {
+        participants: Vec<RosterEntry>,
+    },
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
     /// Switch the video codec you send with (someone joined who cannot decode the old one).
-    PublishCodec { codec: VideoCodec },
+    PublishCodec {
+        codec: VideoCodec,
+    },
     /// A problem with the last message; the session goes on.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,12 +158,18 @@ mod tests {
         assert!(parse_client_msg(r#"{"type":"mute","audio":true,"video":true,"x":1}"#).is_err());
         assert!(parse_client_msg("not json").is_err());
         let huge = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(70_000));
-        assert!(matches!(parse_client_msg(&huge), Err(ProtocolError::TooLarge(_))));
+        assert!(matches!(
+            parse_client_msg(&huge),
+            Err(ProtocolError::TooLarge(_))
+        ));
     }
 
     #[test]
     fn server_messages_serialize_snake_case() {
-        let json = serde_json::to_string(&ServerMsg::PublishCodec { codec: VideoCodec::VP8 }).unwrap();
+        let json = serde_json::to_string(&ServerMsg::PublishCodec {
+            codec: VideoCodec::VP8,
+        })
+        .unwrap();
         assert_eq!(json, r#"{"type":"publish_codec","codec":"VP8"}"#);
     }
 

@@ -87,7 +87,10 @@ impl Room {
         let (h264, vp8) = if video_codecs.is_empty() {
             (true, true)
         } else {
-            (codecs.contains(&VideoCodec::H264), codecs.contains(&VideoCodec::VP8))
+            (
+                codecs.contains(&VideoCodec::H264),
+                codecs.contains(&VideoCodec::VP8),
+            )
         };
         if !h264 && !vp8 {
             return Err(JoinRefused::NoCommonCodec);
@@ -217,15 +220,33 @@ mod tests {
         let mut room = Room::new(8);
         let (a, _) = room.join("Ann", &codecs(&["H264", "VP8"]), now).unwrap();
         let (f, out) = room.join("Fox", &codecs(&["VP8", "VP9"]), now).unwrap();
-        assert!(out.contains(&(a, ServerMsg::PublishCodec { codec: VideoCodec::VP8 })));
+        assert!(out.contains(&(
+            a,
+            ServerMsg::PublishCodec {
+                codec: VideoCodec::VP8
+            }
+        )));
         assert!(matches!(
             &out[0],
-            (_, ServerMsg::Welcome { publish_video_codec: VideoCodec::VP8, .. })
+            (
+                _,
+                ServerMsg::Welcome {
+                    publish_video_codec: VideoCodec::VP8,
+                    ..
+                }
+            )
         ));
         // The joiner learns the codec from its welcome, not from a second message.
-        assert!(!out.iter().any(|(p, m)| *p == f && matches!(m, ServerMsg::PublishCodec { .. })));
+        assert!(!out
+            .iter()
+            .any(|(p, m)| *p == f && matches!(m, ServerMsg::PublishCodec { .. })));
         let out = room.leave(f);
-        assert!(out.contains(&(a, ServerMsg::PublishCodec { codec: VideoCodec::H264 })));
+        assert!(out.contains(&(
+            a,
+            ServerMsg::PublishCodec {
+                codec: VideoCodec::H264
+            }
+        )));
     }
 
     #[test]
@@ -233,7 +254,10 @@ mod tests {
         let now = Instant::now();
         let mut room = Room::new(1);
         room.join("Ann", &[], now).unwrap();
-        assert_eq!(room.join("Bob", &[], now).unwrap_err(), JoinRefused::Full(1));
+        assert_eq!(
+            room.join("Bob", &[], now).unwrap_err(),
+            JoinRefused::Full(1)
+        );
         let mut room = Room::new(4);
         assert_eq!(
             room.join("Old", &codecs(&["AV1"]), now).unwrap_err(),

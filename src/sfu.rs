@@ -136,7 +136,7 @@ struct Peer {
 /// Something one peer produced that others must act on.
 enum Propagate {
     TrackOpened(ParticipantId, Mid, MediaKind),
-    Media(ParticipantId, MediaData),
+    Media(ParticipantId, Box<MediaData>),
     KeyframeWanted {
         publisher: ParticipantId,
         mid: Mid,
@@ -180,7 +180,11 @@ impl Sfu {
                 id: p.id.to_string(),
                 connected: p.connected,
                 tracks_published: p.tracks_in.len(),
-                tracks_subscribed: p.tracks_out.iter().filter(|t| t.open_mid().is_some()).count(),
+                tracks_subscribed: p
+                    .tracks_out
+                    .iter()
+                    .filter(|t| t.open_mid().is_some())
+                    .count(),
             })
             .collect()
     }
@@ -273,7 +277,13 @@ impl Sfu {
         if peer.connected {
             for (origin, mid, kind) in newly_open {
                 if kind == MediaKind::Video {
-                    self.request_keyframe(origin, mid, KeyframeRequestKind::Pli, Urgency::NewSubscriber, now);
+                    self.request_keyframe(
+                        origin,
+                        mid,
+                        KeyframeRequestKind::Pli,
+                        Urgency::NewSubscriber,
+                        now,
+                    );
                 }
             }
         }
@@ -565,7 +575,7 @@ impl Peer {
                         urgency: Urgency::Repair,
                     });
                 }
-                propagate.push(Propagate::Media(self.id, data));
+                propagate.push(Propagate::Media(self.id, Box::new(data)));
             }
             Event::KeyframeRequest(req) => {
                 if let Some(t) = self.tracks_out.iter().find(|t| t.mid() == Some(req.mid)) {

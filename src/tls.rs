@@ -121,9 +121,10 @@ pub fn ensure_identity(
     params
         .subject_alt_names
         .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-    params
-        .distinguished_name
-        .push(DnType::CommonName, dns_names.first().cloned().unwrap_or_default());
+    params.distinguished_name.push(
+        DnType::CommonName,
+        dns_names.first().cloned().unwrap_or_default(),
+    );
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = now - Duration::days(1);
     let not_after = now + Duration::days(SERVER_DAYS);
@@ -191,7 +192,10 @@ mod tests {
         let more: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         let third = ensure_identity(&dir, &names, &more, now).unwrap();
         assert_ne!(first.chain_pem, third.chain_pem);
-        assert_eq!(first.ca_pem, third.ca_pem, "the CA outlives server certificates");
+        assert_eq!(
+            first.ca_pem, third.ca_pem,
+            "the CA outlives server certificates"
+        );
         let mode = std::fs::metadata(dir.join("tls/ca.key")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);

@@ -36,9 +36,18 @@ pub struct WebState {
 pub fn app(state: WebState) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/join") }))
-        .route("/join", get(|| asset(JOIN_HTML, "text/html; charset=utf-8")))
-        .route("/join.js", get(|| asset(JOIN_JS, "text/javascript; charset=utf-8")))
-        .route("/join.css", get(|| asset(JOIN_CSS, "text/css; charset=utf-8")))
+        .route(
+            "/join",
+            get(|| asset(JOIN_HTML, "text/html; charset=utf-8")),
+        )
+        .route(
+            "/join.js",
+            get(|| asset(JOIN_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/join.css",
+            get(|| asset(JOIN_CSS, "text/css; charset=utf-8")),
+        )
         .route("/hearth-ca.pem", get(ca_certificate))
         .route("/ws", get(websocket))
         .with_state(state)
@@ -48,10 +57,19 @@ async fn asset(body: &'static str, content_type: &'static str) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     // The token lives in the fragment, which browsers never send; no-referrer is the backstop.
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         "permissions-policy",
@@ -64,7 +82,10 @@ async fn ca_certificate(State(state): State<WebState>) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/x-pem-file"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"hearth-ca.pem\""),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"hearth-ca.pem\"",
+            ),
         ],
         state.ca_pem.to_string(),
     )
@@ -77,7 +98,10 @@ fn same_origin(headers: &HeaderMap) -> bool {
     let origin = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok());
     match (host, origin) {
         (Some(host), Some(origin)) => {
-            origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) == Some(host)
+            origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                == Some(host)
         }
         // Non-browser clients send no Origin; they still need a valid token.
         (Some(_), None) => true,
@@ -132,10 +156,13 @@ async fn signalling(socket: WebSocket, state: WebState) {
     let reader = async {
         while let Some(Ok(message)) = stream.next().await {
             match message {
-                Message::Text(text) => {
-                    if hub.send(WsEvent::Text(conn, text.to_string())).await.is_err() {
-                        break;
-                    }
+                Message::Text(text)
+                    if hub
+                        .send(WsEvent::Text(conn, text.to_string()))
+                        .await
+                        .is_err() =>
+                {
+                    break
                 }
                 Message::Close(_) => break,
                 _ => {}
@@ -212,11 +239,17 @@ mod tests {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let headers = response.headers();
-        assert!(headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap().starts_with("default-src 'self'"));
+        assert!(headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'self'"));
         assert_eq!(headers[header::REFERRER_POLICY], "no-referrer");
         // Nothing fetched from elsewhere.
         for text in [JOIN_HTML, JOIN_JS, JOIN_CSS] {
-            assert!(!text.contains("http://") && !text.contains("https://"), "external URL in an asset");
+            assert!(
+                !text.contains("http://") && !text.contains("https://"),
+                "external URL in an asset"
+            );
         }
         assert!(JOIN_HTML.contains(">Join<"));
     }
@@ -249,7 +282,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
-        assert_eq!(response.headers()[header::LOCATION], "https://127.0.0.1:8443/join?x=1");
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            "https://127.0.0.1:8443/join?x=1"
+        );
         let response = redirect_app(8443, "hearth".into())
             .oneshot(
                 Request::get("/")

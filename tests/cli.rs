@@ -23,11 +23,31 @@ fn bad_configs_stop_start_up_with_one_line_naming_line_column_and_key() {
     let dir = temp_dir("cli-bad");
     let cases = [
         ("syntax", "[web\nhttps_port = 1\n", ":1:"),
-        ("unknown-key", "[call]\nudp_prot = 1\n", ":2:1: key `call.udp_prot`"),
-        ("wrong-type", "[web]\nhttps_port = \"x\"\n", ":2:14: key `web.https_port`"),
-        ("bad-address", "[web]\nlan_address = \"1.2.3\"\n", ":2:15: key `web.lan_address`"),
-        ("out-of-range", "[call]\n\nudp_port = 0\n", ":3:12: key `call.udp_port`"),
-        ("bad-duration", "[call]\ninvite_ttl = \"soon\"\n", ":2:14: key `call.invite_ttl`"),
+        (
+            "unknown-key",
+            "[call]\nudp_prot = 1\n",
+            ":2:1: key `call.udp_prot`",
+        ),
+        (
+            "wrong-type",
+            "[web]\nhttps_port = \"x\"\n",
+            ":2:14: key `web.https_port`",
+        ),
+        (
+            "bad-address",
+            "[web]\nlan_address = \"1.2.3\"\n",
+            ":2:15: key `web.lan_address`",
+        ),
+        (
+            "out-of-range",
+            "[call]\n\nudp_port = 0\n",
+            ":3:12: key `call.udp_port`",
+        ),
+        (
+            "bad-duration",
+            "[call]\ninvite_ttl = \"soon\"\n",
+            ":2:14: key `call.invite_ttl`",
+        ),
     ];
     for (name, text, expected) in cases {
         let file = dir.join(format!("{name}.toml"));
@@ -68,7 +88,11 @@ fn a_port_in_use_is_named() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
     let file = dir.join("busy.toml");
-    std::fs::write(&file, format!("[web]\nhttps_port = {port}\nhttp_port = 0\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("[web]\nhttps_port = {port}\nhttp_port = 0\n"),
+    )
+    .unwrap();
     let output = Command::new(hearth_bin())
         .arg("--state-dir")
         .arg(&dir)
@@ -78,5 +102,8 @@ fn a_port_in_use_is_named() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.lines().last().unwrap_or_default();
-    assert_eq!(last, format!("hearth: port {port} is already in use (web.https_port)"));
+    assert_eq!(
+        last,
+        format!("hearth: port {port} is already in use (web.https_port)")
+    );
 }

@@ -98,17 +98,25 @@ async fn three_phones_then_one_leaves_and_one_joins_late() -> Result<()> {
         }
     }
     let status = daemon.status()?;
-    assert_eq!(status["participants"].as_array().map(Vec::len), Some(3), "{status}");
+    assert_eq!(
+        status["participants"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
     assert_eq!(status["video_codec"], "VP8", "{status}");
 
     // Cat leaves: the others lose Cat's tile within 5 s.
-    cat.eval("(() => { document.getElementById('leave').click(); return true; })()").await?;
+    cat.eval("(() => { document.getElementById('leave').click(); return true; })()")
+        .await?;
     let one_other_tile = "document.querySelectorAll('.tile[data-participant]').length === 2";
     for (name, browser) in [("Ann", &mut ann), ("Fox", &mut fox)] {
         let took = elapsed(browser, one_other_tile, 5_000).await?;
         assert!(took >= 0.0, "{name} still shows Cat's tile after 5 s");
         let names = browser.eval("document.body.innerText").await?;
-        assert!(!names.as_str().unwrap_or_default().contains("Cat"), "{name}: {names}");
+        assert!(
+            !names.as_str().unwrap_or_default().contains("Cat"),
+            "{name}: {names}"
+        );
     }
     cat.close().await?;
 
@@ -125,12 +133,22 @@ async fn three_phones_then_one_leaves_and_one_joins_late() -> Result<()> {
         .as_f64()
         .unwrap_or(-1.0);
     eprintln!("late joiner: first frames of both publishers decoded {took:.0} ms after Join");
-    assert!(took >= 0.0, "Dan decoded nothing: {}", media_of(&mut dan).await?);
-    assert!(took < 1000.0, "Dan's first frames took {took:.0} ms (goal < 1000 ms)");
+    assert!(
+        took >= 0.0,
+        "Dan decoded nothing: {}",
+        media_of(&mut dan).await?
+    );
+    assert!(
+        took < 1000.0,
+        "Dan's first frames took {took:.0} ms (goal < 1000 ms)"
+    );
     // And the others now receive Dan.
     for (name, browser) in [("Ann", &mut ann), ("Fox", &mut fox)] {
         let tiles = "document.querySelectorAll('.tile[data-participant]').length === 3";
-        assert!(elapsed(browser, tiles, 5_000).await? >= 0.0, "{name} has no tile for Dan");
+        assert!(
+            elapsed(browser, tiles, 5_000).await? >= 0.0,
+            "{name} has no tile for Dan"
+        );
     }
 
     for browser in [ann, fox, dan] {

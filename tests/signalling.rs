@@ -8,7 +8,9 @@ use support::daemon::{temp_dir, Daemon};
 use support::wss;
 
 fn token_of(url: &str) -> &str {
-    url.split_once('#').map(|(_, t)| t).expect("a token in the fragment")
+    url.split_once('#')
+        .map(|(_, t)| t)
+        .expect("a token in the fragment")
 }
 
 fn join(token: &str, name: &str) -> serde_json::Value {
@@ -36,7 +38,11 @@ async fn random_expired_and_revoked_tokens_learn_nothing_about_the_call() -> any
     let daemon = Daemon::start_in(&dir)?;
 
     let mut insider = wss::connect(&daemon).await?;
-    wss::send(&mut insider, join(token_of(&daemon.join_url), "Alice Insider")).await?;
+    wss::send(
+        &mut insider,
+        join(token_of(&daemon.join_url), "Alice Insider"),
+    )
+    .await?;
     let welcome = wss::next(&mut insider).await?.expect("welcome");
     assert_eq!(welcome["type"], "welcome");
 
@@ -67,18 +73,27 @@ async fn random_expired_and_revoked_tokens_learn_nothing_about_the_call() -> any
         let reason = messages[0]["reason"].as_str().unwrap_or_default();
         assert!(reason.contains(expected), "{reason}");
         let text = messages[0].to_string();
-        assert!(!text.contains("Alice"), "a participant's name leaked: {text}");
+        assert!(
+            !text.contains("Alice"),
+            "a participant's name leaked: {text}"
+        );
     }
 
     // Nobody slipped in, and the insider heard nothing of the attempts.
     let status = daemon.status()?;
     assert_eq!(status["participants"].as_array().map(Vec::len), Some(1));
-    let heard = tokio::time::timeout(std::time::Duration::from_millis(300), wss::next(&mut insider)).await;
+    let heard = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        wss::next(&mut insider),
+    )
+    .await;
     match heard {
         Err(_) => {}
         Ok(message) => {
             let message = message?;
-            assert!(message.is_none_or(|m| m["type"] == "roster" && !m.to_string().contains("Mallory")));
+            assert!(
+                message.is_none_or(|m| m["type"] == "roster" && !m.to_string().contains("Mallory"))
+            );
         }
     }
     Ok(())

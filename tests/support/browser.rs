@@ -41,7 +41,7 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--ignore-certificate-errors", // Hearth serves a self-signed certificate
     "--allow-loopback-in-peer-connection", // otherwise 127.0.0.1 is never an ICE candidate
     "--disable-features=WebRtcHideLocalIpsWithMdns", // plain host candidates, no .local names
-    "--remote-debugging-port=0", // let the OS pick; the port is read back from stderr
+    "--remote-debugging-port=0",   // let the OS pick; the port is read back from stderr
 ];
 
 /// Firefox profile prefs (user.js). The remote agent applies similar "recommended" prefs itself,
@@ -64,7 +64,10 @@ const FIREFOX_PREFS: &[(&str, &str)] = &[
     ("browser.backup.enabled", "false"),
     ("browser.ml.enable", "false"),
     ("browser.translations.enable", "false"),
-    ("browser.newtabpage.activity-stream.testing.shouldInitializeFeeds", "false"),
+    (
+        "browser.newtabpage.activity-stream.testing.shouldInitializeFeeds",
+        "false",
+    ),
     ("browser.topsites.contile.enabled", "false"),
     ("browser.region.network.url", "\"\""),
     ("browser.region.update.enabled", "false"),
@@ -95,7 +98,10 @@ const FIREFOX_PREFS: &[(&str, &str)] = &[
     ("extensions.getAddons.cache.enabled", "false"),
     ("extensions.systemAddon.update.enabled", "false"),
     ("extensions.blocklist.enabled", "false"),
-    ("services.settings.server", "\"data:,#remote-settings-dummy/v1\""), // remote settings
+    (
+        "services.settings.server",
+        "\"data:,#remote-settings-dummy/v1\"",
+    ), // remote settings
     ("security.remote_settings.intermediates.enabled", "false"),
     ("security.remote_settings.crlite_filters.enabled", "false"),
     ("messaging-system.rsexperimentloader.enabled", "false"),
@@ -165,7 +171,12 @@ impl Drop for Proc {
 
 /// Drains one output pipe on a plain thread (a browser blocks once a pipe fills up), keeps the
 /// last lines for error messages, and reports the line that starts with `marker`.
-fn pump(out: impl Read + Send + 'static, marker: &'static str, tx: mpsc::UnboundedSender<String>, log: Arc<Mutex<VecDeque<String>>>) -> std::thread::JoinHandle<()> {
+fn pump(
+    out: impl Read + Send + 'static,
+    marker: &'static str,
+    tx: mpsc::UnboundedSender<String>,
+    log: Arc<Mutex<VecDeque<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(out).split(b'\n') {
             let Ok(line) = line else { break };
@@ -185,8 +196,15 @@ fn pump(out: impl Read + Send + 'static, marker: &'static str, tx: mpsc::Unbound
 impl Browser {
     pub async fn launch(kind: BrowserKind) -> Result<Browser> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-        let name = format!("hearth-{kind:?}-{}-{}-{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let name = format!(
+            "hearth-{kind:?}-{}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let dir = std::env::temp_dir().join(name.to_lowercase());
         let (profile, home, tmp) = (dir.join("profile"), dir.join("home"), dir.join("tmp"));
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -197,38 +215,60 @@ impl Browser {
         let (bin, marker, mut cmd) = match kind {
             BrowserKind::Chromium => {
                 let mut cmd = Command::new(CHROMIUM_BIN);
-                cmd.args(CHROMIUM_FLAGS).arg(format!("--user-data-dir={}", profile.display()));
+                cmd.args(CHROMIUM_FLAGS)
+                    .arg(format!("--user-data-dir={}", profile.display()));
                 (CHROMIUM_BIN, "DevTools listening on ", cmd)
             }
             BrowserKind::Firefox => {
-                let prefs: String = FIREFOX_PREFS.iter().map(|(k, v)| format!("user_pref(\"{k}\", {v});\n")).collect();
+                let prefs: String = FIREFOX_PREFS
+                    .iter()
+                    .map(|(k, v)| format!("user_pref(\"{k}\", {v});\n"))
+                    .collect();
                 std::fs::write(profile.join("user.js"), prefs)?;
                 let mut cmd = Command::new(FIREFOX_BIN);
-                cmd.args(["--headless", "--no-remote", "--profile"]).arg(&profile);
+                cmd.args(["--headless", "--no-remote", "--profile"])
+                    .arg(&profile);
                 // Port 0 works here too: Firefox binds a free port and prints it.
-                cmd.args(["--remote-debugging-port", "0"]).env("MOZ_CRASHREPORTER_DISABLE", "1");
+                cmd.args(["--remote-debugging-port", "0"])
+                    .env("MOZ_CRASHREPORTER_DISABLE", "1");
                 (FIREFOX_BIN, "WebDriver BiDi listening on ", cmd)
             }
         };
         // Private HOME/TMPDIR/XDG_RUNTIME_DIR: nothing touches the real user's dotfiles or audio
         // server, and the droppings (Chromium's singleton socket dir, PulseAudio's /tmp/pulse-*)
         // land inside `dir`, which Drop removes.
-        cmd.arg("about:blank").env("HOME", &home).env("TMPDIR", &tmp).env("XDG_RUNTIME_DIR", &tmp);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("about:blank")
+            .env("HOME", &home)
+            .env("TMPDIR", &tmp)
+            .env("XDG_RUNTIME_DIR", &tmp);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(e).with_context(|| format!("cannot start {kind:?} at {bin} (is it installed?)"));
+                return Err(e)
+                    .with_context(|| format!("cannot start {kind:?} at {bin} (is it installed?)"));
             }
         };
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let pumps = vec![
-            pump(child.stdout.take().unwrap(), marker, tx.clone(), log.clone()),
+            pump(
+                child.stdout.take().unwrap(),
+                marker,
+                tx.clone(),
+                log.clone(),
+            ),
             pump(child.stderr.take().unwrap(), marker, tx, log.clone()),
         ];
-        let mut proc = Proc { child, dir, log, pumps };
+        let mut proc = Proc {
+            child,
+            dir,
+            log,
+            pumps,
+        };
 
         let url = match timeout(LAUNCH_TIMEOUT, rx.recv()).await {
             Ok(Some(url)) => url,
@@ -239,30 +279,60 @@ impl Browser {
             Err(_) => bail!("{kind:?} ({bin}) printed no `{marker}ws://...` line within {LAUNCH_TIMEOUT:?}; output:\n{}", proc.tail()),
         };
         // Firefox prints the bare server address; BiDi sessions live under /session.
-        let url = if kind == BrowserKind::Firefox { format!("{url}/session") } else { url };
+        let url = if kind == BrowserKind::Firefox {
+            format!("{url}/session")
+        } else {
+            url
+        };
         let (ws, _) = timeout(CALL_TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
             .await
             .map_err(|_| anyhow!("connecting to {url} timed out"))?
             .with_context(|| format!("connecting to {url}"))?;
-        let mut b = Browser { kind, ws, next_id: 0, events: VecDeque::new(), target: String::new(), proc };
+        let mut b = Browser {
+            kind,
+            ws,
+            next_id: 0,
+            events: VecDeque::new(),
+            target: String::new(),
+            proc,
+        };
 
         b.target = match kind {
             BrowserKind::Chromium => {
                 let targets = b.call("Target.getTargets", json!({}), false).await?;
-                let page = targets["targetInfos"].as_array().and_then(|t| t.iter().find(|t| t["type"] == "page"));
+                let page = targets["targetInfos"]
+                    .as_array()
+                    .and_then(|t| t.iter().find(|t| t["type"] == "page"));
                 let id = match page {
                     Some(page) => page["targetId"].clone(),
-                    None => b.call("Target.createTarget", json!({"url": "about:blank"}), false).await?["targetId"].clone(),
+                    None => b
+                        .call("Target.createTarget", json!({"url": "about:blank"}), false)
+                        .await?["targetId"]
+                        .clone(),
                 };
                 // flatten: page commands then go over this same socket, tagged with sessionId.
-                let attached = b.call("Target.attachToTarget", json!({"targetId": id, "flatten": true}), false).await?;
-                attached["sessionId"].as_str().context("attachToTarget returned no sessionId")?.to_string()
+                let attached = b
+                    .call(
+                        "Target.attachToTarget",
+                        json!({"targetId": id, "flatten": true}),
+                        false,
+                    )
+                    .await?;
+                attached["sessionId"]
+                    .as_str()
+                    .context("attachToTarget returned no sessionId")?
+                    .to_string()
             }
             BrowserKind::Firefox => {
                 let caps = json!({"capabilities": {"alwaysMatch": {"acceptInsecureCerts": true}}});
                 b.call("session.new", caps, false).await?;
-                let tree = b.call("browsingContext.getTree", json!({"maxDepth": 0}), false).await?;
-                tree["contexts"][0]["context"].as_str().context("Firefox reported no browsing context")?.to_string()
+                let tree = b
+                    .call("browsingContext.getTree", json!({"maxDepth": 0}), false)
+                    .await?;
+                tree["contexts"][0]["context"]
+                    .as_str()
+                    .context("Firefox reported no browsing context")?
+                    .to_string()
             }
         };
         if kind == BrowserKind::Chromium {
@@ -280,7 +350,9 @@ impl Browser {
         match self.kind {
             BrowserKind::Chromium => {
                 self.events.clear(); // any load event seen from here on belongs to this navigation
-                let nav = self.call("Page.navigate", json!({"url": url}), true).await?;
+                let nav = self
+                    .call("Page.navigate", json!({"url": url}), true)
+                    .await?;
                 if let Some(err) = nav["errorText"].as_str() {
                     bail!("Chromium could not load {url}: {err}");
                 }
@@ -291,7 +363,9 @@ impl Browser {
             }
             BrowserKind::Firefox => {
                 let params = json!({"context": self.target, "url": url, "wait": "complete"});
-                self.call("browsingContext.navigate", params, false).await.with_context(|| format!("Firefox could not load {url}"))?;
+                self.call("browsingContext.navigate", params, false)
+                    .await
+                    .with_context(|| format!("Firefox could not load {url}"))?;
             }
         }
         Ok(())
@@ -307,18 +381,28 @@ impl Browser {
         let wrapped = format!("(async () => JSON.stringify(await (\n{expression}\n)))()");
         let (value, error) = match self.kind {
             BrowserKind::Chromium => {
-                let params = json!({"expression": wrapped, "awaitPromise": true, "returnByValue": true});
+                let params =
+                    json!({"expression": wrapped, "awaitPromise": true, "returnByValue": true});
                 let r = self.call("Runtime.evaluate", params, true).await?;
                 let error = r.get("exceptionDetails").map(|d| {
                     let e = &d["exception"];
-                    e["description"].as_str().map(str::to_string).or_else(|| e.get("value").map(Value::to_string)).unwrap_or_else(|| d["text"].to_string())
+                    e["description"]
+                        .as_str()
+                        .map(str::to_string)
+                        .or_else(|| e.get("value").map(Value::to_string))
+                        .unwrap_or_else(|| d["text"].to_string())
                 });
                 (r["result"].clone(), error)
             }
             BrowserKind::Firefox => {
                 let params = json!({"expression": wrapped, "target": {"context": self.target}, "awaitPromise": true, "resultOwnership": "none"});
                 let r = self.call("script.evaluate", params, false).await?;
-                let error = (r["type"] == "exception").then(|| r["exceptionDetails"]["text"].as_str().unwrap_or("exception").to_string());
+                let error = (r["type"] == "exception").then(|| {
+                    r["exceptionDetails"]["text"]
+                        .as_str()
+                        .unwrap_or("exception")
+                        .to_string()
+                });
                 (r["result"].clone(), error)
             }
         };
@@ -326,7 +410,8 @@ impl Browser {
             bail!("JS error: {error}");
         }
         match value["value"].as_str() {
-            Some(json) => serde_json::from_str(json).with_context(|| format!("eval result is not JSON: {json}")),
+            Some(json) => serde_json::from_str(json)
+                .with_context(|| format!("eval result is not JSON: {json}")),
             None => Ok(Value::Null), // JSON.stringify(undefined) is undefined
         }
     }
@@ -374,8 +459,14 @@ impl Browser {
         // CDP errors: {"error": {"code", "message"}}; BiDi: {"type": "error", "error", "message"}.
         match &reply["error"] {
             Value::Null => Ok(reply["result"].clone()),
-            Value::String(code) => bail!("{kind:?} {method} failed: {code}: {}", reply["message"].as_str().unwrap_or("")),
-            err => bail!("{kind:?} {method} failed: {}", err["message"].as_str().unwrap_or(&err.to_string())),
+            Value::String(code) => bail!(
+                "{kind:?} {method} failed: {code}: {}",
+                reply["message"].as_str().unwrap_or("")
+            ),
+            err => bail!(
+                "{kind:?} {method} failed: {}",
+                err["message"].as_str().unwrap_or(&err.to_string())
+            ),
         }
     }
 
@@ -409,7 +500,10 @@ impl Browser {
             match self.ws.next().await {
                 Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text)?),
                 Some(Ok(Message::Close(_))) | None => {
-                    bail!("browser closed the connection; output:\n{}", self.proc.tail())
+                    bail!(
+                        "browser closed the connection; output:\n{}",
+                        self.proc.tail()
+                    )
                 }
                 Some(Ok(_)) => continue, // pings are answered by tungstenite itself
                 Some(Err(e)) => return Err(e).context("reading from the browser"),

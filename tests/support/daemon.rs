@@ -63,7 +63,9 @@ impl Daemon {
         let config = state_dir.join("test.toml");
         std::fs::write(
             &config,
-            format!("[web]\nhttps_port = {https_port}\nhttp_port = 0\n[call]\nudp_port = {udp_port}\n"),
+            format!(
+                "[web]\nhttps_port = {https_port}\nhttp_port = 0\n[call]\nudp_port = {udp_port}\n"
+            ),
         )?;
         let mut child = Command::new(hearth_bin())
             .arg("--state-dir")
