@@ -1,7 +1,12 @@
 # Hearth: `make run` and `make test` are the whole quick start (see README.md).
 
-# System packages: build tools, and the browsers the end-to-end tests drive.
-DEPS := build-essential pkg-config cmake chromium firefox-esr iproute2 util-linux fonts-dejavu-core ca-certificates
+# System packages: build tools, GStreamer (the box's camera, mic, encoder, screen, speaker),
+# and the browsers the end-to-end tests drive. No -dev package of plugins-bad: it pulls Qt.
+DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fonts-dejavu-core \
+	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-alsa gstreamer1.0-x \
+	chromium firefox-esr
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 

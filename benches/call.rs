@@ -57,7 +57,10 @@ fn median(values: &mut [f64]) -> f64 {
 fn cpu_time(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("odd /proc stat")?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("odd /proc stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     // /proc counts in USER_HZ, which Linux fixes at 100 on x86-64 and arm64.

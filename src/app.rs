@@ -13,7 +13,7 @@ use crate::board::Board;
 use crate::call::Call;
 use crate::config::Config;
 use crate::control;
-use crate::hub::Hub;
+use crate::hub::{BoxMedia, Hub};
 use crate::invite::InviteStore;
 use crate::room::Room;
 use crate::sfu::Sfu;
@@ -173,13 +173,33 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let base_url = format!("https://{link_host}:{}", config.web.https_port);
 
     let invites = InviteStore::load(&state_dir)?;
-    let call = Call::new(
-        Room::new(config.call.max_participants),
-        Sfu::new(candidate),
-        invites,
-    );
+    let mut room = Room::new(config.call.max_participants);
+    let mut sfu = Sfu::new(candidate);
+    let media = if config.home.media {
+        let profile = board.profile(&config.board)?;
+        crate::media::init().map_err(|e| anyhow!(e))?;
+        let (tx, rx) = mpsc::channel(64);
+        let screen = crate::media::screen::Screen::start(&profile.display, &profile.audio)
+            .map_err(|e| anyhow!(e))?;
+        room.add_box(&config.home.name, std::time::Instant::now());
+        sfu.enable_box(profile.encoder.min_kbps, profile.encoder.max_kbps);
+        Some(BoxMedia {
+            camera: crate::media::capture::camera(&profile, tx.clone()),
+            mic: crate::media::capture::microphone(&profile, tx),
+            screen,
+            input: rx,
+            simulated: board == Board::Dev,
+            camera_problem: None,
+            mic_problem: None,
+            send_latencies: Vec::new(),
+        })
+    } else {
+        None
+    };
+    let call = Call::new(room, sfu, invites);
     let mut hub = Hub {
         call,
+        media,
         socket: udp,
         loopback_only: !lan,
         base_url,
@@ -187,6 +207,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     };
     let (_, url) = hub.new_invite("Join link printed at start", config.call.invite_ttl)?;
     print_join_link(&url);
+    hub.show_idle_screen();
     tracing::info!(
         "Hearth on board {board:?}: https port {}, media UDP port {}, {}",
         config.web.https_port,

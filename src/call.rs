@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::invite::{Invite, InviteStore};
 use crate::protocol::{parse_client_msg, ClientMsg, ServerMsg};
 use crate::room::{ParticipantId, Room};
-use crate::sfu::{Sfu, SfuEvent, Transmit};
+use crate::sfu::{PhoneFrame, Sfu, SfuEvent, Transmit};
+use str0m::media::{MediaKind, MediaTime};
 
 /// A connection that has not presented a token within this is closed.
 const JOIN_LIMIT: Duration = Duration::from_secs(10);
@@ -24,6 +25,14 @@ pub enum Output {
     Transmit(Transmit),
     /// The invite store changed (a use was recorded); persist it.
     SaveInvites,
+    /// A phone needs a keyframe from the box's encoder.
+    BoxKeyframe,
+    /// The box's encoder should aim at this many kbit/s.
+    BoxBitrate(u32),
+    /// A phone's frame for the box's screen or speaker.
+    ToBox(PhoneFrame),
+    /// The phones now in the call, for the box's screen (tiles, names, idle screen).
+    ScreenRoster(Vec<(ParticipantId, String)>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +60,31 @@ impl Call {
 
     pub fn invites_mut(&mut self) -> &mut InviteStore {
         &mut self.invites
+    }
+
+    /// Send one of the box's encoded frames to the phones.
+    pub fn box_frame(
+        &mut self,
+        kind: MediaKind,
+        rtp_time: MediaTime,
+        data: &[u8],
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Instant {
+        self.sfu.write_local(kind, rtp_time, data, now);
+        self.poll(now, out)
+    }
+
+    /// The box's camera or mic started or stopped working; everyone is told.
+    pub fn box_state(
+        &mut self,
+        audio: bool,
+        video: bool,
+        note: Option<String>,
+        out: &mut Vec<Output>,
+    ) {
+        let messages = self.room.set_box_state(audio, video, note);
+        self.send_all(messages, out);
     }
 
     pub fn room(&self) -> &Room {
@@ -175,6 +209,7 @@ impl Call {
                 tracing::info!("{id} joined with invite {} ({})", invite.id, invite.name);
                 self.conns.insert(conn, Conn::Joined(id));
                 self.send_all(messages, out);
+                self.screen_roster(out);
             }
             Err(refused) => self.refuse(conn, &refused.to_string(), out),
         }
@@ -252,6 +287,12 @@ impl Call {
             tracing::info!("{id} left");
         }
         self.send_all(messages, out);
+        self.screen_roster(out);
+    }
+
+    fn screen_roster(&self, out: &mut Vec<Output>) {
+        let phones = self.room.phones().map(|p| (p.id, p.name.clone())).collect();
+        out.push(Output::ScreenRoster(phones));
     }
 
     fn send_all(&self, messages: Vec<(ParticipantId, ServerMsg)>, out: &mut Vec<Output>) {
@@ -289,7 +330,11 @@ impl Call {
                     }
                     let messages = self.room.leave(id);
                     self.send_all(messages, out);
+                    self.screen_roster(out);
                 }
+                SfuEvent::BoxKeyframe => out.push(Output::BoxKeyframe),
+                SfuEvent::BoxBitrate(kbps) => out.push(Output::BoxBitrate(kbps)),
+                SfuEvent::ToBox(frame) => out.push(Output::ToBox(frame)),
             }
         }
         next

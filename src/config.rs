@@ -13,6 +13,28 @@ use serde::{Deserialize, Deserializer};
 pub struct Config {
     pub web: WebConfig,
     pub call: CallConfig,
+    #[serde(rename = "box")]
+    pub home: BoxConfig,
+    /// Overrides for the board profile's fields (`board/<name>.toml`), e.g. `[board.camera]`.
+    pub board: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoxConfig {
+    /// The box joins its own call with its camera, mic, screen and speaker.
+    pub media: bool,
+    /// The box's name on everyone's screen.
+    pub name: String,
+}
+
+impl Default for BoxConfig {
+    fn default() -> Self {
+        BoxConfig {
+            media: true,
+            name: "Home".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -87,6 +109,18 @@ udp_port = 10000
 max_participants = 8
 # How long a new join link stays valid (for example "2h", "24h", "7d"; at most 30 days).
 invite_ttl = "24h"
+
+[box]
+# The box joins its own call: its camera and mic go to the phones, the phones appear on its
+# screen and are heard from its speaker. false: the box only forwards between phones.
+media = true
+# The box's name on everyone's screen.
+name = "Home"
+
+# Any field of the board profile (board/dev.toml, pi4.toml, pi5.toml) can be overridden:
+# [board.camera]
+# width = 640
+[board]
 "#;
 
 #[derive(Debug, thiserror::Error)]

@@ -15,9 +15,23 @@ const MAX_REQUEST_BYTES: u64 = 16 * 1024;
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
-    InviteCreate { name: String, ttl_secs: Option<u64> },
+    InviteCreate {
+        name: String,
+        ttl_secs: Option<u64>,
+    },
     InviteList,
-    InviteRevoke { id: String },
+    InviteRevoke {
+        id: String,
+    },
+    /// Write what the TV shows to a PNG file (a path on the box).
+    Snapshot {
+        path: String,
+    },
+    /// Dev board: unplug or plug a simulated device ("camera", "mic").
+    Simulate {
+        device: String,
+        present: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

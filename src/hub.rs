@@ -8,9 +8,14 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
+use str0m::media::{Frequency, MediaKind, MediaTime};
+
 use crate::call::{Call, ConnId, Output};
 use crate::control::{Envelope, Request, Response};
 use crate::invite::unix_seconds;
+use crate::media::capture::Device;
+use crate::media::screen::{self, Screen};
+use crate::media::{BoxFrame, MediaEvent, MediaInput, MediaKindTag};
 use crate::protocol::ServerMsg;
 
 /// What a WebSocket task tells the hub.
@@ -28,14 +33,38 @@ pub enum WsCommand {
     Close,
 }
 
+/// The box's own devices, when it is in the call.
+pub struct BoxMedia {
+    pub camera: Device,
+    pub mic: Device,
+    pub screen: Screen,
+    pub input: mpsc::Receiver<MediaInput>,
+    /// Dev board: devices are simulated and `hearth simulate` may unplug them.
+    pub simulated: bool,
+    pub camera_problem: Option<String>,
+    pub mic_problem: Option<String>,
+    /// Encoder → socket latencies of recent video frames, for the benchmark.
+    pub send_latencies: Vec<Duration>,
+}
+
+const LATENCY_SAMPLES: usize = 1000;
+
 pub struct Hub {
     pub call: Call,
+    pub media: Option<BoxMedia>,
     pub socket: UdpSocket,
     /// Drop datagrams from anywhere but loopback (dev board without `--lan`).
     pub loopback_only: bool,
     /// `https://host:port` for join links.
     pub base_url: String,
     pub default_ttl: Duration,
+}
+
+async fn next_media(media: &mut Option<BoxMedia>) -> Option<MediaInput> {
+    match media {
+        Some(m) => m.input.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 pub fn join_url(base_url: &str, token: &str) -> String {
@@ -85,8 +114,35 @@ impl Hub {
                         }
                     };
                 }
+                Some(input) = next_media(&mut self.media) => {
+                    let now = Instant::now();
+                    match input {
+                        MediaInput::Frame(frame) => {
+                            next = self.box_frame(&frame, now, &mut out);
+                            self.carry_out(&mut out, &mut conns).await;
+                            if frame.kind == MediaKindTag::Video {
+                                self.record_latency(frame.encoded_at.elapsed());
+                            }
+                        }
+                        MediaInput::Event(event) => self.media_event(event, &mut out),
+                    }
+                }
                 Some((request, reply)) = control.recv() => {
-                    let _ = reply.send(self.control(request));
+                    if let (Request::Snapshot { path }, Some(media)) = (&request, &self.media) {
+                        // The screen thread answers; the hub does not wait for it.
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        media.screen.send(screen::Command::Snapshot(path.into(), tx));
+                        tokio::spawn(async move {
+                            let response = match rx.await {
+                                Ok(Ok(())) => Response::Ok(serde_json::json!({ "written": true })),
+                                Ok(Err(e)) => Response::Error(e),
+                                Err(_) => Response::Error("the screen is not running".into()),
+                            };
+                            let _ = reply.send(response);
+                        });
+                    } else {
+                        let _ = reply.send(self.control(request));
+                    }
                 }
                 _ = sleep => {
                     next = self.call.timeout(Instant::now(), &mut out);
@@ -127,13 +183,133 @@ impl Hub {
                         tracing::error!("{e}");
                     }
                 }
+                Output::BoxKeyframe => {
+                    if let Some(media) = &self.media {
+                        media.camera.request_keyframe();
+                    }
+                }
+                Output::BoxBitrate(kbps) => {
+                    if let Some(media) = &self.media {
+                        tracing::debug!("box encoder bitrate {kbps} kbit/s");
+                        media.camera.set_bitrate(kbps);
+                    }
+                }
+                Output::ToBox(frame) => {
+                    if let Some(media) = &self.media {
+                        media.screen.send(screen::Command::Frame(frame));
+                    }
+                }
+                Output::ScreenRoster(phones) => {
+                    let empty = phones.is_empty();
+                    if let Some(media) = &self.media {
+                        media.screen.send(screen::Command::Roster(phones));
+                    }
+                    if empty {
+                        self.show_idle_screen();
+                    }
+                }
             }
+        }
+    }
+
+    fn box_frame(&mut self, frame: &BoxFrame, now: Instant, out: &mut Vec<Output>) -> Instant {
+        let nanos = frame.pts.as_nanos() as u64;
+        let (kind, rtp_time) = match frame.kind {
+            MediaKindTag::Video => (
+                MediaKind::Video,
+                MediaTime::new(nanos / 100_000 * 9, Frequency::NINETY_KHZ),
+            ),
+            MediaKindTag::Audio => (
+                MediaKind::Audio,
+                MediaTime::new(nanos / 1_000_000 * 48, Frequency::FORTY_EIGHT_KHZ),
+            ),
+        };
+        self.call.box_frame(kind, rtp_time, &frame.data, now, out)
+    }
+
+    fn record_latency(&mut self, latency: Duration) {
+        if let Some(media) = &mut self.media {
+            if media.send_latencies.len() >= LATENCY_SAMPLES {
+                media.send_latencies.remove(0);
+            }
+            media.send_latencies.push(latency);
+        }
+    }
+
+    fn media_event(&mut self, event: MediaEvent, out: &mut Vec<Output>) {
+        let Some(media) = &mut self.media else {
+            return;
+        };
+        match event {
+            MediaEvent::Device { kind, problem } => {
+                match &problem {
+                    Some(why) => tracing::warn!("box {kind:?} unavailable: {why}"),
+                    None => tracing::info!("box {kind:?} running"),
+                }
+                match kind {
+                    MediaKindTag::Video => media.camera_problem = problem,
+                    MediaKindTag::Audio => media.mic_problem = problem,
+                }
+            }
+        }
+        let note = match (&media.camera_problem, &media.mic_problem) {
+            (None, None) => None,
+            (Some(_), None) => Some("camera unavailable".to_string()),
+            (None, Some(_)) => Some("microphone unavailable".to_string()),
+            (Some(_), Some(_)) => Some("camera and microphone unavailable".to_string()),
+        };
+        let (audio, video) = (media.mic_problem.is_none(), media.camera_problem.is_none());
+        self.call.box_state(audio, video, note, out);
+    }
+
+    /// With nobody in the call, the TV shows a fresh join link as a QR code.
+    pub fn show_idle_screen(&mut self) {
+        if self.media.is_none() {
+            return;
+        }
+        match self.new_invite("TV screen", self.default_ttl) {
+            Ok((_, url)) => {
+                let status = self.box_status_line();
+                if let Some(media) = &self.media {
+                    media.screen.send(screen::Command::Idle { url, status });
+                }
+            }
+            Err(e) => tracing::error!("cannot make a join link for the screen: {e}"),
+        }
+    }
+
+    fn box_status_line(&self) -> String {
+        match &self.media {
+            Some(BoxMedia {
+                camera_problem: Some(_),
+                ..
+            }) => "Camera unavailable".into(),
+            _ => "Camera and microphone on".into(),
         }
     }
 
     fn control(&mut self, request: Request) -> Response {
         match request {
             Request::Status => Response::Ok(self.status()),
+            Request::Snapshot { .. } => {
+                Response::Error("this box has no screen (box media is off)".into())
+            }
+            Request::Simulate { device, present } => match &self.media {
+                Some(media) if media.simulated => {
+                    match device.as_str() {
+                        "camera" => media.camera.simulate_present(present),
+                        "mic" => media.mic.simulate_present(present),
+                        _ => {
+                            return Response::Error(format!(
+                                "no simulated device {device:?} (camera, mic)"
+                            ))
+                        }
+                    }
+                    Response::Ok(serde_json::json!({ "device": device, "present": present }))
+                }
+                Some(_) => Response::Error("devices are simulated only on the dev board".into()),
+                None => Response::Error("box media is off".into()),
+            },
             Request::InviteCreate { name, ttl_secs } => {
                 let ttl = ttl_secs
                     .map(Duration::from_secs)
@@ -211,7 +387,37 @@ impl Hub {
                 })
             })
             .collect();
+        let media = self.media.as_ref().map(|m| {
+            let mut latencies = m.send_latencies.clone();
+            latencies.sort();
+            let percentile = |p: usize| {
+                latencies
+                    .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
+                    .map(|d| d.as_micros() as u64)
+            };
+            let per_phone = m
+                .screen
+                .counters
+                .per_phone
+                .lock()
+                .map(|map| {
+                    map.iter()
+                        .map(|(id, (video, audio))| {
+                            (id.to_string(), serde_json::json!({ "video_frames": video, "audio_buffers": audio }))
+                        })
+                        .collect::<serde_json::Map<_, _>>()
+                })
+                .unwrap_or_default();
+            serde_json::json!({
+                "camera": m.camera_problem.as_deref().unwrap_or("running"),
+                "mic": m.mic_problem.as_deref().unwrap_or("running"),
+                "screen": per_phone,
+                "speaker_samples": m.screen.counters.speaker_samples.load(std::sync::atomic::Ordering::Relaxed),
+                "send_latency_us": { "median": percentile(50), "p99": percentile(99), "frames": latencies.len() },
+            })
+        });
         serde_json::json!({
+            "box": media,
             "participants": participants,
             "video_codec": self.call.room().publish_codec(),
             "media": self.call.sfu().counters(),

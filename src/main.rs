@@ -7,6 +7,7 @@ mod config;
 mod control;
 mod hub;
 mod invite;
+mod media;
 mod protocol;
 mod room;
 mod sfu;
@@ -63,6 +64,22 @@ enum Command {
     },
     /// Who is in the call, as JSON.
     Status,
+    /// What this machine has for the board profile; fails when hardware is missing.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "dev")]
+        board: Board,
+    },
+    /// Write what the TV shows right now to a PNG file.
+    Snapshot { file: PathBuf },
+    /// Dev board: unplug or plug back a simulated device.
+    Simulate {
+        #[arg(value_parser = ["camera", "mic"])]
+        device: String,
+        #[arg(value_parser = ["unplug", "plug"])]
+        action: String,
+    },
     /// Print or check configuration.
     Config {
         #[command(subcommand)]
@@ -138,6 +155,42 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status => {
             let value = ask(&state_dir, &Request::Status)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
+        Command::Check { config, board } => {
+            let config = match config {
+                Some(path) => config::load(&path)?,
+                None => config::Config::default(),
+            };
+            let profile = board.profile(&config.board)?;
+            media::init().map_err(|e| anyhow::anyhow!(e))?;
+            let (report, ok) = media::check::report(&profile);
+            print!("{report}");
+            if !ok {
+                anyhow::bail!("the {board:?} profile's hardware is not all here");
+            }
+            Ok(())
+        }
+        Command::Snapshot { file } => {
+            // The daemon writes the file, so it needs an absolute path.
+            let path = std::path::absolute(&file)?;
+            ask(
+                &state_dir,
+                &Request::Snapshot {
+                    path: path.display().to_string(),
+                },
+            )?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Simulate { device, action } => {
+            ask(
+                &state_dir,
+                &Request::Simulate {
+                    device,
+                    present: action == "plug",
+                },
+            )?;
             Ok(())
         }
         Command::Config { action } => match action {

@@ -83,6 +83,9 @@ pub struct RosterEntry {
     pub audio: bool,
     /// Camera on (as the participant says).
     pub video: bool,
+    /// A line to show on the tile, e.g. "camera unavailable".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -8,6 +8,11 @@ use crate::protocol::{RosterEntry, ServerMsg, VideoCodec};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ParticipantId(pub u64);
 
+impl ParticipantId {
+    /// The box itself, when its camera, mic, screen and speaker are in the call.
+    pub const BOX: ParticipantId = ParticipantId(0);
+}
+
 impl std::fmt::Display for ParticipantId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "p{}", self.0)
@@ -22,6 +27,8 @@ pub struct Participant {
     pub audio: bool,
     pub video: bool,
     pub joined_at: Instant,
+    /// Shown on the tile, e.g. "camera unavailable".
+    pub note: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,6 +66,51 @@ impl Room {
         self.participants.iter().find(|p| p.id == id)
     }
 
+    /// The box joins its own call: first tile, never leaves, decodes everything.
+    pub fn add_box(&mut self, name: &str, now: Instant) {
+        self.participants.insert(
+            0,
+            Participant {
+                id: ParticipantId::BOX,
+                name: crate::protocol::clean_name(name),
+                can_decode_h264: true,
+                audio: true,
+                video: true,
+                joined_at: now,
+                note: None,
+            },
+        );
+    }
+
+    /// Phones in the call (everyone but the box).
+    pub fn phones(&self) -> impl Iterator<Item = &Participant> {
+        self.participants
+            .iter()
+            .filter(|p| p.id != ParticipantId::BOX)
+    }
+
+    /// The box's camera/mic state and note changed (device trouble, privacy).
+    pub fn set_box_state(
+        &mut self,
+        audio: bool,
+        video: bool,
+        note: Option<String>,
+    ) -> Vec<Outgoing> {
+        match self
+            .participants
+            .iter_mut()
+            .find(|p| p.id == ParticipantId::BOX)
+        {
+            Some(p) if (p.audio, p.video, &p.note) != (audio, video, &note) => {
+                p.audio = audio;
+                p.video = video;
+                p.note = note;
+                self.roster_for_all()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The codec every publisher sends: H.264 while everyone can decode it (phones decode it
     /// in hardware, and it is what the box's encoder makes), VP8 otherwise, since without
     /// transcoding every subscriber must decode what a publisher sends.
@@ -76,7 +128,7 @@ impl Room {
         video_codecs: &[String],
         now: Instant,
     ) -> Result<(ParticipantId, Vec<Outgoing>), JoinRefused> {
-        if self.participants.len() >= self.max_participants {
+        if self.phones().count() >= self.max_participants {
             return Err(JoinRefused::Full(self.max_participants));
         }
         let codecs: Vec<VideoCodec> = video_codecs
@@ -105,6 +157,7 @@ impl Room {
             audio: true,
             video: true,
             joined_at: now,
+            note: None,
         });
         let mut out = vec![(
             id,
@@ -153,7 +206,7 @@ impl Room {
         }
         self.participants
             .iter()
-            .filter(|p| Some(p.id) != except)
+            .filter(|p| Some(p.id) != except && p.id != ParticipantId::BOX)
             .map(|p| (p.id, ServerMsg::PublishCodec { codec }))
             .collect()
     }
@@ -167,10 +220,10 @@ impl Room {
                 name: p.name.clone(),
                 audio: p.audio,
                 video: p.video,
+                note: p.note.clone(),
             })
             .collect();
-        self.participants
-            .iter()
+        self.phones()
             .map(|p| {
                 (
                     p.id,
@@ -263,6 +316,27 @@ mod tests {
             room.join("Old", &codecs(&["AV1"]), now).unwrap_err(),
             JoinRefused::NoCommonCodec
         );
+    }
+
+    #[test]
+    fn the_box_is_on_every_roster_but_not_counted_or_messaged() {
+        let now = Instant::now();
+        let mut room = Room::new(1);
+        room.add_box("Home", now);
+        let (a, out) = room.join("Ann", &[], now).unwrap();
+        assert_eq!(roster_names(&out, a).unwrap(), vec!["Home", "Ann"]);
+        assert!(out.iter().all(|(p, _)| *p != ParticipantId::BOX));
+        assert_eq!(
+            room.join("Bob", &[], now).unwrap_err(),
+            JoinRefused::Full(1)
+        );
+        let out = room.set_box_state(true, false, Some("camera unavailable".into()));
+        assert!(
+            matches!(&out[0].1, ServerMsg::Roster { participants } if participants[0].note.as_deref() == Some("camera unavailable") && !participants[0].video)
+        );
+        assert!(room
+            .set_box_state(true, false, Some("camera unavailable".into()))
+            .is_empty());
     }
 
     #[test]

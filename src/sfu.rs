@@ -6,9 +6,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
@@ -22,6 +25,10 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(4);
 const CONNECT_LIMIT: Duration = Duration::from_secs(15);
 /// Keyframe requests to one publisher's track are merged within this window.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+/// Where each phone's bandwidth estimate starts; TWCC corrects it within a second or two.
+const BWE_START_KBPS: u64 = 5000;
+/// The box's encoder is asked for a keyframe at most this often.
+const BOX_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
@@ -51,6 +58,27 @@ pub enum SfuEvent {
     Offer(ParticipantId, String),
     /// The peer's media connection is gone; the caller removes it from the room.
     PeerLost(ParticipantId, LostReason),
+    /// A phone needs a keyframe from the box's encoder.
+    BoxKeyframe,
+    /// The box's encoder should aim at this bitrate: the lowest phone's estimate.
+    BoxBitrate(u32),
+    /// A phone's frame, for the box's screen and speaker.
+    ToBox(PhoneFrame),
+}
+
+/// One encoded frame of a phone's track, as the box's decoders take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhoneFrame {
+    pub from: ParticipantId,
+    pub codec: PhoneCodec,
+    pub data: Arc<[u8]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhoneCodec {
+    H264,
+    Vp8,
+    Opus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +96,8 @@ pub struct SfuCounters {
     pub packets_forwarded: u64,
     pub packets_received: u64,
     pub keyframe_requests_sent: u64,
+    /// The box's own frames written to phones (one per frame per phone).
+    pub box_frames_sent: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -127,6 +157,8 @@ struct Peer {
     tracks_out: Vec<TrackOut>,
     pending: Option<SdpPendingOffer>,
     decodes_h264: bool,
+    /// This phone's bandwidth estimate for what the box sends it.
+    estimate_kbps: Option<u32>,
     created: Instant,
     last_heard: Option<Instant>,
     connected: bool,
@@ -157,6 +189,18 @@ pub struct Sfu {
     candidate: SocketAddr,
     peers: Vec<Peer>,
     counters: SfuCounters,
+    /// The box's own tracks (its camera and mic), offered to every phone.
+    local_tracks: Vec<(MediaKind, Mid)>,
+    /// Whether phones' frames are handed to the box (its screen and speaker).
+    box_listens: bool,
+    to_box: Vec<PhoneFrame>,
+    /// Phone video tracks the box has started decoding: each needs a keyframe first.
+    box_decoding: std::collections::HashSet<(ParticipantId, Mid)>,
+    box_keyframe_due: Option<Instant>,
+    last_box_keyframe: Option<Instant>,
+    /// The box encoder's bitrate range, and what it was last told.
+    box_kbps: (u32, u32),
+    box_bitrate_told: Option<u32>,
 }
 
 impl Sfu {
@@ -166,6 +210,69 @@ impl Sfu {
             candidate,
             peers: Vec::new(),
             counters: SfuCounters::default(),
+            local_tracks: Vec::new(),
+            box_listens: false,
+            to_box: Vec::new(),
+            box_decoding: Default::default(),
+            box_keyframe_due: None,
+            last_box_keyframe: None,
+            box_kbps: (0, 0),
+            box_bitrate_told: None,
+        }
+    }
+
+    /// Make the box a participant: its camera and mic go to every phone, and every phone's
+    /// frames come to the box.
+    pub fn enable_box(&mut self, min_kbps: u32, max_kbps: u32) {
+        self.box_kbps = (min_kbps, max_kbps);
+        // The estimator starts high: it also paces what phones send each other, and a
+        // keyframe held back by a low first guess is what a new phone waits for.
+        self.local_tracks = vec![
+            (MediaKind::Audio, Mid::from("boxa")),
+            (MediaKind::Video, Mid::from("boxv")),
+        ];
+        self.box_listens = true;
+        for peer in &mut self.peers {
+            for (kind, mid) in &self.local_tracks {
+                peer.tracks_out.push(TrackOut {
+                    origin: ParticipantId::BOX,
+                    origin_mid: *mid,
+                    kind: *kind,
+                    state: TrackOutState::ToOpen,
+                });
+            }
+        }
+    }
+
+    /// Send one of the box's encoded frames (H.264 access unit or Opus packet) to every
+    /// phone subscribed to it. `rtp_time` is the capture time in the track's clock.
+    pub fn write_local(&mut self, kind: MediaKind, rtp_time: MediaTime, data: &[u8], now: Instant) {
+        let Some(&(_, origin_mid)) = self.local_tracks.iter().find(|(k, _)| *k == kind) else {
+            return;
+        };
+        let data: Arc<[u8]> = data.into();
+        for peer in &mut self.peers {
+            if !peer.connected || (kind == MediaKind::Video && !peer.decodes_h264) {
+                continue;
+            }
+            let Some(mid) = peer
+                .tracks_out
+                .iter()
+                .find(|t| t.origin == ParticipantId::BOX && t.origin_mid == origin_mid)
+                .and_then(TrackOut::open_mid)
+            else {
+                continue;
+            };
+            let Some(writer) = peer.rtc.writer(mid) else {
+                continue;
+            };
+            let Some(pt) = local_payload_type(&writer, kind) else {
+                continue;
+            };
+            match writer.write(pt, now, rtp_time, data.clone()) {
+                Ok(()) => self.counters.box_frames_sent += 1,
+                Err(e) => tracing::debug!("{}: box frame not written: {e}", peer.id),
+            }
         }
     }
 
@@ -213,7 +320,18 @@ impl Sfu {
             VideoCodec::H264 => config.enable_h264(true).enable_vp8(true),
             VideoCodec::VP8 => config.enable_vp8(true).enable_h264(true),
         };
+        // Bandwidth estimates (TWCC) matter only where the box encodes for this phone: the
+        // encoder follows the slowest phone. Phones' own streams adapt end to end.
+        let config = if self.local_tracks.is_empty() {
+            config
+        } else {
+            config.enable_bwe(Some(Bitrate::kbps(BWE_START_KBPS)))
+        };
         let mut rtc = config.build(now);
+        if !self.local_tracks.is_empty() {
+            rtc.bwe()
+                .set_bitrate(Bitrate::kbps(self.box_kbps.0 as u64), Bitrate::kbps(BWE_START_KBPS));
+        }
         let candidate =
             Candidate::host(self.candidate, Protocol::Udp).map_err(|_| SfuError::NoCandidate)?;
         rtc.add_local_candidate(candidate);
@@ -233,6 +351,12 @@ impl Sfu {
                     state: TrackOutState::ToOpen,
                 })
             })
+            .chain(self.local_tracks.iter().map(|(kind, mid)| TrackOut {
+                origin: ParticipantId::BOX,
+                origin_mid: *mid,
+                kind: *kind,
+                state: TrackOutState::ToOpen,
+            }))
             .collect();
         self.peers.push(Peer {
             id,
@@ -241,6 +365,7 @@ impl Sfu {
             tracks_out: existing,
             pending: None,
             decodes_h264,
+            estimate_kbps: None,
             created: now,
             last_heard: None,
             connected: false,
@@ -293,6 +418,7 @@ impl Sfu {
     /// Drop a peer (WebSocket closed, left, or lost). Its tracks are stopped at the others.
     pub fn remove_peer(&mut self, id: ParticipantId) {
         self.peers.retain(|p| p.id != id);
+        self.box_decoding.retain(|(origin, _)| *origin != id);
         for peer in &mut self.peers {
             peer.tracks_out.retain_mut(|t| {
                 if t.origin != id {
@@ -386,6 +512,19 @@ impl Sfu {
                 self.apply(item, now);
             }
         }
+        events.extend(self.to_box.drain(..).map(SfuEvent::ToBox));
+        if let Some(kbps) = self.box_bitrate() {
+            events.push(SfuEvent::BoxBitrate(kbps));
+        }
+        if let Some(due) = self.box_keyframe_due {
+            if due <= now {
+                events.push(SfuEvent::BoxKeyframe);
+                self.box_keyframe_due = None;
+                self.last_box_keyframe = Some(now);
+            } else {
+                next = next.min(due);
+            }
+        }
         for peer in &self.peers {
             if let Some(reason) = peer.lost {
                 events.push(SfuEvent::PeerLost(peer.id, reason));
@@ -416,6 +555,26 @@ impl Sfu {
                 }
             }
             Propagate::Media(origin, data) => {
+                if self.box_listens {
+                    if data.params.spec().codec.is_video()
+                        && self.box_decoding.insert((origin, data.mid))
+                    {
+                        self.request_keyframe(
+                            origin,
+                            data.mid,
+                            KeyframeRequestKind::Pli,
+                            Urgency::NewSubscriber,
+                            now,
+                        );
+                    }
+                    if let Some(codec) = phone_codec(&data) {
+                        self.to_box.push(PhoneFrame {
+                            from: origin,
+                            codec,
+                            data: data.data.clone(),
+                        });
+                    }
+                }
                 let packets = packet_count(&data);
                 for peer in self.peers.iter_mut().filter(|p| p.id != origin) {
                     if peer.forward(origin, &data) {
@@ -432,6 +591,26 @@ impl Sfu {
         }
     }
 
+    /// The slowest connected phone's estimate, when it moved more than 10 % from what the
+    /// encoder was last told.
+    fn box_bitrate(&mut self) -> Option<u32> {
+        let lowest = self
+            .peers
+            .iter()
+            .filter(|p| p.connected)
+            .filter_map(|p| p.estimate_kbps)
+            .min()?
+            .clamp(self.box_kbps.0, self.box_kbps.1.max(self.box_kbps.0));
+        let moved = self
+            .box_bitrate_told
+            .is_none_or(|told| lowest.abs_diff(told) * 10 > told);
+        if !moved {
+            return None;
+        }
+        self.box_bitrate_told = Some(lowest);
+        Some(lowest)
+    }
+
     fn request_keyframe(
         &mut self,
         publisher: ParticipantId,
@@ -440,6 +619,14 @@ impl Sfu {
         urgency: Urgency,
         now: Instant,
     ) {
+        if publisher == ParticipantId::BOX {
+            let earliest = self
+                .last_box_keyframe
+                .map_or(now, |t| (t + BOX_KEYFRAME_INTERVAL).max(now));
+            self.box_keyframe_due =
+                Some(self.box_keyframe_due.map_or(earliest, |d| d.min(earliest)));
+            return;
+        }
         let Some(peer) = self.peers.iter_mut().find(|p| p.id == publisher) else {
             return;
         };
@@ -467,6 +654,38 @@ impl Sfu {
             .find(|p| p.id == id)
             .ok_or(SfuError::UnknownPeer)
     }
+}
+
+fn phone_codec(data: &MediaData) -> Option<PhoneCodec> {
+    match data.params.spec().codec {
+        Codec::H264 => Some(PhoneCodec::H264),
+        Codec::Vp8 => Some(PhoneCodec::Vp8),
+        Codec::Opus => Some(PhoneCodec::Opus),
+        _ => None,
+    }
+}
+
+/// The payload type for the box's frames: Opus, or H.264 with packetization-mode 1
+/// (constrained baseline preferred), as the box's encoder makes.
+fn local_payload_type(writer: &str0m::media::Writer, kind: MediaKind) -> Option<str0m::media::Pt> {
+    let mut best: Option<(u8, str0m::media::Pt)> = None;
+    for params in writer.payload_params() {
+        let spec = params.spec();
+        let rank = match (kind, spec.codec) {
+            (MediaKind::Audio, Codec::Opus) => 0,
+            (MediaKind::Video, Codec::H264) if spec.format.packetization_mode == Some(1) => {
+                match spec.format.profile_level_id {
+                    Some(0x42e01f) => 0,
+                    _ => 1,
+                }
+            }
+            _ => continue,
+        };
+        if best.is_none_or(|(r, _)| rank < r) {
+            best = Some((rank, params.pt()));
+        }
+    }
+    best.map(|(_, pt)| pt)
 }
 
 fn packet_count(data: &MediaData) -> u64 {
@@ -576,6 +795,9 @@ impl Peer {
                     });
                 }
                 propagate.push(Propagate::Media(self.id, Box::new(data)));
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.estimate_kbps = Some((estimate.as_u64() / 1000) as u32);
             }
             Event::KeyframeRequest(req) => {
                 if let Some(t) = self.tracks_out.iter().find(|t| t.mid() == Some(req.mid)) {

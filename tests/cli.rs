@@ -107,3 +107,17 @@ fn a_port_in_use_is_named() {
         format!("hearth: port {port} is already in use (web.https_port)")
     );
 }
+
+#[test]
+fn check_passes_on_the_dev_board_and_fails_without_pi_hardware() {
+    let dir = temp_dir("cli-check");
+    let (ok, out, err) = cli(&dir, &["check"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Encoder in use: x264enc"), "{out}");
+    // This machine has no Pi camera, no webcam and no sound card.
+    let (ok, out, err) = cli(&dir, &["check", "--board", "pi4"]);
+    assert!(!ok);
+    assert!(out.contains("v4l2h264enc: not available"), "{out}");
+    assert!(out.contains("Camera: MISSING"), "{out}");
+    assert!(err.contains("hardware is not all here"), "{err}");
+}

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Upper bound for any single protocol round trip, so a hung browser fails the test, not CI.
@@ -23,7 +23,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
 const LOG_LINES: usize = 40;
 
-const CHROMIUM_BIN: &str = "/usr/bin/chromium";
+/// The real binary, not Debian's /usr/bin/chromium wrapper: the wrapper exports Debian's Google
+/// API key (which switches on model downloads from googleapis.com) and adds flags of its own.
+const CHROMIUM_BIN: &str = "/usr/lib/chromium/chromium";
 const FIREFOX_BIN: &str = "/usr/bin/firefox-esr";
 
 const CHROMIUM_FLAGS: &[&str] = &[
@@ -40,77 +42,77 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--no-first-run",
     "--ignore-certificate-errors", // Hearth serves a self-signed certificate
     "--allow-loopback-in-peer-connection", // otherwise 127.0.0.1 is never an ICE candidate
-    "--disable-features=WebRtcHideLocalIpsWithMdns", // plain host candidates, no .local names
-    "--remote-debugging-port=0",   // let the OS pick; the port is read back from stderr
+    // WebRtcHideLocalIpsWithMdns: plain host candidates, no .local names.
+    // NetworkTimeServiceQuerying: secure-time pings to clients2.google.com, which
+    // --disable-background-networking does not stop.
+    "--disable-features=WebRtcHideLocalIpsWithMdns,NetworkTimeServiceQuerying",
+    // Even with --disable-component-update, Chromium fetches an on-device-AI model manifest "on
+    // demand" at startup. Point the updater at a port Chromium refuses to dial, so it never does.
+    "--component-updater=url-source=http://127.0.0.1:9/",
+    "--remote-debugging-port=0", // let the OS pick; the port is read back from stderr
 ];
 
-/// Firefox profile prefs (user.js). The remote agent applies similar "recommended" prefs itself,
-/// but only once it is up, which is after some services have already started phoning home.
-const FIREFOX_PREFS: &[(&str, &str)] = &[
-    ("media.navigator.streams.fake", "true"), // synthetic camera + microphone
-    ("media.navigator.permission.disabled", "true"), // no getUserMedia prompt
-    // Firefox gathers only the default-route address (none at all in a namespace with just `lo`)
-    // unless the page has camera/mic permission, and fake devices alone do not count as that.
-    ("permissions.default.camera", "1"),
-    ("permissions.default.microphone", "1"),
-    ("media.autoplay.default", "0"),
-    ("media.peerconnection.ice.loopback", "true"), // gather 127.0.0.1 candidates
-    ("media.peerconnection.ice.obfuscate_host_addresses", "false"), // no mDNS .local names
-    ("app.update.disabledForTesting", "true"),
-    ("app.update.auto", "false"),
-    ("app.normandy.enabled", "false"),
-    ("app.normandy.api_url", "\"\""),
-    ("app.shield.optoutstudies.enabled", "false"),
-    ("browser.backup.enabled", "false"),
-    ("browser.ml.enable", "false"),
-    ("browser.translations.enable", "false"),
-    (
-        "browser.newtabpage.activity-stream.testing.shouldInitializeFeeds",
-        "false",
-    ),
-    ("browser.topsites.contile.enabled", "false"),
-    ("browser.region.network.url", "\"\""),
-    ("browser.region.update.enabled", "false"),
-    ("browser.search.update", "false"),
-    ("browser.safebrowsing.malware.enabled", "false"),
-    ("browser.safebrowsing.phishing.enabled", "false"),
-    ("browser.safebrowsing.downloads.enabled", "false"),
-    ("browser.safebrowsing.blockedURIs.enabled", "false"),
-    ("browser.safebrowsing.provider.mozilla.updateURL", "\"\""),
-    ("browser.shell.checkDefaultBrowser", "false"),
-    ("browser.startup.homepage_override.mstone", "\"ignore\""),
-    ("browser.urlbar.suggest.searches", "false"),
-    ("captivedetect.canonicalURL", "\"\""),
-    ("network.captive-portal-service.enabled", "false"),
-    ("network.connectivity-service.enabled", "false"),
-    ("network.dns.disablePrefetch", "true"),
-    ("network.prefetch-next", "false"),
-    ("network.http.speculative-parallel-limit", "0"),
-    ("network.trr.mode", "5"), // DNS-over-HTTPS off
-    ("datareporting.healthreport.uploadEnabled", "false"),
-    ("datareporting.policy.dataSubmissionEnabled", "false"),
-    ("datareporting.usage.uploadEnabled", "false"),
-    ("toolkit.telemetry.enabled", "false"),
-    ("toolkit.telemetry.unified", "false"),
-    ("toolkit.telemetry.archive.enabled", "false"),
-    ("toolkit.telemetry.server", "\"data:,\""),
-    ("extensions.update.enabled", "false"),
-    ("extensions.getAddons.cache.enabled", "false"),
-    ("extensions.systemAddon.update.enabled", "false"),
-    ("extensions.blocklist.enabled", "false"),
-    (
-        "services.settings.server",
-        "\"data:,#remote-settings-dummy/v1\"",
-    ), // remote settings
-    ("security.remote_settings.intermediates.enabled", "false"),
-    ("security.remote_settings.crlite_filters.enabled", "false"),
-    ("messaging-system.rsexperimentloader.enabled", "false"),
-    ("geo.provider.network.url", "\"\""),
-    ("identity.fxaccounts.enabled", "false"),
-    ("dom.push.connection.enabled", "false"),
-    ("media.gmp-manager.updateEnabled", "false"),
-    ("media.gmp-manager.url", "\"data:,\""),
-];
+/// The Firefox profile's user.js. The remote agent applies similar "recommended" prefs itself,
+/// but only once it is up, after some services have already started phoning home.
+const FIREFOX_USER_JS: &str = r#"
+user_pref("media.navigator.streams.fake", true);
+user_pref("media.navigator.permission.disabled", true);
+// Firefox gathers only the default-route address (none at all in a namespace with just `lo`)
+// unless the page has camera/mic permission, and fake devices alone do not count as that.
+user_pref("permissions.default.camera", 1);
+user_pref("permissions.default.microphone", 1);
+user_pref("media.peerconnection.ice.loopback", true);
+user_pref("media.peerconnection.ice.obfuscate_host_addresses", false);
+user_pref("media.autoplay.default", 0);
+// No background traffic: updates, studies, telemetry, safe browsing, captive portal and
+// connectivity checks, remote settings, add-on and codec (GMP) updates, push, geolocation.
+user_pref("app.update.disabledForTesting", true);
+user_pref("app.normandy.enabled", false);
+user_pref("app.normandy.api_url", "");
+user_pref("app.shield.optoutstudies.enabled", false);
+user_pref("browser.backup.enabled", false);
+user_pref("browser.ml.enable", false);
+user_pref("browser.translations.enable", false);
+user_pref("browser.newtabpage.activity-stream.testing.shouldInitializeFeeds", false);
+user_pref("browser.topsites.contile.enabled", false);
+user_pref("browser.region.network.url", "");
+user_pref("browser.search.update", false);
+user_pref("browser.safebrowsing.malware.enabled", false);
+user_pref("browser.safebrowsing.phishing.enabled", false);
+user_pref("browser.safebrowsing.downloads.enabled", false);
+user_pref("browser.safebrowsing.blockedURIs.enabled", false);
+user_pref("browser.shell.checkDefaultBrowser", false);
+user_pref("browser.startup.homepage_override.mstone", "ignore");
+user_pref("browser.urlbar.suggest.searches", false);
+user_pref("captivedetect.canonicalURL", "");
+user_pref("network.captive-portal-service.enabled", false);
+user_pref("network.connectivity-service.enabled", false);
+user_pref("network.dns.disablePrefetch", true);
+user_pref("network.prefetch-next", false);
+user_pref("network.http.speculative-parallel-limit", 0);
+user_pref("network.trr.mode", 5);
+user_pref("datareporting.healthreport.uploadEnabled", false);
+user_pref("datareporting.policy.dataSubmissionEnabled", false);
+user_pref("datareporting.usage.uploadEnabled", false);
+user_pref("toolkit.telemetry.enabled", false);
+user_pref("toolkit.telemetry.unified", false);
+user_pref("toolkit.telemetry.archive.enabled", false);
+user_pref("toolkit.telemetry.server", "data:,");
+user_pref("extensions.update.enabled", false);
+user_pref("extensions.getAddons.cache.enabled", false);
+user_pref("extensions.systemAddon.update.enabled", false);
+user_pref("extensions.blocklist.enabled", false);
+// Release builds ignore this override unless MOZ_DISABLE_NONLOCAL_CONNECTIONS=1 (set below).
+user_pref("services.settings.server", "data:,#remote-settings-dummy/v1");
+user_pref("security.remote_settings.intermediates.enabled", false);
+user_pref("security.remote_settings.crlite_filters.enabled", false);
+user_pref("messaging-system.rsexperimentloader.enabled", false);
+user_pref("media.gmp-manager.updateEnabled", false);
+user_pref("media.gmp-manager.url", "data:,");
+user_pref("dom.push.connection.enabled", false);
+user_pref("geo.provider.network.url", "");
+user_pref("identity.fxaccounts.enabled", false);
+"#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BrowserKind {
@@ -124,8 +126,8 @@ pub struct Browser {
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
     next_id: u64,
-    /// Events that arrived while we waited for a reply; `goto` looks for its load event here.
-    events: VecDeque<Value>,
+    /// Messages read but not yet claimed (see `read_until`).
+    inbox: VecDeque<Value>,
     /// CDP: the flattened session id of the page. BiDi: the top-level browsing context id.
     target: String,
     proc: Proc,
@@ -156,8 +158,8 @@ impl Drop for Proc {
         }
         let _ = self.child.wait();
         // Chromium's helpers outlive the main process briefly and keep writing to the profile.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !self.pumps.iter().all(|p| p.is_finished()) && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.pumps.iter().all(|p| p.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         for _ in 0..10 {
@@ -220,16 +222,15 @@ impl Browser {
                 (CHROMIUM_BIN, "DevTools listening on ", cmd)
             }
             BrowserKind::Firefox => {
-                let prefs: String = FIREFOX_PREFS
-                    .iter()
-                    .map(|(k, v)| format!("user_pref(\"{k}\", {v});\n"))
-                    .collect();
-                std::fs::write(profile.join("user.js"), prefs)?;
+                std::fs::write(profile.join("user.js"), FIREFOX_USER_JS)?;
                 let mut cmd = Command::new(FIREFOX_BIN);
                 cmd.args(["--headless", "--no-remote", "--profile"])
                     .arg(&profile);
                 // Port 0 works here too: Firefox binds a free port and prints it.
-                cmd.args(["--remote-debugging-port", "0"])
+                cmd.args(["--remote-debugging-port", "0"]);
+                // NONLOCAL: refuse connections to anything but loopback/private addresses, and
+                // honour the remote-settings override above.
+                cmd.env("MOZ_DISABLE_NONLOCAL_CONNECTIONS", "1")
                     .env("MOZ_CRASHREPORTER_DISABLE", "1");
                 (FIREFOX_BIN, "WebDriver BiDi listening on ", cmd)
             }
@@ -292,7 +293,7 @@ impl Browser {
             kind,
             ws,
             next_id: 0,
-            events: VecDeque::new(),
+            inbox: VecDeque::new(),
             target: String::new(),
             proc,
         };
@@ -349,7 +350,7 @@ impl Browser {
     pub async fn goto(&mut self, url: &str) -> Result<()> {
         match self.kind {
             BrowserKind::Chromium => {
-                self.events.clear(); // any load event seen from here on belongs to this navigation
+                self.inbox.clear(); // any load event seen from here on belongs to this navigation
                 let nav = self
                     .call("Page.navigate", json!({"url": url}), true)
                     .await?;
@@ -358,7 +359,8 @@ impl Browser {
                 }
                 // No loaderId means a same-document (#fragment) navigation: there is no load event.
                 if nav.get("loaderId").is_some() {
-                    self.wait_event("Page.loadEventFired").await?;
+                    let load = |m: &Value| m["method"] == "Page.loadEventFired";
+                    self.read_until("Page.navigate's load event", load).await?;
                 }
             }
             BrowserKind::Firefox => {
@@ -381,21 +383,21 @@ impl Browser {
         let wrapped = format!("(async () => JSON.stringify(await (\n{expression}\n)))()");
         let (value, error) = match self.kind {
             BrowserKind::Chromium => {
-                let params =
-                    json!({"expression": wrapped, "awaitPromise": true, "returnByValue": true});
+                // userGesture: code run by a test stands in for a tap (autoplay, play(), AudioContext).
+                let params = json!({"expression": wrapped, "awaitPromise": true, "returnByValue": true, "userGesture": true});
                 let r = self.call("Runtime.evaluate", params, true).await?;
-                let error = r.get("exceptionDetails").map(|d| {
-                    let e = &d["exception"];
-                    e["description"]
-                        .as_str()
-                        .map(str::to_string)
-                        .or_else(|| e.get("value").map(Value::to_string))
-                        .unwrap_or_else(|| d["text"].to_string())
+                // An Error has a description ("TypeError: x\n  at ..."); `throw "x"` only a value.
+                let error = r.get("exceptionDetails").map(|d| match &d["exception"] {
+                    e if e["description"].is_string() => {
+                        e["description"].as_str().unwrap().to_string()
+                    }
+                    e if e["value"].is_string() => e["value"].as_str().unwrap().to_string(),
+                    e => e.get("value").unwrap_or(&d["text"]).to_string(),
                 });
                 (r["result"].clone(), error)
             }
             BrowserKind::Firefox => {
-                let params = json!({"expression": wrapped, "target": {"context": self.target}, "awaitPromise": true, "resultOwnership": "none"});
+                let params = json!({"expression": wrapped, "target": {"context": self.target}, "awaitPromise": true, "resultOwnership": "none", "userActivation": true});
                 let r = self.call("script.evaluate", params, false).await?;
                 let error = (r["type"] == "exception").then(|| {
                     r["exceptionDetails"]["text"]
@@ -442,72 +444,47 @@ impl Browser {
         if on_page {
             msg["sessionId"] = json!(self.target);
         }
-        let kind = self.kind;
-        let reply = timeout(CALL_TIMEOUT, async {
-            self.ws.send(Message::text(msg.to_string())).await?;
-            loop {
-                let msg = self.next_message().await?;
-                if msg["id"] == id {
-                    return Ok::<_, anyhow::Error>(msg);
-                }
-                self.stash(msg);
-            }
-        })
-        .await
-        .map_err(|_| anyhow!("{kind:?} did not answer {method} within {CALL_TIMEOUT:?}"))?
-        .with_context(|| format!("{kind:?} {method}"))?;
+        let sent = timeout(CALL_TIMEOUT, self.ws.send(Message::text(msg.to_string()))).await;
+        sent.map_err(|_| anyhow!("{:?}: sending {method} timed out", self.kind))??;
+        let reply = self.read_until(method, |m| m["id"] == id).await?;
         // CDP errors: {"error": {"code", "message"}}; BiDi: {"type": "error", "error", "message"}.
+        let kind = self.kind;
+        let message = |e: &Value| e["message"].as_str().map_or(e.to_string(), str::to_string);
         match &reply["error"] {
             Value::Null => Ok(reply["result"].clone()),
-            Value::String(code) => bail!(
-                "{kind:?} {method} failed: {code}: {}",
-                reply["message"].as_str().unwrap_or("")
-            ),
-            err => bail!(
-                "{kind:?} {method} failed: {}",
-                err["message"].as_str().unwrap_or(&err.to_string())
-            ),
+            Value::String(code) => bail!("{kind:?} {method} failed: {code}: {}", message(&reply)),
+            err => bail!("{kind:?} {method} failed: {}", message(err)),
         }
     }
 
-    async fn wait_event(&mut self, method: &str) -> Result<Value> {
+    /// Reads until a message matches `want` (or one already read did), keeping the others:
+    /// events that arrive while a call is in flight are what `goto` waits for afterwards.
+    async fn read_until(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<Value> {
         let kind = self.kind;
-        timeout(CALL_TIMEOUT, async {
+        let read = async {
             loop {
-                if let Some(i) = self.events.iter().position(|e| e["method"] == method) {
-                    return Ok(self.events.remove(i).unwrap());
+                if let Some(i) = self.inbox.iter().position(&want) {
+                    return Ok(self.inbox.remove(i).unwrap());
                 }
-                let msg = self.next_message().await?;
-                self.stash(msg);
-            }
-        })
-        .await
-        .map_err(|_| anyhow!("{kind:?} sent no {method} within {CALL_TIMEOUT:?}"))?
-    }
-
-    /// Keeps events for `wait_event`; bounded so a chatty page cannot grow it without limit.
-    fn stash(&mut self, msg: Value) {
-        if msg.get("method").is_some() {
-            if self.events.len() == 1000 {
-                self.events.pop_front();
-            }
-            self.events.push_back(msg);
-        }
-    }
-
-    async fn next_message(&mut self) -> Result<Value> {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text)?),
-                Some(Ok(Message::Close(_))) | None => {
-                    bail!(
-                        "browser closed the connection; output:\n{}",
-                        self.proc.tail()
-                    )
+                let text = match self.ws.next().await {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | None => {
+                        bail!(
+                            "{kind:?} closed the connection; output:\n{}",
+                            self.proc.tail()
+                        )
+                    }
+                    Some(Ok(_)) => continue, // tungstenite answers pings itself
+                    Some(Err(e)) => return Err(e).context("reading from the browser"),
+                };
+                if self.inbox.len() == 1000 {
+                    self.inbox.pop_front(); // events nobody waits for must not pile up forever
                 }
-                Some(Ok(_)) => continue, // pings are answered by tungstenite itself
-                Some(Err(e)) => return Err(e).context("reading from the browser"),
+                self.inbox.push_back(serde_json::from_str(&text)?);
             }
-        }
+        };
+        timeout(CALL_TIMEOUT, read)
+            .await
+            .map_err(|_| anyhow!("{kind:?}: no reply to {what} within {CALL_TIMEOUT:?}"))?
     }
 }

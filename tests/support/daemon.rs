@@ -52,19 +52,30 @@ pub fn free_udp_port() -> u16 {
 }
 
 impl Daemon {
+    /// The phones-only SFU: the box's own media off.
     pub fn start(label: &str) -> Result<Daemon> {
-        Self::start_in(&temp_dir(label))
+        Self::start_with(&temp_dir(label), "[box]\nmedia = false\n")
+    }
+
+    /// The box in its own call: test camera and tone, off-screen display, counted speaker.
+    pub fn start_with_box(label: &str) -> Result<Daemon> {
+        Self::start_with(&temp_dir(label), "")
     }
 
     /// Start with `state_dir` (which may already hold invites).
     pub fn start_in(state_dir: &Path) -> Result<Daemon> {
+        Self::start_with(state_dir, "[box]\nmedia = false\n")
+    }
+
+    /// Start with `state_dir` and extra config text (appended after the ports).
+    pub fn start_with(state_dir: &Path, extra_config: &str) -> Result<Daemon> {
         let https_port = free_tcp_port();
         let udp_port = free_udp_port();
         let config = state_dir.join("test.toml");
         std::fs::write(
             &config,
             format!(
-                "[web]\nhttps_port = {https_port}\nhttp_port = 0\n[call]\nudp_port = {udp_port}\n"
+                "[web]\nhttps_port = {https_port}\nhttp_port = 0\n[call]\nudp_port = {udp_port}\n{extra_config}"
             ),
         )?;
         let mut child = Command::new(hearth_bin())

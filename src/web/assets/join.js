@@ -328,13 +328,15 @@
     remoteStreams.delete(id);
   }
 
-  function setTileInfo(t, name, audio, video) {
+  function setTileInfo(t, name, audio, video, note) {
     t.name.textContent = name;
     t.avatar.textContent = (Array.from(name.trim())[0] || '?').toUpperCase();
     t.el.classList.toggle('mic-off', !audio);
     t.el.classList.toggle('cam-off', !video);
     t.flags.textContent = '';
-    for (const [off, text] of [[!audio, 'Mic off'], [!video, 'Camera off']]) {
+    // A note (e.g. "camera unavailable") says more than the plain badges.
+    const badges = note ? [[true, String(note)]] : [[!audio, 'Mic off'], [!video, 'Camera off']];
+    for (const [off, text] of badges) {
       if (!off) continue;
       const b = make('span', 'badge');
       b.textContent = text;
@@ -348,7 +350,7 @@
     const ids = new Set(list.map((p) => p.id));
     for (const id of [...tiles.keys()]) if (id !== me && !ids.has(id)) removeTile(id);
     const others = list.filter((p) => p.id !== me);
-    for (const p of others) setTileInfo(addTile(p.id, false), String(p.name || 'Guest'), p.audio, p.video);
+    for (const p of others) setTileInfo(addTile(p.id, false), String(p.name || 'Guest'), p.audio, p.video, p.note);
     updateSelf();
     const names = others.map((p) => String(p.name || 'Guest'));
     els.who.textContent = names.length

@@ -1,0 +1,345 @@
+//! The box's camera and mic: GStreamer pipelines from the board profile, encoded once, handed
+//! to the hub frame by frame through appsinks. One supervisor thread per device keeps it
+//! running: a device missing at start or failing mid-call is retried every 2 s, and no
+//! GStreamer error reaches the rest of the daemon.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use tokio::sync::mpsc;
+
+use super::plan::{self, CameraFound, Chain};
+use super::{BoxFrame, MediaEvent, MediaInput, MediaKindTag};
+use crate::board::Profile;
+
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// Commands to a device's supervisor.
+#[derive(Debug)]
+enum Command {
+    KeyframeNow,
+    Bitrate(u32),
+    /// A GStreamer error or end-of-stream from the running pipeline.
+    Failed(String),
+    /// Dev board only: the simulated device disappears or comes back.
+    SimulatePresent(bool),
+    Stop,
+}
+
+/// Handle to one capture device's supervisor thread.
+pub struct Device {
+    commands: std_mpsc::Sender<Command>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Device {
+    pub fn request_keyframe(&self) {
+        let _ = self.commands.send(Command::KeyframeNow);
+    }
+
+    pub fn set_bitrate(&self, kbps: u32) {
+        let _ = self.commands.send(Command::Bitrate(kbps));
+    }
+
+    pub fn simulate_present(&self, present: bool) {
+        let _ = self.commands.send(Command::SimulatePresent(present));
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How to build a device's pipeline right now (cameras are looked for on every attempt,
+/// since a webcam may be plugged in later).
+type Planner = Box<dyn Fn() -> Result<(Chain, Option<String>), String> + Send>;
+
+/// Start the camera's supervisor.
+pub fn camera(profile: &Profile, media: mpsc::Sender<MediaInput>) -> Device {
+    let camera = profile.camera.clone();
+    let encoder_profile = profile.encoder.clone();
+    let planner: Planner = Box::new(move || {
+        let has = |name: &str| gst::ElementFactory::find(name).is_some();
+        let found = plan::find_camera(
+            &camera,
+            &has,
+            super::probe::libcamera_cameras(),
+            &super::probe::v4l2_capture_devices(),
+        );
+        if let CameraFound::Missing(why) = &found {
+            return Err(why.clone());
+        }
+        let encoder = plan::choose_encoder(&encoder_profile, &has)?;
+        Ok((
+            plan::video_capture(&camera, &found, encoder, encoder_profile.bitrate_kbps),
+            Some(encoder.to_string()),
+        ))
+    });
+    spawn(
+        MediaKindTag::Video,
+        planner,
+        media,
+        profile.encoder.min_kbps,
+        profile.encoder.max_kbps,
+    )
+}
+
+/// Start the microphone's supervisor.
+pub fn microphone(profile: &Profile, media: mpsc::Sender<MediaInput>) -> Device {
+    let audio = profile.audio.clone();
+    let planner: Planner = Box::new(move || Ok((plan::audio_capture(&audio), None)));
+    spawn(MediaKindTag::Audio, planner, media, 0, 0)
+}
+
+fn spawn(
+    kind: MediaKindTag,
+    planner: Planner,
+    media: mpsc::Sender<MediaInput>,
+    min_kbps: u32,
+    max_kbps: u32,
+) -> Device {
+    let (tx, rx) = std_mpsc::channel();
+    let commands = tx.clone();
+    let thread = thread::Builder::new()
+        .name(format!("hearth-{kind:?}-capture").to_lowercase())
+        .spawn(move || {
+            Supervisor {
+                kind,
+                planner,
+                media,
+                commands: tx,
+                min_kbps,
+                max_kbps,
+                running: None,
+                present: true,
+                reported: None,
+            }
+            .run(rx)
+        })
+        .ok();
+    Device { commands, thread }
+}
+
+struct Running {
+    pipeline: gst::Pipeline,
+    encoder: Option<(String, gst::Element)>,
+    sink: gst_app::AppSink,
+}
+
+struct Supervisor {
+    kind: MediaKindTag,
+    planner: Planner,
+    media: mpsc::Sender<MediaInput>,
+    commands: std_mpsc::Sender<Command>,
+    min_kbps: u32,
+    max_kbps: u32,
+    running: Option<Running>,
+    /// False while a simulated device is unplugged (dev board).
+    present: bool,
+    /// What the hub was last told, so it hears of changes only.
+    reported: Option<Result<(), String>>,
+}
+
+impl Supervisor {
+    fn run(mut self, commands: std_mpsc::Receiver<Command>) {
+        let mut retry_at = Instant::now();
+        loop {
+            if self.running.is_none() && Instant::now() >= retry_at {
+                match self.start() {
+                    Ok(running) => {
+                        self.running = Some(running);
+                        self.report(Ok(()));
+                    }
+                    Err(why) => {
+                        self.report(Err(why));
+                        retry_at = Instant::now() + RETRY_EVERY;
+                    }
+                }
+            }
+            let wait = if self.running.is_some() {
+                Duration::from_secs(3600)
+            } else {
+                retry_at.saturating_duration_since(Instant::now())
+            };
+            match commands.recv_timeout(wait) {
+                Ok(Command::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(Command::KeyframeNow) => self.force_keyframe(),
+                Ok(Command::Bitrate(kbps)) => self.set_bitrate(kbps),
+                Ok(Command::Failed(why)) => {
+                    tracing::warn!("{:?} capture stopped: {why}; retrying every 2 s", self.kind);
+                    self.stop_pipeline();
+                    self.report(Err(why));
+                    retry_at = Instant::now() + RETRY_EVERY;
+                }
+                Ok(Command::SimulatePresent(present)) => {
+                    self.present = present;
+                    if !present {
+                        if let Some(running) = &self.running {
+                            // Fail the way a vanished device does: an error from the source.
+                            if let Some(src) = running
+                                .pipeline
+                                .iterate_sources()
+                                .into_iter()
+                                .flatten()
+                                .next()
+                            {
+                                gst::element_error!(
+                                    src,
+                                    gst::ResourceError::NotFound,
+                                    ["device unplugged (simulated)"]
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        self.stop_pipeline();
+    }
+
+    fn report(&mut self, state: Result<(), String>) {
+        if self.reported.as_ref() == Some(&state) {
+            return;
+        }
+        self.reported = Some(state.clone());
+        // This thread is not async: waiting for room in the channel is fine here.
+        let _ = self
+            .media
+            .blocking_send(MediaInput::Event(MediaEvent::Device {
+                kind: self.kind,
+                problem: state.err(),
+            }));
+    }
+
+    fn start(&mut self) -> Result<Running, String> {
+        if !self.present {
+            return Err("device not present".into());
+        }
+        let (chain, encoder_name) = (self.planner)()?;
+        let description = chain.to_string();
+        tracing::debug!("{:?} pipeline: {description}", self.kind);
+        let pipeline = gst::parse::launch(&description)
+            .map_err(|e| format!("cannot build the pipeline: {e}"))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| "not a pipeline".to_string())?;
+        let sink_name = match self.kind {
+            MediaKindTag::Video => "video",
+            MediaKindTag::Audio => "audio",
+        };
+        let sink = pipeline
+            .by_name(sink_name)
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+            .ok_or("the pipeline has no appsink")?;
+        let encoder = encoder_name.and_then(|name| {
+            pipeline
+                .iterate_elements()
+                .into_iter()
+                .flatten()
+                .find(|e| e.factory().is_some_and(|f| f.name() == name.as_str()))
+                .map(|e| (name, e))
+        });
+        let frames = self.media.clone();
+        let kind = self.kind;
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let Some(buffer) = sample.buffer() else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let Ok(map) = buffer.map_readable() else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let frame = BoxFrame {
+                        kind,
+                        pts: buffer
+                            .pts()
+                            .map(|t| Duration::from_nanos(t.nseconds()))
+                            .unwrap_or_default(),
+                        data: Arc::from(map.as_slice()),
+                        encoded_at: Instant::now(),
+                    };
+                    // A full queue means the hub is behind: drop rather than stall capture.
+                    let _ = frames.try_send(MediaInput::Frame(frame));
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        let commands = self.commands.clone();
+        if let Some(bus) = pipeline.bus() {
+            bus.set_sync_handler(move |_, message| {
+                use gst::MessageView;
+                match message.view() {
+                    MessageView::Error(e) => {
+                        let _ = commands.send(Command::Failed(e.error().to_string()));
+                    }
+                    MessageView::Eos(_) => {
+                        let _ =
+                            commands.send(Command::Failed("the device ended its stream".into()));
+                    }
+                    _ => {}
+                }
+                gst::BusSyncReply::Drop
+            });
+        }
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(format!("cannot start: {e}"));
+        }
+        Ok(Running {
+            pipeline,
+            encoder,
+            sink,
+        })
+    }
+
+    fn stop_pipeline(&mut self) {
+        if let Some(running) = self.running.take() {
+            // NULL closes the device (its file descriptors) before we go on.
+            let _ = running.pipeline.set_state(gst::State::Null);
+        }
+    }
+
+    fn force_keyframe(&self) {
+        if let Some(running) = &self.running {
+            tracing::debug!("{:?}: keyframe requested", self.kind);
+            let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+                .all_headers(true)
+                .build();
+            running.sink.send_event(event);
+        }
+    }
+
+    fn set_bitrate(&self, kbps: u32) {
+        let Some(Running {
+            encoder: Some((name, encoder)),
+            ..
+        }) = &self.running
+        else {
+            return;
+        };
+        let kbps = kbps.clamp(self.min_kbps, self.max_kbps.max(self.min_kbps));
+        match name.as_str() {
+            "x264enc" => encoder.set_property("bitrate", kbps),
+            "openh264enc" => encoder.set_property("bitrate", kbps * 1000),
+            "v4l2h264enc" => {
+                let controls = gst::Structure::builder("controls")
+                    .field("video_bitrate", (kbps * 1000) as i32)
+                    .build();
+                encoder.set_property("extra-controls", controls);
+            }
+            _ => {}
+        }
+    }
+}

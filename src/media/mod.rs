@@ -1,0 +1,49 @@
+//! The box's own media, through GStreamer: its camera and mic into the call (`capture`),
+//! the phones onto its screen and speaker (`screen`), and what the machine has (`probe`).
+//! `plan` holds the pure pipeline descriptions all of them are built from.
+
+pub mod capture;
+pub mod check;
+pub mod plan;
+pub mod probe;
+pub mod screen;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKindTag {
+    Audio,
+    Video,
+}
+
+/// One encoded frame of the box's camera (H.264 access unit) or mic (Opus packet).
+#[derive(Debug, Clone)]
+pub struct BoxFrame {
+    pub kind: MediaKindTag,
+    /// Presentation time in the pipeline's running time.
+    pub pts: Duration,
+    pub data: Arc<[u8]>,
+    /// When the frame left the encoder, for the latency benchmark.
+    pub encoded_at: Instant,
+}
+
+/// What the media edge tells the hub, on one channel.
+#[derive(Debug, Clone)]
+pub enum MediaInput {
+    Frame(BoxFrame),
+    Event(MediaEvent),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A capture device started (problem None) or stopped working.
+    Device {
+        kind: MediaKindTag,
+        problem: Option<String>,
+    },
+}
+
+pub fn init() -> Result<(), String> {
+    gstreamer::init().map_err(|e| format!("GStreamer does not start: {e}"))
+}

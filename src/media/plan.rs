@@ -1,0 +1,438 @@
+//! Pipeline descriptions built from a board profile: which elements, in which order, with
+//! which caps. Pure (the list of elements that exist is an input), so the Pi pipelines are
+//! tested on a machine without a Pi; `media::pipelines` turns them into GStreamer objects.
+
+use std::fmt;
+
+use crate::board::{AudioProfile, CameraProfile, CameraSource, EncoderProfile};
+
+/// One link in a `gst-launch`-style chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    Element {
+        factory: &'static str,
+        props: Vec<(&'static str, String)>,
+    },
+    Caps(String),
+}
+
+impl Stage {
+    fn element(factory: &'static str, props: &[(&'static str, &str)]) -> Stage {
+        Stage::Element {
+            factory,
+            props: props.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        }
+    }
+}
+
+/// A linear chain of stages, rendered as a `gst-launch` description.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Chain(pub Vec<Stage>);
+
+impl Chain {
+    #[cfg(test)]
+    pub fn factories(&self) -> Vec<&'static str> {
+        self.0
+            .iter()
+            .filter_map(|s| match s {
+                Stage::Element { factory, .. } => Some(*factory),
+                Stage::Caps(_) => None,
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
+    pub fn caps(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter_map(|s| match s {
+                Stage::Caps(c) => Some(c.as_str()),
+                Stage::Element { .. } => None,
+            })
+            .collect()
+    }
+
+    fn push(&mut self, stage: Stage) -> &mut Self {
+        self.0.push(stage);
+        self
+    }
+}
+
+impl fmt::Display for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, stage) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ! ")?;
+            }
+            match stage {
+                Stage::Caps(caps) => f.write_str(caps)?,
+                Stage::Element { factory, props } => {
+                    f.write_str(factory)?;
+                    for (key, value) in props {
+                        if value.contains([' ', ',', '"', '=']) {
+                            write!(f, " {key}=\"{}\"", value.replace('"', "\\\""))?;
+                        } else {
+                            write!(f, " {key}={value}")?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The H.264 the SFU forwards: constrained baseline (every phone decodes it in hardware),
+/// Annex B access units so each appsink buffer is one frame.
+pub const H264_OUT_CAPS: &str =
+    "video/x-h264,profile=constrained-baseline,stream-format=byte-stream,alignment=au";
+
+/// Where the camera's frames come from, after looking at the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CameraFound {
+    Test,
+    Libcamera,
+    V4l2 { device: String },
+    Missing(String),
+}
+
+/// Decide the camera from the profile and what the machine has.
+pub fn find_camera(
+    camera: &CameraProfile,
+    has_element: &dyn Fn(&str) -> bool,
+    libcamera_cameras: usize,
+    v4l2_devices: &[String],
+) -> CameraFound {
+    let v4l2 = || {
+        if !camera.device.is_empty() {
+            Some(camera.device.clone())
+        } else {
+            v4l2_devices.first().cloned()
+        }
+    };
+    match camera.source {
+        CameraSource::Test => CameraFound::Test,
+        CameraSource::Libcamera if has_element("libcamerasrc") && libcamera_cameras > 0 => {
+            CameraFound::Libcamera
+        }
+        CameraSource::Libcamera => CameraFound::Missing("no libcamera camera found".into()),
+        CameraSource::V4l2 => v4l2()
+            .map(|device| CameraFound::V4l2 { device })
+            .unwrap_or_else(|| CameraFound::Missing("no V4L2 capture device found".into())),
+        CameraSource::Auto => {
+            if has_element("libcamerasrc") && libcamera_cameras > 0 {
+                CameraFound::Libcamera
+            } else if let Some(device) = v4l2() {
+                CameraFound::V4l2 { device }
+            } else {
+                CameraFound::Missing("no camera found (libcamera or USB webcam)".into())
+            }
+        }
+    }
+}
+
+/// The first encoder of the profile's list that exists here, with why the others were not.
+pub fn choose_encoder<'a>(
+    encoder: &'a EncoderProfile,
+    has_element: &dyn Fn(&str) -> bool,
+) -> Result<&'a str, String> {
+    let mut skipped = Vec::new();
+    for name in &encoder.video {
+        if has_element(name) {
+            return Ok(name);
+        }
+        skipped.push(format!("{name} is not available"));
+    }
+    Err(format!("no H.264 encoder: {}", skipped.join(", ")))
+}
+
+/// camera → scale/convert → encoder → H.264 access units into the appsink `video`.
+pub fn video_capture(
+    camera: &CameraProfile,
+    found: &CameraFound,
+    encoder: &str,
+    kbps: u32,
+) -> Chain {
+    let raw = format!(
+        "video/x-raw,width={},height={},framerate={}/1",
+        camera.width, camera.height, camera.framerate
+    );
+    let mut chain = Chain::default();
+    match found {
+        CameraFound::Test => {
+            chain
+                .push(Stage::element(
+                    "videotestsrc",
+                    &[("is-live", "true"), ("pattern", "ball")],
+                ))
+                .push(Stage::Caps(raw.clone()))
+                .push(Stage::element(
+                    "clockoverlay",
+                    &[("time-format", "%H:%M:%S"), ("font-desc", "Sans 36")],
+                ));
+        }
+        CameraFound::Libcamera => {
+            chain
+                .push(Stage::element("libcamerasrc", &[]))
+                .push(Stage::Caps(raw.clone()));
+        }
+        CameraFound::V4l2 { device } => {
+            // Webcams offer many formats; let GStreamer pick, then fit size and rate.
+            chain
+                .push(Stage::element("v4l2src", &[("device", device)]))
+                .push(Stage::element("videorate", &[("drop-only", "true")]))
+                .push(Stage::element("videoscale", &[]));
+        }
+        CameraFound::Missing(_) => return chain,
+    }
+    chain
+        .push(Stage::element("videoconvert", &[]))
+        .push(Stage::Caps(format!(
+            "video/x-raw,format=I420,width={},height={},framerate={}/1",
+            camera.width, camera.height, camera.framerate
+        )))
+        .push(Stage::element(
+            "queue",
+            &[("max-size-buffers", "2"), ("leaky", "downstream")],
+        ));
+    let bits = (kbps * 1000).to_string();
+    let key_interval = (camera.framerate * 2).to_string();
+    match encoder {
+        "v4l2h264enc" => {
+            let controls = format!(
+                "controls,video_bitrate={bits},h264_i_frame_period={key_interval},repeat_sequence_header=1"
+            );
+            chain
+                .push(Stage::element(
+                    "v4l2h264enc",
+                    &[("extra-controls", &controls)],
+                ))
+                // The Pi's encoder wants its level spelled out.
+                .push(Stage::Caps(
+                    "video/x-h264,level=(string)4,profile=constrained-baseline".into(),
+                ));
+        }
+        "openh264enc" => {
+            chain
+                .push(Stage::element(
+                    "openh264enc",
+                    &[
+                        ("bitrate", &bits),
+                        ("gop-size", &key_interval),
+                        ("complexity", "low"),
+                        ("rate-control", "bitrate"),
+                    ],
+                ))
+                .push(Stage::Caps(
+                    "video/x-h264,profile=constrained-baseline".into(),
+                ));
+        }
+        _ => {
+            chain
+                .push(Stage::element(
+                    "x264enc",
+                    &[
+                        ("tune", "zerolatency"),
+                        ("speed-preset", "ultrafast"),
+                        ("bitrate", &kbps.to_string()),
+                        ("key-int-max", &key_interval),
+                        ("bframes", "0"),
+                    ],
+                ))
+                .push(Stage::Caps(
+                    "video/x-h264,profile=constrained-baseline".into(),
+                ));
+        }
+    }
+    chain
+        .push(Stage::element("h264parse", &[("config-interval", "-1")]))
+        .push(Stage::Caps(H264_OUT_CAPS.into()))
+        .push(Stage::element(
+            "appsink",
+            &[
+                ("name", "video"),
+                ("sync", "false"),
+                ("max-buffers", "4"),
+                ("drop", "true"),
+            ],
+        ));
+    chain
+}
+
+/// The name of the echo probe that the speaker path carries and the mic path reads.
+pub const ECHO_PROBE: &str = "echo_probe";
+
+/// mic → 48 kHz mono → echo cancellation → Opus into the appsink `audio`.
+pub fn audio_capture(audio: &AudioProfile) -> Chain {
+    let mut chain = Chain::default();
+    if audio.capture == "test" {
+        chain.push(Stage::element(
+            "audiotestsrc",
+            &[
+                ("is-live", "true"),
+                ("wave", "sine"),
+                ("freq", "440"),
+                ("volume", "0.2"),
+            ],
+        ));
+    } else {
+        chain.push(Stage::element("alsasrc", &[("device", &audio.capture)]));
+    }
+    chain
+        .push(Stage::element("audioconvert", &[]))
+        .push(Stage::element("audioresample", &[]))
+        .push(Stage::Caps(
+            "audio/x-raw,format=S16LE,rate=48000,channels=1".into(),
+        ));
+    if audio.echo_cancel {
+        chain.push(Stage::element(
+            "webrtcdsp",
+            &[
+                ("probe", ECHO_PROBE),
+                ("echo-cancel", "true"),
+                ("noise-suppression", "true"),
+            ],
+        ));
+        chain.push(Stage::element("audioconvert", &[]));
+    }
+    chain
+        .push(Stage::element(
+            "opusenc",
+            &[
+                ("bitrate", "32000"),
+                ("frame-size", "20"),
+                ("audio-type", "voice"),
+            ],
+        ))
+        .push(Stage::Caps("audio/x-opus".into()))
+        .push(Stage::element(
+            "appsink",
+            &[
+                ("name", "audio"),
+                ("sync", "false"),
+                ("max-buffers", "8"),
+                ("drop", "true"),
+            ],
+        ));
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::board::Board;
+
+    fn profile(board: Board) -> crate::board::Profile {
+        board.profile(&toml::Table::new()).unwrap()
+    }
+
+    #[test]
+    fn pi4_uses_the_hardware_encoder_with_libcamera() {
+        let p = profile(Board::Pi4);
+        let has = |name: &str| matches!(name, "libcamerasrc" | "v4l2h264enc" | "x264enc");
+        let found = find_camera(&p.camera, &has, 1, &["/dev/video0".into()]);
+        assert_eq!(found, CameraFound::Libcamera);
+        let encoder = choose_encoder(&p.encoder, &has).unwrap();
+        assert_eq!(encoder, "v4l2h264enc");
+        let chain = video_capture(&p.camera, &found, encoder, p.encoder.bitrate_kbps);
+        assert_eq!(
+            chain.factories(),
+            [
+                "libcamerasrc",
+                "videoconvert",
+                "queue",
+                "v4l2h264enc",
+                "h264parse",
+                "appsink"
+            ]
+        );
+        assert_eq!(
+            chain.caps(),
+            [
+                "video/x-raw,width=1280,height=720,framerate=30/1",
+                "video/x-raw,format=I420,width=1280,height=720,framerate=30/1",
+                "video/x-h264,level=(string)4,profile=constrained-baseline",
+                H264_OUT_CAPS,
+            ]
+        );
+        assert!(chain.to_string().contains(
+            "v4l2h264enc extra-controls=\"controls,video_bitrate=1500000,h264_i_frame_period=60,repeat_sequence_header=1\""
+        ));
+    }
+
+    #[test]
+    fn pi4_falls_back_to_a_usb_webcam_and_software_when_hardware_is_missing() {
+        let p = profile(Board::Pi4);
+        let has = |name: &str| matches!(name, "x264enc" | "openh264enc");
+        let found = find_camera(&p.camera, &has, 0, &["/dev/video2".into()]);
+        assert_eq!(
+            found,
+            CameraFound::V4l2 {
+                device: "/dev/video2".into()
+            }
+        );
+        assert_eq!(choose_encoder(&p.encoder, &has).unwrap(), "x264enc");
+        let chain = video_capture(&p.camera, &found, "x264enc", 1500);
+        assert_eq!(
+            chain.factories(),
+            [
+                "v4l2src",
+                "videorate",
+                "videoscale",
+                "videoconvert",
+                "queue",
+                "x264enc",
+                "h264parse",
+                "appsink"
+            ]
+        );
+        assert!(chain
+            .to_string()
+            .starts_with("v4l2src device=/dev/video2 ! "));
+    }
+
+    #[test]
+    fn pi5_encodes_in_software_and_says_why() {
+        let p = profile(Board::Pi5);
+        let has = |name: &str| matches!(name, "libcamerasrc" | "openh264enc");
+        assert_eq!(choose_encoder(&p.encoder, &has).unwrap(), "openh264enc");
+        let none = |_: &str| false;
+        let err = choose_encoder(&p.encoder, &none).unwrap_err();
+        assert!(err.contains("x264enc is not available"), "{err}");
+        let chain = video_capture(&p.camera, &CameraFound::Libcamera, "openh264enc", 800);
+        assert!(chain
+            .to_string()
+            .contains("openh264enc bitrate=800000 gop-size=60"));
+    }
+
+    #[test]
+    fn missing_camera_is_reported_not_invented() {
+        let p = profile(Board::Pi5);
+        let none = |_: &str| false;
+        assert!(matches!(
+            find_camera(&p.camera, &none, 0, &[]),
+            CameraFound::Missing(_)
+        ));
+    }
+
+    #[test]
+    fn mic_path_cancels_echo_before_opus() {
+        let p = profile(Board::Pi4);
+        let chain = audio_capture(&p.audio);
+        assert_eq!(
+            chain.factories(),
+            [
+                "alsasrc",
+                "audioconvert",
+                "audioresample",
+                "webrtcdsp",
+                "audioconvert",
+                "opusenc",
+                "appsink"
+            ]
+        );
+        assert!(chain.to_string().contains("webrtcdsp probe=echo_probe"));
+        let dev = audio_capture(&profile(Board::Dev).audio);
+        assert_eq!(dev.factories()[0], "audiotestsrc");
+    }
+}
