@@ -329,8 +329,10 @@ impl Sfu {
         };
         let mut rtc = config.build(now);
         if !self.local_tracks.is_empty() {
-            rtc.bwe()
-                .set_bitrate(Bitrate::kbps(self.box_kbps.0 as u64), Bitrate::kbps(BWE_START_KBPS));
+            rtc.bwe().set_bitrate(
+                Bitrate::kbps(self.box_kbps.0 as u64),
+                Bitrate::kbps(BWE_START_KBPS),
+            );
         }
         let candidate =
             Candidate::host(self.candidate, Protocol::Udp).map_err(|_| SfuError::NoCandidate)?;

@@ -147,6 +147,8 @@ async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
     );
 
     // A late joiner decodes the box's video within 1 s: its keyframe request reaches the encoder.
+    // (Bob leaves first: two cores do not run four browsers, two decoders and an encoder well.)
+    bob.close().await?;
     let mut cat = Browser::launch(BrowserKind::Chromium).await?;
     cat.goto(&url).await?;
     let took = cat
@@ -191,11 +193,10 @@ async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
     assert_eq!(status["box"]["camera"], "running");
     assert_eq!(
         status["participants"].as_array().map(Vec::len),
-        Some(3),
+        Some(2),
         "{status}"
     );
 
     ann.close().await?;
-    bob.close().await?;
     Ok(())
 }

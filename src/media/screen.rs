@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -19,7 +20,6 @@ use super::plan::ECHO_PROBE;
 use crate::board::{AudioProfile, DisplayProfile, DisplaySink};
 use crate::room::ParticipantId;
 use crate::sfu::{PhoneCodec, PhoneFrame};
-
 
 #[derive(Debug)]
 pub enum Command {
@@ -92,8 +92,10 @@ struct State {
     compositor: gst::Element,
     mixer: gst::Element,
     idle_text: gst::Element,
-    qr_src: gst_app::AppSrc,
-    qr_pad: Option<gst::Pad>,
+    /// The screen behind the tiles: black, with a QR code when nobody is in the call. Pushed
+    /// a few times a second (the compositor shows a live input's latest frame).
+    background_src: gst_app::AppSrc,
+    background: gst::Buffer,
     last_frame: Arc<Mutex<Option<gst::Sample>>>,
     width: u32,
     height: u32,
@@ -105,6 +107,9 @@ struct State {
     failed: std::collections::HashSet<(ParticipantId, bool)>,
     counters: Arc<Counters>,
 }
+
+/// How often the background (and idle QR code) frame is pushed.
+const BACKGROUND_FPS: u32 = 4;
 
 /// The idle screen's QR code: half the screen's height, even (for I420).
 fn qr_size(display: &DisplayProfile) -> u32 {
@@ -122,7 +127,6 @@ fn sink_for(display: &DisplayProfile) -> &'static str {
 /// The screen pipeline's fixed part; phones' branches are added as they come.
 pub fn describe(display: &DisplayProfile, audio: &AudioProfile) -> String {
     let (w, h) = (display.width, display.height);
-    let qr = qr_size(display);
     let speaker = if audio.playback == "count" {
         "appsink name=speaker sync=false".to_string()
     } else {
@@ -139,11 +143,10 @@ pub fn describe(display: &DisplayProfile, audio: &AudioProfile) -> String {
          screen. ! queue leaky=downstream max-size-buffers=2 ! {display_sink} \
          screen. ! queue leaky=downstream max-size-buffers=2 ! videoconvert ! video/x-raw,format=RGB \
            ! appsink name=snapshot sync=false max-buffers=1 drop=true \
-         videotestsrc is-live=true pattern=black ! video/x-raw,width={w},height={h},framerate=30/1 \
-           ! textoverlay name=idle_text valignment=bottom halignment=center font-desc=\"Sans 16\" ! mix.sink_0 \
-         appsrc name=qr format=time is-live=false caps=video/x-raw,format=GRAY8,width={qr},height={qr},framerate=0/1 \
-           ! imagefreeze is-live=true allow-replace=true ! videoconvert \
-           ! video/x-raw,format=I420,width={qr},height={qr},framerate=30/1 ! mix.sink_1 \
+         appsrc name=background format=time is-live=true do-timestamp=true \
+           caps=video/x-raw,format=GRAY8,width={w},height={h},framerate={BACKGROUND_FPS}/1 \
+           ! videoconvert ! textoverlay name=idle_text valignment=bottom halignment=center font-desc=\"Sans 16\" \
+           ! videoconvert ! mix.sink_0 \
          audiomixer name=amix ! audioconvert ! audioresample ! audio/x-raw,format=S16LE,rate=48000,channels=1{probe} ! {speaker} \
          audiotestsrc is-live=true wave=silence ! audio/x-raw,rate=48000,channels=1 ! amix.",
         display_sink = sink_for(display),
@@ -169,9 +172,9 @@ impl State {
         let compositor = get("mix")?;
         let mixer = get("amix")?;
         let idle_text = get("idle_text")?;
-        let qr_src = get("qr")?
+        let background_src = get("background")?
             .downcast::<gst_app::AppSrc>()
-            .map_err(|_| "qr is not an appsrc")?;
+            .map_err(|_| "background is not an appsrc")?;
         let last_frame = Arc::new(Mutex::new(None));
         let snapshot = get("snapshot")?
             .downcast::<gst_app::AppSink>()
@@ -208,15 +211,6 @@ impl State {
                     .build(),
             );
         }
-        let qr_pad = compositor.static_pad("sink_1");
-        if let Some(pad) = &qr_pad {
-            let qr = qr_size(display);
-            pad.set_property("xpos", ((display.width.saturating_sub(qr)) / 2) as i32);
-            pad.set_property(
-                "ypos",
-                ((display.height.saturating_sub(qr)) / 6) as i32,
-            );
-        }
         if let Some(bus) = pipeline.bus() {
             // A fault here must be visible: the call itself goes on without the screen.
             bus.set_sync_handler(|_, message| {
@@ -224,7 +218,10 @@ impl State {
                     tracing::error!(
                         "screen: {} ({})",
                         e.error(),
-                        message.src().map(|s| s.path_string().to_string()).unwrap_or_default()
+                        message
+                            .src()
+                            .map(|s| s.path_string().to_string())
+                            .unwrap_or_default()
                     );
                 }
                 gst::BusSyncReply::Drop
@@ -238,8 +235,11 @@ impl State {
             compositor,
             mixer,
             idle_text,
-            qr_src,
-            qr_pad,
+            background_src,
+            background: gst::Buffer::from_slice(vec![
+                0u8;
+                (display.width * display.height) as usize
+            ]),
             last_frame,
             width: display.width,
             height: display.height,
@@ -253,7 +253,20 @@ impl State {
     }
 
     fn run(mut self, commands: std_mpsc::Receiver<Command>) {
-        while let Ok(command) = commands.recv() {
+        let every = Duration::from_millis(1000 / BACKGROUND_FPS as u64);
+        let mut next_background = std::time::Instant::now();
+        loop {
+            let now = std::time::Instant::now();
+            if now >= next_background {
+                let _ = self.background_src.push_buffer(self.background.clone());
+                next_background = now + every;
+            }
+            let command =
+                match commands.recv_timeout(next_background.saturating_duration_since(now)) {
+                    Ok(command) => command,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                };
             match command {
                 Command::Stop => break,
                 Command::Frame(frame) => self.frame(frame),
@@ -433,7 +446,7 @@ impl State {
     }
 
     /// Tiles in a grid of equal cells, in join order; the idle QR code only when empty.
-    fn layout(&self) {
+    fn layout(&mut self) {
         let ids: Vec<ParticipantId> = self
             .names
             .iter()
@@ -442,8 +455,9 @@ impl State {
             .collect();
         let n = ids.len() as u32;
         let idle = self.names.is_empty();
-        if let Some(pad) = &self.qr_pad {
-            pad.set_property("alpha", if idle { 1.0f64 } else { 0.0f64 });
+        if !idle {
+            self.background =
+                gst::Buffer::from_slice(vec![0u8; (self.width * self.height) as usize]);
         }
         if !idle {
             self.idle_text.set_property("text", "");
@@ -467,15 +481,28 @@ impl State {
     }
 
     fn idle(&mut self, url: &str, status: &str) {
-        if self.names.is_empty() {
-            self.idle_text
-                .set_property("text", format!("Scan to join the call\n{url}\n{status}"));
+        if !self.names.is_empty() {
+            return; // someone joined meanwhile: the tiles stay
         }
+        self.idle_text
+            .set_property("text", format!("Scan to join the call\n{url}\n{status}"));
         let Ok(code) = qrcode::QrCode::new(url.as_bytes()) else {
             return;
         };
-        let image = qr_gray8(&code, self.qr_size);
-        let _ = self.qr_src.push_buffer(gst::Buffer::from_slice(image));
+        let qr = qr_gray8(&code, self.qr_size);
+        let mut frame = vec![0u8; (self.width * self.height) as usize];
+        let x0 = (self.width.saturating_sub(self.qr_size)) / 2;
+        let y0 = (self.height.saturating_sub(self.qr_size)) / 6;
+        for row in 0..self.qr_size.min(self.height) {
+            let src = (row * self.qr_size) as usize;
+            let dst = ((y0 + row) * self.width + x0) as usize;
+            let len = self.qr_size.min(self.width) as usize;
+            if let (Some(to), Some(from)) = (frame.get_mut(dst..dst + len), qr.get(src..src + len))
+            {
+                to.copy_from_slice(from);
+            }
+        }
+        self.background = gst::Buffer::from_slice(frame);
     }
 
     fn snapshot(&self, path: &std::path::Path) -> Result<(), String> {

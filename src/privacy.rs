@@ -1,0 +1,292 @@
+//! The privacy state machine: switch readings, software requests and the current time in;
+//! what to do with capture, the LED and the room out. Pure, so every rule is tested with a
+//! fake clock. The rules:
+//!
+//! - Privacy is on while the switch reads on, while it cannot be read, before it has been
+//!   read at all, or while software asked for it.
+//! - Turning on is immediate (the safe direction); turning off needs the switch to read off
+//!   steadily for the debounce time, so contact bounce never opens the camera.
+//! - Software can turn privacy on. On a hardware board nothing but the physical switch
+//!   releases it: the software request is cleared when the switch is switched off.
+//!   On the dev board the simulated switch plays that part.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    On,
+    Off,
+    /// The line could not be read (chip missing, request or read failed).
+    Unreadable(String),
+}
+
+/// Why privacy changed, for the log and the phones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    Switch,
+    SwitchUnreadable(String),
+    Software(String),
+    StartUp,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Switch => f.write_str("switch"),
+            Cause::SwitchUnreadable(why) => write!(f, "switch unreadable: {why}"),
+            Cause::Software(who) => write!(f, "software ({who})"),
+            Cause::StartUp => f.write_str("start-up"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Close camera and mic: pipelines to NULL, devices released.
+    StopCapture,
+    StartCapture,
+    Led(bool),
+    /// Tell every participant, and append to the privacy log.
+    Changed { on: bool, cause: Cause },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    #[error("privacy can only be turned off with the switch on the box")]
+    HardwareSwitchOnly,
+}
+
+#[derive(Debug)]
+pub struct Privacy {
+    debounce: Duration,
+    /// Latest reading and since when it has been read so.
+    reading: Option<(Reading, Instant)>,
+    /// The switch as debounced: None until first known.
+    switch_on: Option<bool>,
+    software_on: bool,
+    /// Whether the switch has ever read off steadily (the first time is start-up).
+    known_once: bool,
+    /// The effective state; starts on (nothing is captured until the switch is known).
+    on: bool,
+}
+
+impl Privacy {
+    pub fn new(debounce: Duration) -> Self {
+        Privacy {
+            debounce,
+            reading: None,
+            switch_on: None,
+            software_on: false,
+            known_once: false,
+            on: true,
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// Start-up: privacy is on and capture has not started. The LED shows it.
+    pub fn start(&self) -> Vec<Action> {
+        vec![Action::Led(true)]
+    }
+
+    /// A reading of the switch line (an edge event, or a poll).
+    pub fn reading(&mut self, reading: Reading, now: Instant) -> Vec<Action> {
+        let changed = self.reading.as_ref().is_none_or(|(r, _)| *r != reading);
+        if changed {
+            self.reading = Some((reading.clone(), now));
+        }
+        match reading {
+            Reading::On => {
+                self.switch_on = Some(true);
+                self.settle(Cause::Switch)
+            }
+            Reading::Unreadable(why) => {
+                self.switch_on = None;
+                self.settle(Cause::SwitchUnreadable(why))
+            }
+            // Off counts only once steady: see `tick`.
+            Reading::Off => self.tick(now),
+        }
+    }
+
+    /// Time passed: a steady "off" reading may now release the switch.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        if let Some((Reading::Off, since)) = &self.reading {
+            if now.saturating_duration_since(*since) >= self.debounce && self.switch_on != Some(false) {
+                let before = self.switch_on.replace(false);
+                if before == Some(true) {
+                    // Switching off is the owner's hand at the box: it also ends a software pause.
+                    self.software_on = false;
+                }
+                let cause = if self.known_once { Cause::Switch } else { Cause::StartUp };
+                self.known_once = true;
+                return self.settle(cause);
+            }
+        }
+        Vec::new()
+    }
+
+    /// When the next `tick` could change something.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match &self.reading {
+            Some((Reading::Off, since)) if self.switch_on != Some(false) => Some(*since + self.debounce),
+            _ => None,
+        }
+    }
+
+    pub fn software_on(&mut self, who: &str) -> Vec<Action> {
+        self.software_on = true;
+        self.settle(Cause::Software(who.to_string()))
+    }
+
+    /// A request to turn privacy off from software: always refused. Only the switch (real
+    /// or, on the dev board, simulated) releases privacy.
+    pub fn software_off(&self) -> Result<(), Refused> {
+        Err(Refused::HardwareSwitchOnly)
+    }
+
+    fn any_reason_for_privacy(&self) -> bool {
+        // Unknown (None) counts as on: fail closed.
+        self.switch_on != Some(false) || self.software_on
+    }
+
+    fn settle(&mut self, cause: Cause) -> Vec<Action> {
+        let on = self.any_reason_for_privacy();
+        if on == self.on {
+            return Vec::new();
+        }
+        self.on = on;
+        if on {
+            vec![
+                Action::StopCapture,
+                Action::Led(true),
+                Action::Changed { on: true, cause },
+            ]
+        } else {
+            vec![
+                Action::StartCapture,
+                Action::Led(false),
+                Action::Changed { on: false, cause },
+            ]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBOUNCE: Duration = Duration::from_millis(20);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn started(now: Instant) -> Privacy {
+        let mut p = Privacy::new(DEBOUNCE);
+        assert_eq!(p.start(), vec![Action::Led(true)]);
+        p.reading(Reading::Off, now);
+        let actions = p.tick(now + DEBOUNCE);
+        assert!(actions.contains(&Action::StartCapture));
+        p
+    }
+
+    #[test]
+    fn nothing_is_captured_until_the_switch_is_read() {
+        let t = Instant::now();
+        let mut p = Privacy::new(DEBOUNCE);
+        assert!(p.is_on());
+        assert!(p.tick(t + ms(1000)).is_empty(), "no reading, no capture");
+        assert!(p.reading(Reading::Off, t).is_empty(), "not steady yet");
+        assert_eq!(p.next_deadline(), Some(t + DEBOUNCE));
+        let actions = p.tick(t + DEBOUNCE);
+        assert_eq!(actions[0], Action::StartCapture);
+        assert!(!p.is_on());
+    }
+
+    #[test]
+    fn switch_on_closes_capture_at_once() {
+        let t = Instant::now();
+        let mut p = started(t);
+        let actions = p.reading(Reading::On, t + ms(100));
+        assert_eq!(
+            actions,
+            vec![
+                Action::StopCapture,
+                Action::Led(true),
+                Action::Changed { on: true, cause: Cause::Switch }
+            ]
+        );
+    }
+
+    #[test]
+    fn bounce_is_ignored() {
+        let t = Instant::now();
+        let mut p = started(t);
+        // On with bounce: the first contact engages, the chatter changes nothing.
+        assert!(p.reading(Reading::On, t + ms(100)).contains(&Action::StopCapture));
+        for i in 0..5 {
+            p.reading(Reading::Off, t + ms(101 + 2 * i));
+            assert!(p.tick(t + ms(102 + 2 * i)).is_empty());
+            assert!(p.reading(Reading::On, t + ms(102 + 2 * i)).is_empty());
+        }
+        // Off with bounce: released once, only after it reads off for the debounce time.
+        p.reading(Reading::Off, t + ms(200));
+        p.reading(Reading::On, t + ms(205));
+        p.reading(Reading::Off, t + ms(207));
+        assert!(p.tick(t + ms(220)).is_empty(), "13 ms steady is not enough");
+        let actions = p.tick(t + ms(227));
+        assert_eq!(actions[0], Action::StartCapture);
+        assert!(p.tick(t + ms(300)).is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_switch_means_privacy() {
+        let t = Instant::now();
+        let mut p = started(t);
+        let actions = p.reading(Reading::Unreadable("gpiochip0 missing".into()), t + ms(50));
+        assert!(actions.contains(&Action::StopCapture));
+        assert!(actions.contains(&Action::Led(true)));
+        assert!(matches!(&actions[2], Action::Changed { on: true, cause: Cause::SwitchUnreadable(_) }));
+        // Retries that keep failing change nothing (one log line, not one per retry).
+        assert!(p.reading(Reading::Unreadable("gpiochip0 missing".into()), t + ms(2050)).is_empty());
+        // Readable again and off: released after the debounce.
+        p.reading(Reading::Off, t + ms(4000));
+        assert!(p.tick(t + ms(4020)).contains(&Action::StartCapture));
+    }
+
+    #[test]
+    fn unreadable_at_start_never_captures() {
+        let t = Instant::now();
+        let mut p = Privacy::new(DEBOUNCE);
+        p.start();
+        assert!(p.reading(Reading::Unreadable("no chip".into()), t).is_empty(), "already on");
+        assert!(p.tick(t + ms(5000)).is_empty());
+        assert!(p.is_on());
+    }
+
+    #[test]
+    fn software_engages_but_only_the_switch_releases() {
+        let t = Instant::now();
+        let mut p = started(t);
+        let actions = p.software_on("the phone page");
+        assert!(actions.contains(&Action::StopCapture));
+        assert_eq!(p.software_off(), Err(Refused::HardwareSwitchOnly));
+        assert!(p.tick(t + ms(1000)).is_empty(), "the switch still reads off: stays on");
+        // The owner flips the switch on and off again: that releases it.
+        p.reading(Reading::On, t + ms(2000));
+        p.reading(Reading::Off, t + ms(3000));
+        assert!(p.tick(t + ms(3020)).contains(&Action::StartCapture));
+    }
+
+    #[test]
+    fn software_off_is_refused_while_the_switch_is_on() {
+        let t = Instant::now();
+        let mut p = started(t);
+        p.reading(Reading::On, t + ms(10));
+        assert_eq!(p.software_off(), Err(Refused::HardwareSwitchOnly));
+        assert!(p.is_on());
+    }
+}
