@@ -13,7 +13,7 @@ use crate::board::Board;
 use crate::call::Call;
 use crate::config::Config;
 use crate::control;
-use crate::hub::{BoxMedia, Hub};
+use crate::hub::{BoxMedia, Hub, PrivacyControl};
 use crate::invite::InviteStore;
 use crate::room::Room;
 use crate::sfu::Sfu;
@@ -173,10 +173,38 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let base_url = format!("https://{link_host}:{}", config.web.https_port);
 
     let invites = InviteStore::load(&state_dir)?;
+    let profile = board.profile(&config.board)?;
+    // The dev board's simulated devices are files standing for device nodes (see capture).
+    let dev_device = |name: &str| -> Result<Option<PathBuf>> {
+        if board != Board::Dev {
+            return Ok(None);
+        }
+        let dir = state_dir.join("dev");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Some(dir.join(name)))
+    };
+    // Privacy first: nothing is captured until the switch has been read.
+    let (lines, readings) = crate::gpio::start(&profile.gpio);
+    let privacy = PrivacyControl {
+        machine: crate::privacy::Privacy::new(Duration::from_millis(profile.gpio.debounce_ms)),
+        lines,
+        readings,
+        log: state_dir.join("privacy.log"),
+        hardware: board != Board::Dev,
+        since: std::time::SystemTime::now(),
+        changed_at: None,
+        changed_at_for_release: None,
+        release_latencies: Vec::new(),
+        told_latencies: Vec::new(),
+    };
+    for action in privacy.machine.start() {
+        if let crate::privacy::Action::Led(on) = action {
+            let _ = privacy.lines.led.send(on);
+        }
+    }
     let mut room = Room::new(config.call.max_participants);
     let mut sfu = Sfu::new(candidate);
     let media = if config.home.media {
-        let profile = board.profile(&config.board)?;
         crate::media::init().map_err(|e| anyhow!(e))?;
         let (tx, rx) = mpsc::channel(64);
         let screen = crate::media::screen::Screen::start(&profile.display, &profile.audio)
@@ -184,8 +212,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         room.add_box(&config.home.name, std::time::Instant::now());
         sfu.enable_box(profile.encoder.min_kbps, profile.encoder.max_kbps);
         Some(BoxMedia {
-            camera: crate::media::capture::camera(&profile, tx.clone()),
-            mic: crate::media::capture::microphone(&profile, tx),
+            camera: crate::media::capture::camera(&profile, tx.clone(), dev_device("camera")?),
+            mic: crate::media::capture::microphone(&profile, tx, dev_device("mic")?),
             screen,
             input: rx,
             simulated: board == Board::Dev,
@@ -200,6 +228,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut hub = Hub {
         call,
         media,
+        privacy,
+        pending_out: Vec::new(),
         socket: udp,
         loopback_only: !lan,
         base_url,

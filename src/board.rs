@@ -65,6 +65,29 @@ pub struct Profile {
     pub encoder: EncoderProfile,
     pub audio: AudioProfile,
     pub display: DisplayProfile,
+    pub gpio: GpioProfile,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GpioBackend {
+    /// The Linux GPIO character device (Pi 4, Pi 5, any Linux board).
+    Cdev,
+    /// A switch and LED in memory, flipped from the command line.
+    Simulated,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GpioProfile {
+    pub backend: GpioBackend,
+    /// Line names, e.g. "GPIO17".
+    pub switch_line: String,
+    pub led_line: String,
+    pub switch_active_low: bool,
+    pub led_active_low: bool,
+    pub debounce_ms: u64,
+    pub bounce: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -33,6 +33,8 @@ pub enum Output {
     ToBox(PhoneFrame),
     /// The phones now in the call, for the box's screen (tiles, names, idle screen).
     ScreenRoster(Vec<(ParticipantId, String)>),
+    /// A phone asked to pause the box (privacy on); the name says who.
+    PauseBox(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,15 +77,16 @@ impl Call {
         self.poll(now, out)
     }
 
-    /// The box's camera or mic started or stopped working; everyone is told.
+    /// The box's camera or mic changed (device trouble, privacy); everyone is told.
     pub fn box_state(
         &mut self,
         audio: bool,
         video: bool,
         note: Option<String>,
+        privacy_since: Option<u64>,
         out: &mut Vec<Output>,
     ) {
-        let messages = self.room.set_box_state(audio, video, note);
+        let messages = self.room.set_box_state(audio, video, note, privacy_since);
         self.send_all(messages, out);
     }
 
@@ -245,6 +248,14 @@ impl Call {
                 self.conns.remove(&conn);
                 self.leave(id, out);
                 out.push(Output::Close(conn));
+            }
+            ClientMsg::PauseBox => {
+                let name = self
+                    .room
+                    .participant(id)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
+                out.push(Output::PauseBox(name));
             }
             ClientMsg::Join { .. } => out.push(Output::Send(
                 conn,

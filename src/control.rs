@@ -27,7 +27,11 @@ pub enum Request {
     Snapshot {
         path: String,
     },
-    /// Dev board: unplug or plug a simulated device ("camera", "mic").
+    /// `hearth privacy on|off`.
+    Privacy {
+        on: bool,
+    },
+    /// Unplug or plug a simulated device ("camera", "mic"), or flip a simulated "switch".
     Simulate {
         device: String,
         present: bool,

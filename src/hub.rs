@@ -12,11 +12,14 @@ use str0m::media::{Frequency, MediaKind, MediaTime};
 
 use crate::call::{Call, ConnId, Output};
 use crate::control::{Envelope, Request, Response};
+use crate::gpio::PrivacyLines;
 use crate::invite::unix_seconds;
 use crate::media::capture::Device;
 use crate::media::screen::{self, Screen};
 use crate::media::{BoxFrame, MediaEvent, MediaInput, MediaKindTag};
+use crate::privacy::{Action, Privacy, Reading};
 use crate::protocol::ServerMsg;
+use std::path::PathBuf;
 
 /// What a WebSocket task tells the hub.
 #[derive(Debug)]
@@ -49,15 +52,64 @@ pub struct BoxMedia {
 
 const LATENCY_SAMPLES: usize = 1000;
 
+/// The privacy switch, its state machine, and what it has done.
+pub struct PrivacyControl {
+    pub machine: Privacy,
+    pub lines: PrivacyLines,
+    pub readings: mpsc::Receiver<Reading>,
+    /// Append-only, one line per change.
+    pub log: PathBuf,
+    /// A hardware board: only the physical switch releases privacy.
+    pub hardware: bool,
+    pub since: SystemTime,
+    /// When the reading that last changed the state arrived, to measure the reaction.
+    pub changed_at: Option<Instant>,
+    /// When privacy last turned on, to measure how fast capture was released.
+    pub changed_at_for_release: Option<Instant>,
+    pub release_latencies: Vec<Duration>,
+    pub told_latencies: Vec<Duration>,
+}
+
 pub struct Hub {
     pub call: Call,
     pub media: Option<BoxMedia>,
+    pub privacy: PrivacyControl,
+    /// Outputs made while answering a control request, carried out right after.
+    pub pending_out: Vec<Output>,
     pub socket: UdpSocket,
     /// Drop datagrams from anywhere but loopback (dev board without `--lan`).
     pub loopback_only: bool,
     /// `https://host:port` for join links.
     pub base_url: String,
     pub default_ttl: Duration,
+}
+
+fn record(samples: &mut Vec<Duration>, sample: Duration) {
+    if samples.len() >= LATENCY_SAMPLES {
+        samples.remove(0);
+    }
+    samples.push(sample);
+}
+
+/// Median, p99 and count of latency samples, in microseconds.
+fn summary(samples: &[Duration]) -> serde_json::Value {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let at = |p: usize| {
+        sorted
+            .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
+            .map(|d| d.as_micros() as u64)
+    };
+    serde_json::json!({ "median": at(50), "p99": at(99), "count": sorted.len() })
+}
+
+fn append(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(line.as_bytes())
 }
 
 async fn next_media(media: &mut Option<BoxMedia>) -> Option<MediaInput> {
@@ -142,12 +194,24 @@ impl Hub {
                         });
                     } else {
                         let _ = reply.send(self.control(request));
+                        out.append(&mut self.pending_out);
                     }
                 }
+                Some(reading) = self.privacy.readings.recv() => {
+                    let now = Instant::now();
+                    let actions = self.privacy.machine.reading(reading, now);
+                    self.apply_privacy(actions, now, &mut out);
+                }
                 _ = sleep => {
-                    next = self.call.timeout(Instant::now(), &mut out);
+                    let now = Instant::now();
+                    let actions = self.privacy.machine.tick(now);
+                    self.apply_privacy(actions, now, &mut out);
+                    next = self.call.timeout(now, &mut out);
                 }
                 _ = shutdown.changed() => break,
+            }
+            if let Some(deadline) = self.privacy.machine.next_deadline() {
+                next = next.min(deadline);
             }
             self.carry_out(&mut out, &mut conns).await;
         }
@@ -161,6 +225,12 @@ impl Hub {
         out: &mut Vec<Output>,
         conns: &mut HashMap<ConnId, mpsc::UnboundedSender<WsCommand>>,
     ) {
+        let tells_room = out
+            .iter()
+            .any(|o| matches!(o, Output::Send(_, ServerMsg::Roster { .. })));
+        if let (true, Some(at)) = (tells_room, self.privacy.changed_at.take()) {
+            record(&mut self.privacy.told_latencies, at.elapsed());
+        }
         for output in out.drain(..) {
             match output {
                 Output::Transmit(t) => {
@@ -199,6 +269,23 @@ impl Hub {
                         media.screen.send(screen::Command::Frame(frame));
                     }
                 }
+                Output::PauseBox(who) => {
+                    let actions = self
+                        .privacy
+                        .machine
+                        .software_on(&format!("{who}, from the call page"));
+                    let now = Instant::now();
+                    let mut more = Vec::new();
+                    self.apply_privacy(actions, now, &mut more);
+                    // Messages from this change go out in the next round of this loop.
+                    for output in more {
+                        if let Output::Send(conn, msg) = output {
+                            if let Some(tx) = conns.get(&conn) {
+                                let _ = tx.send(WsCommand::Send(msg));
+                            }
+                        }
+                    }
+                }
                 Output::ScreenRoster(phones) => {
                     let empty = phones.is_empty();
                     if let Some(media) = &self.media {
@@ -229,19 +316,27 @@ impl Hub {
 
     fn record_latency(&mut self, latency: Duration) {
         if let Some(media) = &mut self.media {
-            if media.send_latencies.len() >= LATENCY_SAMPLES {
-                media.send_latencies.remove(0);
-            }
-            media.send_latencies.push(latency);
+            record(&mut media.send_latencies, latency);
         }
     }
 
     fn media_event(&mut self, event: MediaEvent, out: &mut Vec<Output>) {
-        let Some(media) = &mut self.media else {
-            return;
-        };
         match event {
+            MediaEvent::Released { at, .. } => {
+                if let Some(edge) = self.privacy.changed_at_for_release {
+                    record(
+                        &mut self.privacy.release_latencies,
+                        at.saturating_duration_since(edge),
+                    );
+                }
+            }
+            // A device vanishing while privacy is on is expected (the switch may cut a
+            // webcam's power): nothing to tell.
+            MediaEvent::Device { .. } if self.privacy.machine.is_on() => {}
             MediaEvent::Device { kind, problem } => {
+                let Some(media) = &mut self.media else {
+                    return;
+                };
                 match &problem {
                     Some(why) => tracing::warn!("box {kind:?} unavailable: {why}"),
                     None => tracing::info!("box {kind:?} running"),
@@ -250,7 +345,21 @@ impl Hub {
                     MediaKindTag::Video => media.camera_problem = problem,
                     MediaKindTag::Audio => media.mic_problem = problem,
                 }
+                self.update_box_state(out);
             }
+        }
+    }
+
+    /// What every phone is told about the box: privacy first, then device trouble.
+    fn update_box_state(&mut self, out: &mut Vec<Output>) {
+        let Some(media) = &self.media else {
+            return;
+        };
+        if self.privacy.machine.is_on() {
+            let since = crate::invite::unix_seconds(self.privacy.since);
+            self.call
+                .box_state(false, false, Some("privacy on".into()), Some(since), out);
+            return;
         }
         let note = match (&media.camera_problem, &media.mic_problem) {
             (None, None) => None,
@@ -259,7 +368,49 @@ impl Hub {
             (Some(_), Some(_)) => Some("camera and microphone unavailable".to_string()),
         };
         let (audio, video) = (media.mic_problem.is_none(), media.camera_problem.is_none());
-        self.call.box_state(audio, video, note, out);
+        self.call.box_state(audio, video, note, None, out);
+    }
+
+    fn apply_privacy(&mut self, actions: Vec<Action>, now: Instant, out: &mut Vec<Output>) {
+        for action in actions {
+            match action {
+                Action::StopCapture => {
+                    self.privacy.changed_at_for_release = Some(now);
+                    if let Some(media) = &mut self.media {
+                        media.camera_problem = None;
+                        media.mic_problem = None;
+                        media.camera.pause();
+                        media.mic.pause();
+                    }
+                }
+                Action::StartCapture => {
+                    if let Some(media) = &self.media {
+                        media.camera.resume();
+                        media.mic.resume();
+                    }
+                }
+                Action::Led(on) => {
+                    let _ = self.privacy.lines.led.send(on);
+                }
+                Action::Changed { on, cause } => {
+                    self.privacy.since = SystemTime::now();
+                    self.privacy.changed_at = Some(now);
+                    let line = format!(
+                        "{} privacy {} ({cause})\n",
+                        humantime::format_rfc3339_seconds(self.privacy.since),
+                        if on { "on" } else { "off" }
+                    );
+                    tracing::info!("privacy {} ({cause})", if on { "on" } else { "off" });
+                    if let Err(e) = append(&self.privacy.log, &line) {
+                        tracing::error!("privacy log {}: {e}", self.privacy.log.display());
+                    }
+                    self.update_box_state(out);
+                    if self.call.room().phones().next().is_none() {
+                        self.show_idle_screen();
+                    }
+                }
+            }
+        }
     }
 
     /// With nobody in the call, the TV shows a fresh join link as a QR code.
@@ -279,6 +430,9 @@ impl Hub {
     }
 
     fn box_status_line(&self) -> String {
+        if self.privacy.machine.is_on() {
+            return "Privacy on: camera and microphone off".into();
+        }
         match &self.media {
             Some(BoxMedia {
                 camera_problem: Some(_),
@@ -293,6 +447,19 @@ impl Hub {
             Request::Status => Response::Ok(self.status()),
             Request::Snapshot { .. } => {
                 Response::Error("this box has no screen (box media is off)".into())
+            }
+            Request::Privacy { on } => self.privacy_request(on),
+            Request::Simulate { device, present } if device == "switch" => {
+                match &self.privacy.lines.simulated {
+                    Some(switch) => {
+                        let switch = switch.clone();
+                        tokio::spawn(async move { switch.flip(present).await });
+                        Response::Ok(
+                            serde_json::json!({ "switch": if present { "on" } else { "off" } }),
+                        )
+                    }
+                    None => Response::Error("this board's switch is real, not simulated".into()),
+                }
             }
             Request::Simulate { device, present } => match &self.media {
                 Some(media) if media.simulated => {
@@ -346,6 +513,32 @@ impl Hub {
                     Ok(()) => Response::Ok(serde_json::json!({ "revoked": id })),
                     Err(e) => Response::Error(e.to_string()),
                 }
+            }
+        }
+    }
+
+    /// `hearth privacy on|off`. On the dev board the command flips the simulated switch. On a
+    /// hardware board it can turn privacy on, never off.
+    fn privacy_request(&mut self, on: bool) -> Response {
+        if !self.privacy.hardware {
+            if let Some(switch) = &self.privacy.lines.simulated {
+                let switch = switch.clone();
+                tokio::spawn(async move { switch.flip(on).await });
+                return Response::Ok(
+                    serde_json::json!({ "privacy": if on { "on" } else { "off" } }),
+                );
+            }
+        }
+        if on {
+            let actions = self.privacy.machine.software_on("command line");
+            let mut out = Vec::new();
+            self.apply_privacy(actions, Instant::now(), &mut out);
+            self.pending_out.extend(out);
+            Response::Ok(serde_json::json!({ "privacy": "on" }))
+        } else {
+            match self.privacy.machine.software_off() {
+                Ok(()) => Response::Ok(serde_json::json!({ "privacy": "off" })),
+                Err(refused) => Response::Error(refused.to_string()),
             }
         }
     }
@@ -416,7 +609,18 @@ impl Hub {
                 "send_latency_us": { "median": percentile(50), "p99": percentile(99), "frames": latencies.len() },
             })
         });
+        let privacy = serde_json::json!({
+            "on": self.privacy.machine.is_on(),
+            "since": crate::invite::unix_seconds(self.privacy.since),
+            "switch": self.privacy.lines.simulated.as_ref().map_or("hardware".to_string(), |s| {
+                format!("simulated, {}", if s.is_on() { "on" } else { "off" })
+            }),
+            "led": self.privacy.lines.simulated.as_ref().map(|s| s.led()),
+            "capture_release_us": summary(&self.privacy.release_latencies),
+            "everyone_told_us": summary(&self.privacy.told_latencies),
+        });
         serde_json::json!({
+            "privacy": privacy,
             "box": media,
             "participants": participants,
             "video_codec": self.call.room().publish_codec(),

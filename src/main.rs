@@ -5,9 +5,11 @@ mod board;
 mod call;
 mod config;
 mod control;
+mod gpio;
 mod hub;
 mod invite;
 mod media;
+mod privacy;
 mod protocol;
 mod room;
 mod sfu;
@@ -73,11 +75,17 @@ enum Command {
     },
     /// Write what the TV shows right now to a PNG file.
     Snapshot { file: PathBuf },
-    /// Dev board: unplug or plug back a simulated device.
+    /// Turn the privacy switch's state on or off (off only on the dev board: on a real box
+    /// only the physical switch turns privacy off).
+    Privacy {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Simulated devices: unplug or plug the dev camera or mic, or flip a simulated switch.
     Simulate {
-        #[arg(value_parser = ["camera", "mic"])]
+        #[arg(value_parser = ["camera", "mic", "switch"])]
         device: String,
-        #[arg(value_parser = ["unplug", "plug"])]
+        #[arg(value_parser = ["unplug", "plug", "on", "off"])]
         action: String,
     },
     /// Print or check configuration.
@@ -183,14 +191,25 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+        Command::Privacy { state } => {
+            ask(&state_dir, &Request::Privacy { on: state == "on" })?;
+            println!("privacy {state}");
+            Ok(())
+        }
         Command::Simulate { device, action } => {
-            ask(
-                &state_dir,
-                &Request::Simulate {
-                    device,
-                    present: action == "plug",
-                },
-            )?;
+            let present = match (device.as_str(), action.as_str()) {
+                ("switch", "on" | "off") => action == "on",
+                ("camera" | "mic", "plug" | "unplug") => action == "plug",
+                _ => anyhow::bail!(
+                    "{device} takes {}",
+                    if device == "switch" {
+                        "on or off"
+                    } else {
+                        "plug or unplug"
+                    }
+                ),
+            };
+            ask(&state_dir, &Request::Simulate { device, present })?;
             Ok(())
         }
         Command::Config { action } => match action {

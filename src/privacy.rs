@@ -47,7 +47,10 @@ pub enum Action {
     StartCapture,
     Led(bool),
     /// Tell every participant, and append to the privacy log.
-    Changed { on: bool, cause: Cause },
+    Changed {
+        on: bool,
+        cause: Cause,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,13 +117,19 @@ impl Privacy {
     /// Time passed: a steady "off" reading may now release the switch.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         if let Some((Reading::Off, since)) = &self.reading {
-            if now.saturating_duration_since(*since) >= self.debounce && self.switch_on != Some(false) {
+            if now.saturating_duration_since(*since) >= self.debounce
+                && self.switch_on != Some(false)
+            {
                 let before = self.switch_on.replace(false);
                 if before == Some(true) {
                     // Switching off is the owner's hand at the box: it also ends a software pause.
                     self.software_on = false;
                 }
-                let cause = if self.known_once { Cause::Switch } else { Cause::StartUp };
+                let cause = if self.known_once {
+                    Cause::Switch
+                } else {
+                    Cause::StartUp
+                };
                 self.known_once = true;
                 return self.settle(cause);
             }
@@ -131,7 +140,9 @@ impl Privacy {
     /// When the next `tick` could change something.
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.reading {
-            Some((Reading::Off, since)) if self.switch_on != Some(false) => Some(*since + self.debounce),
+            Some((Reading::Off, since)) if self.switch_on != Some(false) => {
+                Some(*since + self.debounce)
+            }
             _ => None,
         }
     }
@@ -216,7 +227,10 @@ mod tests {
             vec![
                 Action::StopCapture,
                 Action::Led(true),
-                Action::Changed { on: true, cause: Cause::Switch }
+                Action::Changed {
+                    on: true,
+                    cause: Cause::Switch
+                }
             ]
         );
     }
@@ -226,7 +240,9 @@ mod tests {
         let t = Instant::now();
         let mut p = started(t);
         // On with bounce: the first contact engages, the chatter changes nothing.
-        assert!(p.reading(Reading::On, t + ms(100)).contains(&Action::StopCapture));
+        assert!(p
+            .reading(Reading::On, t + ms(100))
+            .contains(&Action::StopCapture));
         for i in 0..5 {
             p.reading(Reading::Off, t + ms(101 + 2 * i));
             assert!(p.tick(t + ms(102 + 2 * i)).is_empty());
@@ -249,9 +265,20 @@ mod tests {
         let actions = p.reading(Reading::Unreadable("gpiochip0 missing".into()), t + ms(50));
         assert!(actions.contains(&Action::StopCapture));
         assert!(actions.contains(&Action::Led(true)));
-        assert!(matches!(&actions[2], Action::Changed { on: true, cause: Cause::SwitchUnreadable(_) }));
+        assert!(matches!(
+            &actions[2],
+            Action::Changed {
+                on: true,
+                cause: Cause::SwitchUnreadable(_)
+            }
+        ));
         // Retries that keep failing change nothing (one log line, not one per retry).
-        assert!(p.reading(Reading::Unreadable("gpiochip0 missing".into()), t + ms(2050)).is_empty());
+        assert!(p
+            .reading(
+                Reading::Unreadable("gpiochip0 missing".into()),
+                t + ms(2050)
+            )
+            .is_empty());
         // Readable again and off: released after the debounce.
         p.reading(Reading::Off, t + ms(4000));
         assert!(p.tick(t + ms(4020)).contains(&Action::StartCapture));
@@ -262,7 +289,11 @@ mod tests {
         let t = Instant::now();
         let mut p = Privacy::new(DEBOUNCE);
         p.start();
-        assert!(p.reading(Reading::Unreadable("no chip".into()), t).is_empty(), "already on");
+        assert!(
+            p.reading(Reading::Unreadable("no chip".into()), t)
+                .is_empty(),
+            "already on"
+        );
         assert!(p.tick(t + ms(5000)).is_empty());
         assert!(p.is_on());
     }
@@ -274,7 +305,10 @@ mod tests {
         let actions = p.software_on("the phone page");
         assert!(actions.contains(&Action::StopCapture));
         assert_eq!(p.software_off(), Err(Refused::HardwareSwitchOnly));
-        assert!(p.tick(t + ms(1000)).is_empty(), "the switch still reads off: stays on");
+        assert!(
+            p.tick(t + ms(1000)).is_empty(),
+            "the switch still reads off: stays on"
+        );
         // The owner flips the switch on and off again: that releases it.
         p.reading(Reading::On, t + ms(2000));
         p.reading(Reading::Off, t + ms(3000));

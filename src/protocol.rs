@@ -40,6 +40,9 @@ pub enum ClientMsg {
         video: bool,
     },
     Leave,
+    /// Turn the box's privacy on from the phone ("pause the box"). Only the switch on the
+    /// box turns it off again.
+    PauseBox,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +89,9 @@ pub struct RosterEntry {
     /// A line to show on the tile, e.g. "camera unavailable".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The box only: privacy is on, since this Unix time (the page shows it in local time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy_since: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -29,6 +29,8 @@ pub struct Participant {
     pub joined_at: Instant,
     /// Shown on the tile, e.g. "camera unavailable".
     pub note: Option<String>,
+    /// The box only: privacy on since (Unix seconds).
+    pub privacy_since: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -78,6 +80,7 @@ impl Room {
                 video: true,
                 joined_at: now,
                 note: None,
+                privacy_since: None,
             },
         );
     }
@@ -95,16 +98,21 @@ impl Room {
         audio: bool,
         video: bool,
         note: Option<String>,
+        privacy_since: Option<u64>,
     ) -> Vec<Outgoing> {
         match self
             .participants
             .iter_mut()
             .find(|p| p.id == ParticipantId::BOX)
         {
-            Some(p) if (p.audio, p.video, &p.note) != (audio, video, &note) => {
+            Some(p)
+                if (p.audio, p.video, &p.note, p.privacy_since)
+                    != (audio, video, &note, privacy_since) =>
+            {
                 p.audio = audio;
                 p.video = video;
                 p.note = note;
+                p.privacy_since = privacy_since;
                 self.roster_for_all()
             }
             _ => Vec::new(),
@@ -158,6 +166,7 @@ impl Room {
             video: true,
             joined_at: now,
             note: None,
+            privacy_since: None,
         });
         let mut out = vec![(
             id,
@@ -221,6 +230,7 @@ impl Room {
                 audio: p.audio,
                 video: p.video,
                 note: p.note.clone(),
+                privacy_since: p.privacy_since,
             })
             .collect();
         self.phones()
@@ -330,12 +340,12 @@ mod tests {
             room.join("Bob", &[], now).unwrap_err(),
             JoinRefused::Full(1)
         );
-        let out = room.set_box_state(true, false, Some("camera unavailable".into()));
+        let out = room.set_box_state(true, false, Some("camera unavailable".into()), None);
         assert!(
             matches!(&out[0].1, ServerMsg::Roster { participants } if participants[0].note.as_deref() == Some("camera unavailable") && !participants[0].video)
         );
         assert!(room
-            .set_box_state(true, false, Some("camera unavailable".into()))
+            .set_box_state(true, false, Some("camera unavailable".into()), None)
             .is_empty());
     }
 

@@ -3,6 +3,7 @@
 //! running: a device missing at start or failing mid-call is retried every 2 s, and no
 //! GStreamer error reaches the rest of the daemon.
 
+use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -28,6 +29,9 @@ enum Command {
     Failed(String),
     /// Dev board only: the simulated device disappears or comes back.
     SimulatePresent(bool),
+    /// Privacy: close the device (pipeline to NULL) and do not reopen it until `Resume`.
+    Pause,
+    Resume,
     Stop,
 }
 
@@ -49,6 +53,14 @@ impl Device {
     pub fn simulate_present(&self, present: bool) {
         let _ = self.commands.send(Command::SimulatePresent(present));
     }
+
+    pub fn pause(&self) {
+        let _ = self.commands.send(Command::Pause);
+    }
+
+    pub fn resume(&self) {
+        let _ = self.commands.send(Command::Resume);
+    }
 }
 
 impl Drop for Device {
@@ -64,8 +76,14 @@ impl Drop for Device {
 /// since a webcam may be plugged in later).
 type Planner = Box<dyn Fn() -> Result<(Chain, Option<String>), String> + Send>;
 
-/// Start the camera's supervisor.
-pub fn camera(profile: &Profile, media: mpsc::Sender<MediaInput>) -> Device {
+/// Start the camera's supervisor. It opens nothing until `resume` (privacy must be known
+/// first). `device_file` stands for the device node on the dev board, whose devices are
+/// simulated: it is held open exactly while capturing, as /dev/video0 would be.
+pub fn camera(
+    profile: &Profile,
+    media: mpsc::Sender<MediaInput>,
+    device_file: Option<PathBuf>,
+) -> Device {
     let camera = profile.camera.clone();
     let encoder_profile = profile.encoder.clone();
     let planner: Planner = Box::new(move || {
@@ -89,22 +107,28 @@ pub fn camera(profile: &Profile, media: mpsc::Sender<MediaInput>) -> Device {
         MediaKindTag::Video,
         planner,
         media,
+        device_file,
         profile.encoder.min_kbps,
         profile.encoder.max_kbps,
     )
 }
 
-/// Start the microphone's supervisor.
-pub fn microphone(profile: &Profile, media: mpsc::Sender<MediaInput>) -> Device {
+/// Start the microphone's supervisor (see `camera`).
+pub fn microphone(
+    profile: &Profile,
+    media: mpsc::Sender<MediaInput>,
+    device_file: Option<PathBuf>,
+) -> Device {
     let audio = profile.audio.clone();
     let planner: Planner = Box::new(move || Ok((plan::audio_capture(&audio), None)));
-    spawn(MediaKindTag::Audio, planner, media, 0, 0)
+    spawn(MediaKindTag::Audio, planner, media, device_file, 0, 0)
 }
 
 fn spawn(
     kind: MediaKindTag,
     planner: Planner,
     media: mpsc::Sender<MediaInput>,
+    device_file: Option<PathBuf>,
     min_kbps: u32,
     max_kbps: u32,
 ) -> Device {
@@ -122,6 +146,8 @@ fn spawn(
                 max_kbps,
                 running: None,
                 present: true,
+                paused: true,
+                device_file,
                 reported: None,
             }
             .run(rx)
@@ -132,6 +158,8 @@ fn spawn(
 
 struct Running {
     pipeline: gst::Pipeline,
+    /// The simulated device node, open while capturing (dev board).
+    _device: Option<std::fs::File>,
     encoder: Option<(String, gst::Element)>,
     sink: gst_app::AppSink,
 }
@@ -146,6 +174,9 @@ struct Supervisor {
     running: Option<Running>,
     /// False while a simulated device is unplugged (dev board).
     present: bool,
+    /// Privacy is on (or not yet known): the device stays closed.
+    paused: bool,
+    device_file: Option<PathBuf>,
     /// What the hub was last told, so it hears of changes only.
     reported: Option<Result<(), String>>,
 }
@@ -154,7 +185,7 @@ impl Supervisor {
     fn run(mut self, commands: std_mpsc::Receiver<Command>) {
         let mut retry_at = Instant::now();
         loop {
-            if self.running.is_none() && Instant::now() >= retry_at {
+            if self.running.is_none() && !self.paused && Instant::now() >= retry_at {
                 match self.start() {
                     Ok(running) => {
                         self.running = Some(running);
@@ -166,7 +197,7 @@ impl Supervisor {
                     }
                 }
             }
-            let wait = if self.running.is_some() {
+            let wait = if self.running.is_some() || self.paused {
                 Duration::from_secs(3600)
             } else {
                 retry_at.saturating_duration_since(Instant::now())
@@ -180,6 +211,20 @@ impl Supervisor {
                     self.stop_pipeline();
                     self.report(Err(why));
                     retry_at = Instant::now() + RETRY_EVERY;
+                }
+                Ok(Command::Pause) => {
+                    self.paused = true;
+                    self.stop_pipeline();
+                    let _ = self
+                        .media
+                        .blocking_send(MediaInput::Event(MediaEvent::Released {
+                            kind: self.kind,
+                            at: Instant::now(),
+                        }));
+                }
+                Ok(Command::Resume) => {
+                    self.paused = false;
+                    retry_at = Instant::now();
                 }
                 Ok(Command::SimulatePresent(present)) => {
                     self.present = present;
@@ -226,6 +271,18 @@ impl Supervisor {
         if !self.present {
             return Err("device not present".into());
         }
+        let device = match &self.device_file {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         let (chain, encoder_name) = (self.planner)()?;
         let description = chain.to_string();
         tracing::debug!("{:?} pipeline: {description}", self.kind);
@@ -299,6 +356,7 @@ impl Supervisor {
         }
         Ok(Running {
             pipeline,
+            _device: device,
             encoder,
             sink,
         })

@@ -42,6 +42,8 @@ pub enum MediaEvent {
         kind: MediaKindTag,
         problem: Option<String>,
     },
+    /// A device was closed for privacy (its pipeline reached NULL) at this moment.
+    Released { kind: MediaKindTag, at: Instant },
 }
 
 pub fn init() -> Result<(), String> {

@@ -69,19 +69,25 @@ impl Daemon {
 
     /// Start with `state_dir` and extra config text (appended after the ports).
     pub fn start_with(state_dir: &Path, extra_config: &str) -> Result<Daemon> {
+        Self::start_on_board(state_dir, "dev", extra_config)
+    }
+
+    /// Start a board profile other than dev (its hardware overridden in `extra_config`).
+    pub fn start_on_board(state_dir: &Path, board: &str, extra_config: &str) -> Result<Daemon> {
         let https_port = free_tcp_port();
         let udp_port = free_udp_port();
         let config = state_dir.join("test.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[web]\nhttps_port = {https_port}\nhttp_port = 0\n[call]\nudp_port = {udp_port}\n{extra_config}"
-            ),
-        )?;
+        // Extra settings may have a [web] table of their own: the ports join it.
+        let ports = format!("https_port = {https_port}\nhttp_port = 0\n");
+        let text = match extra_config.strip_prefix("[web]\n") {
+            Some(rest) => format!("[web]\n{ports}{rest}\n[call]\nudp_port = {udp_port}\n"),
+            None => format!("[web]\n{ports}[call]\nudp_port = {udp_port}\n{extra_config}"),
+        };
+        std::fs::write(&config, text)?;
         let mut child = Command::new(hearth_bin())
             .arg("--state-dir")
             .arg(state_dir)
-            .args(["run", "--board", "dev", "--config"])
+            .args(["run", "--board", board, "--config"])
             .arg(&config)
             .env("HEARTH_LOG", "hearth=debug")
             .stdout(Stdio::piped())

@@ -6,6 +6,7 @@
     message: $('message'), lobby: $('lobby'), name: $('name'), join: $('join'),
     call: $('call'), who: $('who'), tiles: $('tiles'), mic: $('mic'), camera: $('camera'),
     leave: $('leave'), after: $('after'), again: $('again'), tap: $('tap'),
+    pauseBox: $('pause-box'),
   };
   const NAME_KEY = 'hearth.name';
   const hearth = (window.hearth = { pc: null, roster: [], state: 'idle' });
@@ -350,13 +351,24 @@
     const ids = new Set(list.map((p) => p.id));
     for (const id of [...tiles.keys()]) if (id !== me && !ids.has(id)) removeTile(id);
     const others = list.filter((p) => p.id !== me);
-    for (const p of others) setTileInfo(addTile(p.id, false), String(p.name || 'Guest'), p.audio, p.video, p.note);
+    for (const p of others) setTileInfo(addTile(p.id, false), String(p.name || 'Guest'), p.audio, p.video, noteOf(p));
+    // The box's camera and mic can be paused from here; only its switch resumes them.
+    const box = list.find((p) => p.id === 'p0');
+    els.pauseBox.hidden = !box || !!box.privacy_since;
     updateSelf();
     const names = others.map((p) => String(p.name || 'Guest'));
     els.who.textContent = names.length
       ? `In the call: ${names.join(', ')} and you`
       : 'Only you so far — waiting for others';
     layout();
+  }
+
+  // "Camera and mic off since 18:02", in this phone's own clock and language.
+  function noteOf(p) {
+    if (!p.privacy_since) return p.note;
+    const since = new Date(p.privacy_since * 1000);
+    const time = since.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    return `Privacy on: camera and mic off since ${time}`;
   }
 
   function updateSelf() { // own flags from local state: instant, and what the server will echo
@@ -447,6 +459,7 @@
   els.mic.addEventListener('click', () => toggle('audio'));
   els.camera.addEventListener('click', () => toggle('video'));
   els.leave.addEventListener('click', leave);
+  els.pauseBox.addEventListener('click', () => send({ type: 'pause_box' }));
   els.tap.addEventListener('click', unlockPlayback);
   window.addEventListener('resize', layout);
   window.addEventListener('hashchange', idleView);
