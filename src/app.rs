@@ -54,10 +54,12 @@ pub fn ensure_state_dir(dir: &Path) -> Result<()> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    // /proc/sys is hidden inside the service's sandbox (ProcSubset=pid); /etc/hostname is not.
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
         .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
+        .find(|s| !s.is_empty())
         .unwrap_or_else(|| "hearth".to_string())
 }
 
@@ -284,7 +286,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
         });
     }
 
+    crate::notify::notify("READY=1");
     wait_for_signal().await?;
+    crate::notify::notify("STOPPING=1");
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     handle.graceful_shutdown(Some(Duration::from_secs(2)));

@@ -84,6 +84,15 @@ pub struct Hub {
     pub default_ttl: Duration,
 }
 
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 fn record(samples: &mut Vec<Duration>, sample: Duration) {
     if samples.len() >= LATENCY_SAMPLES {
         samples.remove(0);
@@ -135,6 +144,8 @@ impl Hub {
         let mut buf = vec![0u8; 2000];
         let mut out = Vec::new();
         let mut next = Instant::now();
+        // Pinging from this loop, not a separate task: if the loop hangs, systemd restarts us.
+        let mut watchdog = crate::notify::watchdog_interval().map(tokio::time::interval);
         loop {
             let sleep = tokio::time::sleep_until(next.into());
             tokio::select! {
@@ -208,6 +219,7 @@ impl Hub {
                     self.apply_privacy(actions, now, &mut out);
                     next = self.call.timeout(now, &mut out);
                 }
+                _ = tick(&mut watchdog) => crate::notify::notify("WATCHDOG=1"),
                 _ = shutdown.changed() => break,
             }
             if let Some(deadline) = self.privacy.machine.next_deadline() {

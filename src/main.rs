@@ -9,6 +9,7 @@ mod gpio;
 mod hub;
 mod invite;
 mod media;
+mod notify;
 mod privacy;
 mod protocol;
 mod room;
