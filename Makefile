@@ -10,7 +10,18 @@ DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fon
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
-.PHONY: deps build run test lint bench
+.PHONY: deps build run test bench cross deb deb-arm64
+
+SYSROOT := $(CURDIR)/target/sysroot-arm64
+ARM64 := aarch64-unknown-linux-gnu
+# pkg-config must see only the sysroot's .pc files: PKG_CONFIG_PATH alone would quietly fall
+# back to the host's amd64 ones.
+CROSS_ENV := PKG_CONFIG_ALLOW_CROSS=1 \
+	PKG_CONFIG_LIBDIR=$(SYSROOT)/usr/lib/aarch64-linux-gnu/pkgconfig:$(SYSROOT)/usr/share/pkgconfig \
+	PKG_CONFIG_SYSROOT_DIR=$(SYSROOT) \
+	CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=--sysroot=$(SYSROOT)"
 
 deps:
 	@missing=""; for p in $(DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; done; \
@@ -37,3 +48,20 @@ test: deps
 bench: deps
 	$(CARGO) build --release --locked --all-targets
 	./tests/in-netns $(CARGO) bench --locked --offline
+
+# The Pi's binary, built on this x86 machine against an extracted arm64 sysroot.
+cross: deps
+	image/cross-sysroot.sh $(SYSROOT)
+	rustup target add $(ARM64)
+	$(CROSS_ENV) $(CARGO) build --release --locked --target $(ARM64)
+
+# Debian packages (cargo-deb): binary, unit, default config, udev rules.
+deb: build
+	$(CARGO) install cargo-deb --locked --version 3.8.0 --quiet || $(CARGO) install cargo-deb --locked --quiet
+	./target/release/hearth config default > target/hearth.toml
+	$(CARGO) deb --no-build --locked
+
+deb-arm64: cross
+	$(CARGO) install cargo-deb --locked --version 3.8.0 --quiet || $(CARGO) install cargo-deb --locked --quiet
+	./target/release/hearth config default > target/hearth.toml || $(CARGO) run --release --locked -- config default > target/hearth.toml
+	$(CARGO) deb --no-build --no-strip --locked --target $(ARM64)
