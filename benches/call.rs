@@ -246,7 +246,7 @@ async fn privacy_toggles() -> Result<()> {
     }
     let privacy = &daemon.status()?["privacy"];
     println!(
-        "privacy switch edge -> capture released (pipelines NULL, devices closed): median {} us, p99 {} us over {} toggles; goal < 50 ms",
+        "privacy switch edge -> capture released (pipeline NULL, device closed): median {} us, p99 {} us over {} closes ({TOGGLES} toggles, camera and mic each); goal < 50 ms",
         privacy["capture_release_us"]["median"], privacy["capture_release_us"]["p99"], privacy["capture_release_us"]["count"]
     );
     println!(
