@@ -133,6 +133,8 @@ pub struct AudioProfile {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DisplaySink {
+    /// A window when a desktop is there (DISPLAY or WAYLAND_DISPLAY), else off-screen.
+    Auto,
     Offscreen,
     Window,
     Kmssink,

@@ -116,7 +116,7 @@ pub fn report(profile: &Profile) -> (String, bool) {
         );
     }
     let display_element = match profile.display.sink {
-        DisplaySink::Offscreen => "fakesink",
+        DisplaySink::Auto | DisplaySink::Offscreen => "fakesink",
         DisplaySink::Window => "autovideosink",
         DisplaySink::Kmssink => "kmssink",
     };

@@ -117,8 +117,11 @@ fn qr_size(display: &DisplayProfile) -> u32 {
 }
 
 fn sink_for(display: &DisplayProfile) -> &'static str {
+    let desktop =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
     match display.sink {
-        DisplaySink::Offscreen => "fakesink sync=false",
+        DisplaySink::Auto if desktop => "autovideosink sync=false",
+        DisplaySink::Auto | DisplaySink::Offscreen => "fakesink sync=false",
         DisplaySink::Window => "autovideosink sync=false",
         DisplaySink::Kmssink => "kmssink sync=false",
     }
@@ -571,6 +574,6 @@ mod tests {
         assert!(text.contains("width=1920,height=1080"));
         let dev = Board::Dev.profile(&toml::Table::new()).unwrap();
         let text = describe(&dev.display, &dev.audio);
-        assert!(text.contains("appsink name=speaker") && text.contains("fakesink"));
+        assert!(text.contains("appsink name=speaker"));
     }
 }

@@ -90,6 +90,9 @@ impl Daemon {
             .args(["run", "--board", board, "--config"])
             .arg(&config)
             .env("HEARTH_LOG", "hearth=debug")
+            // Tests never open windows on a developer's desktop.
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
