@@ -76,25 +76,6 @@ fn brightness(png: &[u8], x0: u32, y0: u32, w: u32, h: u32) -> Result<f64> {
     Ok(sum as f64 / (w * h) as f64)
 }
 
-/// Poll `hearth status` until `check` holds (the daemon has no push channel for tests).
-fn status_until(
-    daemon: &Daemon,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> Result<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = daemon.status()?;
-        if check(&status) {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within 15 s: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
     // A smaller picture than the boards' 720p30: three browsers and the box share two cores.
@@ -124,7 +105,7 @@ async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
     }
 
     // The box decodes both phones' video and audio, and its speaker plays.
-    let status = status_until(&daemon, "box decodes both phones", |s| {
+    let status = daemon.status_until("box decodes both phones", |s| {
         let screen = &s["box"]["screen"];
         ["p1", "p2"].iter().all(|p| {
             screen[p]["video_frames"].as_u64().unwrap_or(0) > 10
@@ -172,7 +153,7 @@ async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
     // box's video resumes when it is back.
     let (ok, _, err) = daemon.cli(&["simulate", "camera", "unplug"]);
     assert!(ok, "{err}");
-    status_until(&daemon, "camera reported unavailable", |s| {
+    daemon.status_until("camera reported unavailable", |s| {
         s["box"]["camera"] != "running"
     })?;
     let told = ann

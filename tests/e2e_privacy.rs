@@ -4,9 +4,9 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use support::browser::{Browser, BrowserKind};
 use support::daemon::{temp_dir, Daemon};
 
@@ -69,24 +69,6 @@ fn capture_fds(pid: u32, state_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn status_until(
-    daemon: &Daemon,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> Result<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = daemon.status()?;
-        if check(&status) {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within 10 s: {}", status["privacy"]);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 async fn tile_text(browser: &mut Browser) -> Result<String> {
     let text = browser
         .eval("document.querySelector('.tile[data-participant=\"p0\"]').innerText")
@@ -126,7 +108,7 @@ async fn privacy_closes_the_devices_and_everyone_sees_it() -> Result<()> {
         (0.0..1000.0).contains(&frozen),
         "the box's video went on for {frozen:.0} ms"
     );
-    let status = status_until(&daemon, "privacy on", |s| s["privacy"]["on"] == true)?;
+    let status = daemon.status_until("privacy on", |s| s["privacy"]["on"] == true)?;
     assert_eq!(status["privacy"]["led"], true);
     assert!(capture_fds(daemon.pid(), &daemon.state_dir).is_empty());
     assert!(
@@ -151,9 +133,7 @@ async fn privacy_closes_the_devices_and_everyone_sees_it() -> Result<()> {
     // on and off again (a software pause is never undone by software).
     ann.eval("(() => { document.getElementById('pause-box').click(); return true; })()")
         .await?;
-    status_until(&daemon, "paused from the page", |s| {
-        s["privacy"]["on"] == true
-    })?;
+    daemon.status_until("paused from the page", |s| s["privacy"]["on"] == true)?;
     let (ok, _, _) = daemon.cli(&["privacy", "off"]);
     assert!(ok);
     std::thread::sleep(Duration::from_millis(200)); // give a wrong release the chance to show
@@ -164,9 +144,7 @@ async fn privacy_closes_the_devices_and_everyone_sees_it() -> Result<()> {
     );
     daemon.cli(&["privacy", "on"]);
     daemon.cli(&["privacy", "off"]);
-    status_until(&daemon, "released by the switch", |s| {
-        s["privacy"]["on"] == false
-    })?;
+    daemon.status_until("released by the switch", |s| s["privacy"]["on"] == false)?;
 
     let log = std::fs::read_to_string(daemon.state_dir.join("privacy.log"))?;
     let lines: Vec<&str> = log.lines().collect();
@@ -191,13 +169,11 @@ async fn a_hardware_board_refuses_privacy_off_from_software() -> Result<()> {
         [board.display]\nsink = \"offscreen\"\nwidth = 320\nheight = 180\n";
     let dir = temp_dir("privacy-pi4");
     let daemon = Daemon::start_on_board(&dir, "pi4", config)?;
-    status_until(&daemon, "started with privacy off", |s| {
-        s["privacy"]["on"] == false
-    })?;
+    daemon.status_until("started with privacy off", |s| s["privacy"]["on"] == false)?;
 
     let (ok, _, err) = daemon.cli(&["simulate", "switch", "on"]);
     assert!(ok, "{err}");
-    status_until(&daemon, "switch on", |s| s["privacy"]["on"] == true)?;
+    daemon.status_until("switch on", |s| s["privacy"]["on"] == true)?;
     let (ok, _, err) = daemon.cli(&["privacy", "off"]);
     assert!(!ok);
     assert_eq!(
@@ -208,9 +184,9 @@ async fn a_hardware_board_refuses_privacy_off_from_software() -> Result<()> {
     // Turning it on from software is always allowed; the switch, flipped off, releases.
     let (ok, _, err) = daemon.cli(&["simulate", "switch", "off"]);
     assert!(ok, "{err}");
-    status_until(&daemon, "switch off", |s| s["privacy"]["on"] == false)?;
+    daemon.status_until("switch off", |s| s["privacy"]["on"] == false)?;
     let (ok, _, err) = daemon.cli(&["privacy", "on"]);
     assert!(ok, "{err}");
-    status_until(&daemon, "software on", |s| s["privacy"]["on"] == true)?;
+    daemon.status_until("software on", |s| s["privacy"]["on"] == true)?;
     Ok(())
 }

@@ -149,6 +149,26 @@ impl Daemon {
         Ok(out.trim().to_string())
     }
 
+    /// Poll `hearth status` until `check` holds, for at most 15 s (the daemon has no push
+    /// channel for tests, and what is awaited happens inside it).
+    pub fn status_until(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = self.status()?;
+            if check(&status) {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{what}: not within 15 s: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn ws_url(&self) -> String {
         format!("wss://127.0.0.1:{}/ws", self.https_port)
     }
