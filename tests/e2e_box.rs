@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use support::browser::{Browser, BrowserKind};
