@@ -205,7 +205,6 @@ impl Hub {
                         });
                     } else {
                         let _ = reply.send(self.control(request));
-                        out.append(&mut self.pending_out);
                     }
                 }
                 Some(reading) = self.privacy.readings.recv() => {
@@ -233,6 +232,20 @@ impl Hub {
     }
 
     async fn carry_out(
+        &mut self,
+        out: &mut Vec<Output>,
+        conns: &mut HashMap<ConnId, mpsc::UnboundedSender<WsCommand>>,
+    ) {
+        // Control requests leave outputs here, and carrying out can make more (a pause from
+        // the page tells the room).
+        out.append(&mut self.pending_out);
+        while !out.is_empty() {
+            self.carry_out_once(out, conns).await;
+            out.append(&mut self.pending_out);
+        }
+    }
+
+    async fn carry_out_once(
         &mut self,
         out: &mut Vec<Output>,
         conns: &mut HashMap<ConnId, mpsc::UnboundedSender<WsCommand>>,
@@ -286,17 +299,9 @@ impl Hub {
                         .privacy
                         .machine
                         .software_on(&format!("{who}, from the call page"));
-                    let now = Instant::now();
                     let mut more = Vec::new();
-                    self.apply_privacy(actions, now, &mut more);
-                    // Messages from this change go out in the next round of this loop.
-                    for output in more {
-                        if let Output::Send(conn, msg) = output {
-                            if let Some(tx) = conns.get(&conn) {
-                                let _ = tx.send(WsCommand::Send(msg));
-                            }
-                        }
-                    }
+                    self.apply_privacy(actions, Instant::now(), &mut more);
+                    self.pending_out.extend(more);
                 }
                 Output::ScreenRoster(phones) => {
                     let empty = phones.is_empty();

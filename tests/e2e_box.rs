@@ -3,7 +3,6 @@
 
 mod support;
 
-
 use anyhow::{bail, Result};
 use support::browser::{Browser, BrowserKind};
 use support::daemon::Daemon;
