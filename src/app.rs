@@ -209,8 +209,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let media = if config.home.media {
         crate::media::init().map_err(|e| anyhow!(e))?;
         let (tx, rx) = mpsc::channel(64);
-        let screen = crate::media::screen::Screen::start(&profile.display, &profile.audio)
-            .map_err(|e| anyhow!(e))?;
+        let screen = crate::media::screen::Screen::start(&profile.display, &profile.audio);
         room.add_box(&config.home.name, std::time::Instant::now());
         sfu.enable_box(profile.encoder.min_kbps, profile.encoder.max_kbps);
         Some(BoxMedia {

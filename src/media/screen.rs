@@ -50,19 +50,38 @@ pub struct Screen {
 }
 
 impl Screen {
-    pub fn start(display: &DisplayProfile, audio: &AudioProfile) -> Result<Screen, String> {
+    /// Start the TV and speaker. If they cannot start (no HDMI, no sound card), the call goes
+    /// on without them: the thread then only answers that the screen is unavailable.
+    pub fn start(display: &DisplayProfile, audio: &AudioProfile) -> Screen {
         let counters = Arc::new(Counters::default());
-        let state = State::build(display, audio, counters.clone())?;
+        let state = State::build(display, audio, counters.clone());
         let (tx, rx) = std_mpsc::channel();
         let thread = thread::Builder::new()
             .name("hearth-screen".into())
-            .spawn(move || state.run(rx))
-            .map_err(|e| e.to_string())?;
-        Ok(Screen {
+            .spawn(move || match state {
+                Ok(state) => state.run(rx),
+                Err(why) => {
+                    tracing::error!(
+                        "screen and speaker unavailable: {why}; the call goes on without them"
+                    );
+                    while let Ok(command) = rx.recv() {
+                        match command {
+                            Command::Stop => break,
+                            Command::Snapshot(_, reply) => {
+                                let _ =
+                                    reply.send(Err(format!("the screen is unavailable: {why}")));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            })
+            .ok();
+        Screen {
             commands: tx,
             counters,
-            thread: Some(thread),
-        })
+            thread,
+        }
     }
 
     pub fn send(&self, command: Command) {
