@@ -297,8 +297,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
     Ok(())
 }
 
+/// The join link is a secret: printed for the person at the terminal, never into systemd's
+/// journal (there the TV's idle screen and `hearth invite` give links).
 fn print_join_link(url: &str) {
     use std::io::Write;
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        tracing::info!("started; a join link is on the TV, or run `hearth invite`");
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "Join: {url}");
     if let Ok(code) = qrcode::QrCode::new(url.as_bytes()) {
