@@ -88,12 +88,8 @@ pub fn camera(
     let encoder_profile = profile.encoder.clone();
     let planner: Planner = Box::new(move || {
         let has = |name: &str| gst::ElementFactory::find(name).is_some();
-        let found = plan::find_camera(
-            &camera,
-            &has,
-            super::probe::libcamera_cameras(),
-            &super::probe::v4l2_capture_devices(),
-        );
+        let (libcamera, v4l2) = super::probe::split(&super::probe::cameras());
+        let found = plan::find_camera(&camera, &has, libcamera, &v4l2);
         if let CameraFound::Missing(why) = &found {
             return Err(why.clone());
         }

@@ -32,12 +32,7 @@ pub fn report(profile: &Profile) -> (String, bool) {
             let _ = writeln!(out, "    … and {} more formats", camera.formats.len() - 8);
         }
     }
-    let libcamera = cameras.iter().filter(|c| c.api == "libcamera").count();
-    let v4l2: Vec<String> = cameras
-        .iter()
-        .filter(|c| c.api == "v4l2")
-        .filter_map(|c| c.path.clone())
-        .collect();
+    let (libcamera, v4l2) = probe::split(&cameras);
     match plan::find_camera(&profile.camera, &has, libcamera, &v4l2) {
         CameraFound::Test => {
             let _ = writeln!(

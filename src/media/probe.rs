@@ -50,19 +50,20 @@ pub fn cameras() -> Vec<Camera> {
     found
 }
 
-pub fn libcamera_cameras() -> usize {
-    if gst::ElementFactory::find("libcamerasrc").is_none() {
-        return 0;
-    }
-    cameras().iter().filter(|c| c.api == "libcamera").count()
-}
-
-pub fn v4l2_capture_devices() -> Vec<String> {
-    cameras()
-        .into_iter()
+/// From one look at the machine: how many libcamera cameras, and the V4L2 device nodes.
+/// (One DeviceMonitor pass: starting one probes every device.)
+pub fn split(cameras: &[Camera]) -> (usize, Vec<String>) {
+    let libcamera = if gst::ElementFactory::find("libcamerasrc").is_some() {
+        cameras.iter().filter(|c| c.api == "libcamera").count()
+    } else {
+        0
+    };
+    let v4l2 = cameras
+        .iter()
         .filter(|c| c.api == "v4l2")
-        .filter_map(|c| c.path)
-        .collect()
+        .filter_map(|c| c.path.clone())
+        .collect();
+    (libcamera, v4l2)
 }
 
 /// ALSA PCM devices, from /proc (present without any ALSA library).
