@@ -1,30 +1,15 @@
 //! `hearth`: the daemon and the owner's command line.
 
-mod app;
-mod board;
-mod call;
-mod config;
-mod control;
-mod gpio;
-mod hub;
-mod invite;
-mod media;
-mod notify;
-mod privacy;
-mod protocol;
-mod room;
-mod sfu;
-mod tls;
-mod web;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::board::Board;
-use crate::control::{Request, Response};
+use hearth::config::board::Board;
+use hearth::daemon::control::{Request, Response};
+use hearth::daemon::{self, control};
+use hearth::{config, media};
 
 #[derive(Parser)]
 #[command(
@@ -123,7 +108,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let state_dir = cli.state_dir.unwrap_or_else(app::default_state_dir);
+    let state_dir = cli.state_dir.unwrap_or_else(daemon::default_state_dir);
     match cli.command {
         Command::Run { config, board, lan } => {
             let config = match config {
@@ -131,7 +116,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => config::Config::default(),
             };
             install_crypto();
-            runtime()?.block_on(app::run(app::RunOptions {
+            runtime()?.block_on(daemon::run(daemon::RunOptions {
                 state_dir,
                 config,
                 board,

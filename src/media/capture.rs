@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::plan::{self, CameraFound, Chain};
 use super::{BoxFrame, MediaEvent, MediaInput, MediaKindTag};
-use crate::board::Profile;
+use crate::config::board::Profile;
 
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 

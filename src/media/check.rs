@@ -6,7 +6,7 @@ use gstreamer as gst;
 
 use super::plan::{self, CameraFound};
 use super::probe;
-use crate::board::{CameraSource, DisplaySink, Profile};
+use crate::config::board::{CameraSource, DisplaySink, Profile};
 
 /// A readable report, and whether everything the profile needs is here.
 pub fn report(profile: &Profile) -> (String, bool) {

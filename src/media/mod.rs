@@ -1,12 +1,12 @@
 //! The box's own media, through GStreamer: its camera and mic into the call (`capture`),
-//! the phones onto its screen and speaker (`screen`), and what the machine has (`probe`).
+//! the phones onto its screen and speaker (`tv`), and what the machine has (`probe`).
 //! `plan` holds the pure pipeline descriptions all of them are built from.
 
 pub mod capture;
 pub mod check;
 pub mod plan;
 pub mod probe;
-pub mod screen;
+pub mod tv;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

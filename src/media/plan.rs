@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::board::{AudioProfile, CameraProfile, CameraSource, EncoderProfile};
+use crate::config::board::{AudioProfile, CameraProfile, CameraSource, EncoderProfile};
 
 /// One link in a `gst-launch`-style chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,9 +320,9 @@ pub fn audio_capture(audio: &AudioProfile) -> Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::board::Board;
+    use crate::config::board::Board;
 
-    fn profile(board: Board) -> crate::board::Profile {
+    fn profile(board: Board) -> crate::config::board::Profile {
         board.profile(&toml::Table::new()).unwrap()
     }
 

@@ -136,7 +136,7 @@ impl InviteStore {
         let created = unix_seconds(now);
         let invite = Invite {
             id: id_bytes.iter().map(|b| format!("{b:02x}")).collect(),
-            name: crate::protocol::clean_name(name),
+            name: crate::call::protocol::clean_name(name),
             token_sha256: hash(&token),
             created,
             expires: created.saturating_add(ttl.as_secs()),

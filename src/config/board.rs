@@ -24,9 +24,9 @@ impl Board {
 
     fn profile_text(self) -> &'static str {
         match self {
-            Board::Dev => include_str!("../board/dev.toml"),
-            Board::Pi4 => include_str!("../board/pi4.toml"),
-            Board::Pi5 => include_str!("../board/pi5.toml"),
+            Board::Dev => include_str!("../../board/dev.toml"),
+            Board::Pi4 => include_str!("../../board/pi4.toml"),
+            Board::Pi5 => include_str!("../../board/pi5.toml"),
         }
     }
 

@@ -2,14 +2,19 @@
 //! message), datagrams to send and connections to close. It owns the room, the SFU and the
 //! invites, takes the current time as input, and does no I/O — `hub` pumps it.
 
+pub mod invite;
+pub mod protocol;
+pub mod room;
+pub mod sfu;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::invite::{Invite, InviteStore};
-use crate::protocol::{parse_client_msg, ClientMsg, ServerMsg};
-use crate::room::{ParticipantId, Room};
-use crate::sfu::{PhoneFrame, Sfu, SfuEvent, Transmit};
+use crate::call::invite::{Invite, InviteStore};
+use crate::call::protocol::{parse_client_msg, ClientMsg, ServerMsg};
+use crate::call::room::{ParticipantId, Room};
+use crate::call::sfu::{PhoneFrame, Sfu, SfuEvent, Transmit};
 use str0m::media::{MediaKind, MediaTime};
 
 /// A connection that has not presented a token within this is closed.
@@ -355,7 +360,7 @@ impl Call {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::invite::Refusal;
+    use crate::call::invite::Refusal;
 
     fn call() -> (Call, String, String) {
         let mut invites = InviteStore::default();

@@ -17,9 +17,9 @@ use gstreamer_app as gst_app;
 use tokio::sync::oneshot;
 
 use super::plan::ECHO_PROBE;
-use crate::board::{AudioProfile, DisplayProfile, DisplaySink};
-use crate::room::ParticipantId;
-use crate::sfu::{PhoneCodec, PhoneFrame};
+use crate::call::room::ParticipantId;
+use crate::call::sfu::{PhoneCodec, PhoneFrame};
+use crate::config::board::{AudioProfile, DisplayProfile, DisplaySink};
 
 #[derive(Debug)]
 pub enum Command {
@@ -571,7 +571,7 @@ fn qr_gray8(code: &qrcode::QrCode, size: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::board::Board;
+    use crate::config::board::Board;
 
     #[test]
     fn qr_code_has_dark_modules_and_a_white_quiet_zone() {

@@ -9,8 +9,8 @@ use gpiocdev::tokio::AsyncRequest;
 use gpiocdev::Request;
 use tokio::sync::{mpsc, watch};
 
-use crate::board::GpioProfile;
-use crate::privacy::Reading;
+use crate::config::board::GpioProfile;
+use crate::privacy::machine::Reading;
 
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 

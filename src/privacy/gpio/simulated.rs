@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::privacy::Reading;
+use crate::privacy::machine::Reading;
 
 #[derive(Clone)]
 pub struct Switch {

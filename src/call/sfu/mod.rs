@@ -15,8 +15,8 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTi
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
-use crate::protocol::VideoCodec;
-use crate::room::ParticipantId;
+use crate::call::protocol::VideoCodec;
+use crate::call::room::ParticipantId;
 
 /// A peer that has sent nothing for this long is gone (ICE failed, phone out of range).
 /// Browsers send RTCP at least every second and STUN consent checks every few seconds.

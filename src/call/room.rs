@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::protocol::{RosterEntry, ServerMsg, VideoCodec};
+use crate::call::protocol::{RosterEntry, ServerMsg, VideoCodec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ParticipantId(pub u64);
@@ -74,7 +74,7 @@ impl Room {
             0,
             Participant {
                 id: ParticipantId::BOX,
-                name: crate::protocol::clean_name(name),
+                name: crate::call::protocol::clean_name(name),
                 can_decode_h264: true,
                 audio: true,
                 video: true,
@@ -160,7 +160,7 @@ impl Room {
         self.next_id += 1;
         self.participants.push(Participant {
             id,
-            name: crate::protocol::clean_name(name),
+            name: crate::call::protocol::clean_name(name),
             can_decode_h264: h264,
             audio: true,
             video: true,

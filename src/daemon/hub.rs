@@ -10,15 +10,15 @@ use tokio::sync::{mpsc, watch};
 
 use str0m::media::{Frequency, MediaKind, MediaTime};
 
+use crate::call::invite::unix_seconds;
+use crate::call::protocol::ServerMsg;
 use crate::call::{Call, ConnId, Output};
-use crate::control::{Envelope, Request, Response};
-use crate::gpio::PrivacyLines;
-use crate::invite::unix_seconds;
+use crate::daemon::control::{Envelope, Request, Response};
 use crate::media::capture::Device;
-use crate::media::screen::{self, Screen};
+use crate::media::tv::{self, Screen};
 use crate::media::{BoxFrame, MediaEvent, MediaInput, MediaKindTag};
-use crate::privacy::{Action, Privacy, Reading};
-use crate::protocol::ServerMsg;
+use crate::privacy::gpio::PrivacyLines;
+use crate::privacy::machine::{Action, Privacy, Reading};
 use std::path::PathBuf;
 
 /// What a WebSocket task tells the hub.
@@ -145,7 +145,7 @@ impl Hub {
         let mut out = Vec::new();
         let mut next = Instant::now();
         // Pinging from this loop, not a separate task: if the loop hangs, systemd restarts us.
-        let mut watchdog = crate::notify::watchdog_interval().map(tokio::time::interval);
+        let mut watchdog = crate::daemon::notify::watchdog_interval().map(tokio::time::interval);
         loop {
             let sleep = tokio::time::sleep_until(next.into());
             tokio::select! {
@@ -194,7 +194,7 @@ impl Hub {
                     if let (Request::Snapshot { path }, Some(media)) = (&request, &self.media) {
                         // The screen thread answers; the hub does not wait for it.
                         let (tx, rx) = tokio::sync::oneshot::channel();
-                        media.screen.send(screen::Command::Snapshot(path.into(), tx));
+                        media.screen.send(tv::Command::Snapshot(path.into(), tx));
                         tokio::spawn(async move {
                             let response = match rx.await {
                                 Ok(Ok(())) => Response::Ok(serde_json::json!({ "written": true })),
@@ -218,7 +218,7 @@ impl Hub {
                     self.apply_privacy(actions, now, &mut out);
                     next = self.call.timeout(now, &mut out);
                 }
-                _ = tick(&mut watchdog) => crate::notify::notify("WATCHDOG=1"),
+                _ = tick(&mut watchdog) => crate::daemon::notify::notify("WATCHDOG=1"),
                 _ = shutdown.changed() => break,
             }
             if let Some(deadline) = self.privacy.machine.next_deadline() {
@@ -291,7 +291,7 @@ impl Hub {
                 }
                 Output::ToBox(frame) => {
                     if let Some(media) = &self.media {
-                        media.screen.send(screen::Command::Frame(frame));
+                        media.screen.send(tv::Command::Frame(frame));
                     }
                 }
                 Output::PauseBox(who) => {
@@ -306,7 +306,7 @@ impl Hub {
                 Output::ScreenRoster(phones) => {
                     let empty = phones.is_empty();
                     if let Some(media) = &self.media {
-                        media.screen.send(screen::Command::Roster(phones));
+                        media.screen.send(tv::Command::Roster(phones));
                     }
                     if empty {
                         self.show_idle_screen();
@@ -373,7 +373,7 @@ impl Hub {
             return;
         };
         if self.privacy.machine.is_on() {
-            let since = crate::invite::unix_seconds(self.privacy.since);
+            let since = crate::call::invite::unix_seconds(self.privacy.since);
             self.call
                 .box_state(false, false, Some("privacy on".into()), Some(since), out);
             return;
@@ -439,7 +439,7 @@ impl Hub {
             Ok((_, url)) => {
                 let status = self.box_status_line();
                 if let Some(media) = &self.media {
-                    media.screen.send(screen::Command::Idle { url, status });
+                    media.screen.send(tv::Command::Idle { url, status });
                 }
             }
             Err(e) => tracing::error!("cannot make a join link for the screen: {e}"),
@@ -565,7 +565,7 @@ impl Hub {
         &mut self,
         name: &str,
         ttl: Duration,
-    ) -> Result<(String, String), crate::invite::InviteError> {
+    ) -> Result<(String, String), crate::call::invite::InviteError> {
         let now = SystemTime::now();
         let invites = self.call.invites_mut();
         invites.prune(now);
@@ -628,7 +628,7 @@ impl Hub {
         });
         let privacy = serde_json::json!({
             "on": self.privacy.machine.is_on(),
-            "since": crate::invite::unix_seconds(self.privacy.since),
+            "since": crate::call::invite::unix_seconds(self.privacy.since),
             "switch": self.privacy.lines.simulated.as_ref().map_or("hardware".to_string(), |s| {
                 format!("simulated, {}", if s.is_on() { "on" } else { "off" })
             }),

@@ -1,6 +1,8 @@
 //! HTTPS: the join page, its assets, Hearth's CA certificate, and the signalling WebSocket.
 //! Plus the plain-HTTP listener whose only job is to redirect to HTTPS.
 
+pub mod tls;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -14,13 +16,13 @@ use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::call::protocol::MAX_CLIENT_MESSAGE_BYTES;
 use crate::call::ConnId;
-use crate::hub::{WsCommand, WsEvent};
-use crate::protocol::MAX_CLIENT_MESSAGE_BYTES;
+use crate::daemon::hub::{WsCommand, WsEvent};
 
-const JOIN_HTML: &str = include_str!("web/assets/join.html");
-const JOIN_JS: &str = include_str!("web/assets/join.js");
-const JOIN_CSS: &str = include_str!("web/assets/join.css");
+const JOIN_HTML: &str = include_str!("assets/join.html");
+const JOIN_JS: &str = include_str!("assets/join.js");
+const JOIN_CSS: &str = include_str!("assets/join.css");
 
 /// Nothing is loaded from anywhere but Hearth itself.
 const CSP: &str = "default-src 'self'; connect-src 'self'; media-src 'self' blob: mediastream:; \

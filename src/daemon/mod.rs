@@ -1,5 +1,9 @@
 //! Wiring: state dir, config, certificate, sockets, the hub, the web servers, signals.
 
+pub mod control;
+pub mod hub;
+pub mod notify;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -9,14 +13,13 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use tokio::sync::{mpsc, watch};
 
-use crate::board::Board;
+use crate::call::invite::InviteStore;
+use crate::call::room::Room;
+use crate::call::sfu::Sfu;
 use crate::call::Call;
+use crate::config::board::Board;
 use crate::config::Config;
-use crate::control;
-use crate::hub::{BoxMedia, Hub, PrivacyControl};
-use crate::invite::InviteStore;
-use crate::room::Room;
-use crate::sfu::Sfu;
+use crate::daemon::hub::{BoxMedia, Hub, PrivacyControl};
 use crate::web::{self, WebState};
 
 pub struct RunOptions {
@@ -133,7 +136,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
                 .filter(|ip| !ip.is_loopback()),
         );
     }
-    let identity = crate::tls::ensure_identity(
+    let identity = crate::web::tls::ensure_identity(
         &state_dir,
         &dns_names,
         &ips,
@@ -186,9 +189,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
         Ok(Some(dir.join(name)))
     };
     // Privacy first: nothing is captured until the switch has been read.
-    let (lines, readings) = crate::gpio::start(&profile.gpio);
+    let (lines, readings) = crate::privacy::gpio::start(&profile.gpio);
     let privacy = PrivacyControl {
-        machine: crate::privacy::Privacy::new(Duration::from_millis(profile.gpio.debounce_ms)),
+        machine: crate::privacy::machine::Privacy::new(Duration::from_millis(
+            profile.gpio.debounce_ms,
+        )),
         lines,
         readings,
         log: state_dir.join("privacy.log"),
@@ -200,7 +205,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         told_latencies: Vec::new(),
     };
     for action in privacy.machine.start() {
-        if let crate::privacy::Action::Led(on) = action {
+        if let crate::privacy::machine::Action::Led(on) = action {
             let _ = privacy.lines.led.send(on);
         }
     }
@@ -209,7 +214,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let media = if config.home.media {
         crate::media::init().map_err(|e| anyhow!(e))?;
         let (tx, rx) = mpsc::channel(64);
-        let screen = crate::media::screen::Screen::start(&profile.display, &profile.audio);
+        let screen = crate::media::tv::Screen::start(&profile.display, &profile.audio);
         room.add_box(&config.home.name, std::time::Instant::now());
         sfu.enable_box(profile.encoder.min_kbps, profile.encoder.max_kbps);
         Some(BoxMedia {
@@ -285,9 +290,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
         });
     }
 
-    crate::notify::notify("READY=1");
+    crate::daemon::notify::notify("READY=1");
     wait_for_signal().await?;
-    crate::notify::notify("STOPPING=1");
+    crate::daemon::notify::notify("STOPPING=1");
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     handle.graceful_shutdown(Some(Duration::from_secs(2)));

@@ -8,8 +8,8 @@ pub mod simulated;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::board::{GpioBackend, GpioProfile};
-use crate::privacy::Reading;
+use crate::config::board::{GpioBackend, GpioProfile};
+use crate::privacy::machine::Reading;
 
 /// Handle kept by the hub: the LED to drive, and the simulated switch when there is one.
 pub struct PrivacyLines {

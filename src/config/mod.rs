@@ -2,6 +2,8 @@
 //! Range checks run inside deserialization so every error carries the span of the bad value,
 //! which becomes "FILE:LINE:COLUMN: key `x.y`: problem" in one line.
 
+pub mod board;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;

@@ -1,0 +1,28 @@
+//! Hearth: family video calls from a box at home, with no company in the middle.
+//!
+//! The box serves the join page and signalling over HTTPS, runs its own SFU for the phones,
+//! drives its camera, mic, TV and speaker through GStreamer, and obeys a physical privacy
+//! switch. One process, one tokio runtime; the parts:
+//!
+//! - [`call`]: the call itself, pure (inputs and the time in, outputs out, no I/O):
+//!   - [`call::room`]: who is in, which codec the room uses, what everyone is told;
+//!   - [`call::invite`]: join links (128-bit tokens, stored hashed, expiry, revocation);
+//!   - [`call::protocol`]: the signalling messages on the WebSocket;
+//!   - [`call::sfu`]: the media plane on str0m (one `Rtc` per phone, forwarding, the box's leg).
+//! - [`privacy`]: the switch's state machine and its GPIO backends (real and simulated).
+//! - [`media`]: the box's own camera and mic (`capture`), TV and speaker (`tv`), pipeline
+//!   plans, and what hardware the machine has (`probe`, `check`).
+//! - [`web`]: HTTPS (the join page, the signalling WebSocket, Hearth's own CA).
+//! - [`daemon`]: the wiring: start-up, the hub task that does the cores' I/O, the control
+//!   socket the CLI talks to, systemd notification.
+//! - [`config`]: the owner's config file and the board profiles (`board/*.toml`).
+//!
+//! `src/main.rs` is the command line; everything else is here, so tests and benchmarks use
+//! the same code.
+
+pub mod call;
+pub mod config;
+pub mod daemon;
+pub mod media;
+pub mod privacy;
+pub mod web;
