@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use hearth::config::board::Board;
-use hearth::daemon::control::{Request, Response};
+use hearth::daemon::control::{OnOff, Request, Response, Simulation};
 use hearth::daemon::{self, control};
 use hearth::{config, media};
 
@@ -61,18 +61,16 @@ enum Command {
     },
     /// Write what the TV shows right now to a PNG file.
     Snapshot { file: PathBuf },
-    /// Turn the privacy switch's state on or off (off only on the dev board: on a real box
-    /// only the physical switch turns privacy off).
+    /// Turn privacy on or off (off only on the dev board: on a real box only the physical
+    /// switch turns privacy off). Returns once it has taken effect.
     Privacy {
-        #[arg(value_parser = ["on", "off"])]
-        state: String,
+        #[arg(value_enum)]
+        state: OnOff,
     },
     /// Simulated devices: unplug or plug the dev camera or mic, or flip a simulated switch.
     Simulate {
-        #[arg(value_parser = ["camera", "mic", "switch"])]
-        device: String,
-        #[arg(value_parser = ["unplug", "plug", "on", "off"])]
-        action: String,
+        #[command(subcommand)]
+        simulation: Simulation,
     },
     /// Print or check configuration.
     Config {
@@ -130,7 +128,7 @@ fn run(cli: Cli) -> Result<()> {
             revoke,
         } => {
             let request = if list {
-                Request::InviteList
+                Request::InviteList {}
             } else if let Some(id) = revoke {
                 Request::InviteRevoke { id }
             } else {
@@ -147,7 +145,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status => {
-            let value = ask(&state_dir, &Request::Status)?;
+            let value = ask(&state_dir, &Request::Status {})?;
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(())
         }
@@ -178,24 +176,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Privacy { state } => {
-            ask(&state_dir, &Request::Privacy { on: state == "on" })?;
-            println!("privacy {state}");
+            let answer = ask(&state_dir, &Request::Privacy { state })?;
+            println!("privacy {}", answer["privacy"].as_str().unwrap_or("?"));
             Ok(())
         }
-        Command::Simulate { device, action } => {
-            let present = match (device.as_str(), action.as_str()) {
-                ("switch", "on" | "off") => action == "on",
-                ("camera" | "mic", "plug" | "unplug") => action == "plug",
-                _ => anyhow::bail!(
-                    "{device} takes {}",
-                    if device == "switch" {
-                        "on or off"
-                    } else {
-                        "plug or unplug"
-                    }
-                ),
-            };
-            ask(&state_dir, &Request::Simulate { device, present })?;
+        Command::Simulate { simulation } => {
+            ask(&state_dir, &Request::Simulate { simulation })?;
             Ok(())
         }
         Command::Config { action } => match action {

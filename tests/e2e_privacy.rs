@@ -4,7 +4,6 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Result;
 use support::browser::{Browser, BrowserKind};
@@ -108,7 +107,9 @@ async fn privacy_closes_the_devices_and_everyone_sees_it() -> Result<()> {
         (0.0..1000.0).contains(&frozen),
         "the box's video went on for {frozen:.0} ms"
     );
-    let status = daemon.status_until("privacy on", |s| s["privacy"]["on"] == true)?;
+    // The answer came once the devices were closed.
+    let status = daemon.status()?;
+    assert_eq!(status["privacy"]["on"], true);
     assert_eq!(status["privacy"]["led"], true);
     assert!(capture_fds(daemon.pid(), &daemon.state_dir).is_empty());
     assert!(
@@ -134,17 +135,21 @@ async fn privacy_closes_the_devices_and_everyone_sees_it() -> Result<()> {
     ann.eval("(() => { document.getElementById('pause-box').click(); return true; })()")
         .await?;
     daemon.status_until("paused from the page", |s| s["privacy"]["on"] == true)?;
-    let (ok, _, _) = daemon.cli(&["privacy", "off"]);
-    assert!(ok);
-    std::thread::sleep(Duration::from_millis(200)); // give a wrong release the chance to show
+    // The switch settles off, and the answer says privacy stayed on.
+    let (ok, _, err) = daemon.cli(&["privacy", "off"]);
+    assert!(!ok, "the page's pause was undone without the switch");
+    assert!(err.contains("privacy stays on"), "{err}");
+    assert_eq!(daemon.status()?["privacy"]["on"], true);
+    let (ok, _, err) = daemon.cli(&["privacy", "on"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = daemon.cli(&["privacy", "off"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "privacy off");
     assert_eq!(
         daemon.status()?["privacy"]["on"],
-        true,
-        "the page's pause was undone without the switch"
+        false,
+        "released by the switch"
     );
-    daemon.cli(&["privacy", "on"]);
-    daemon.cli(&["privacy", "off"]);
-    daemon.status_until("released by the switch", |s| s["privacy"]["on"] == false)?;
 
     let log = std::fs::read_to_string(daemon.state_dir.join("privacy.log"))?;
     let lines: Vec<&str> = log.lines().collect();
@@ -169,11 +174,14 @@ async fn a_hardware_board_refuses_privacy_off_from_software() -> Result<()> {
         [board.display]\nsink = \"offscreen\"\nwidth = 320\nheight = 180\n";
     let dir = temp_dir("privacy-pi4");
     let daemon = Daemon::start_on_board(&dir, "pi4", config)?;
-    daemon.status_until("started with privacy off", |s| s["privacy"]["on"] == false)?;
+    // Answered once the switch has settled off (it starts off).
+    let (ok, _, err) = daemon.cli(&["simulate", "switch", "off"]);
+    assert!(ok, "{err}");
+    assert_eq!(daemon.status()?["privacy"]["on"], false);
 
     let (ok, _, err) = daemon.cli(&["simulate", "switch", "on"]);
     assert!(ok, "{err}");
-    daemon.status_until("switch on", |s| s["privacy"]["on"] == true)?;
+    assert_eq!(daemon.status()?["privacy"]["on"], true);
     let (ok, _, err) = daemon.cli(&["privacy", "off"]);
     assert!(!ok);
     assert_eq!(
@@ -184,9 +192,9 @@ async fn a_hardware_board_refuses_privacy_off_from_software() -> Result<()> {
     // Turning it on from software is always allowed; the switch, flipped off, releases.
     let (ok, _, err) = daemon.cli(&["simulate", "switch", "off"]);
     assert!(ok, "{err}");
-    daemon.status_until("switch off", |s| s["privacy"]["on"] == false)?;
+    assert_eq!(daemon.status()?["privacy"]["on"], false);
     let (ok, _, err) = daemon.cli(&["privacy", "on"]);
     assert!(ok, "{err}");
-    daemon.status_until("software on", |s| s["privacy"]["on"] == true)?;
+    assert_eq!(daemon.status()?["privacy"]["on"], true);
     Ok(())
 }

@@ -1,8 +1,7 @@
 //! Join links: capability tokens with 128 random bits, stored only as SHA-256 hashes, with a
-//! name, an expiry and revocation. The check is pure (token + now → verdict); saving to the
-//! state dir is `InviteStore::save`.
+//! name, an expiry and revocation. Pure (token + now → verdict); the daemon keeps the file
+//! (`daemon::invite_file`).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,25 +11,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const TOKEN_BYTES: usize = 16; // 128 bits
-const FILE_NAME: &str = "invites.json";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InviteError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is damaged: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("no invite with id {0}")]
     UnknownId(String),
 }
@@ -61,12 +44,11 @@ pub struct Invite {
     pub revoked: bool,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Every invite, as kept in `invites.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InviteStore {
     invites: Vec<Invite>,
-    #[serde(skip)]
-    path: Option<PathBuf>,
 }
 
 pub fn unix_seconds(t: SystemTime) -> u64 {
@@ -83,49 +65,6 @@ fn hash(token: &str) -> String {
 }
 
 impl InviteStore {
-    /// Load the store from the state dir; a missing file is an empty store.
-    pub fn load(state_dir: &Path) -> Result<Self, InviteError> {
-        let path = state_dir.join(FILE_NAME);
-        let mut store = match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                serde_json::from_str::<InviteStore>(&text).map_err(|source| InviteError::Parse {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => InviteStore::default(),
-            Err(source) => return Err(InviteError::Read { path, source }),
-        };
-        store.path = Some(path);
-        Ok(store)
-    }
-
-    /// Write atomically (temp file + rename) with mode 0600: hashes are still secrets' kin.
-    pub fn save(&self) -> Result<(), InviteError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let tmp = path.with_extension("json.tmp");
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|source| InviteError::Write {
-            path: path.clone(),
-            source,
-        })
-    }
-
     /// Make a new invite. Returns the record and the token, which exists only in the link.
     pub fn create(&mut self, name: &str, ttl: Duration, now: SystemTime) -> (Invite, String) {
         let mut bytes = [0u8; TOKEN_BYTES];
@@ -223,22 +162,5 @@ mod tests {
         store.revoke(&invite.id).unwrap();
         assert_eq!(store.check(&token, start).unwrap_err(), Refusal::Revoked);
         assert!(store.revoke("nope").is_err());
-    }
-
-    #[test]
-    fn survives_a_restart() {
-        let dir = std::env::temp_dir().join(format!("hearth-invite-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut store = InviteStore::load(&dir).unwrap();
-        let (_, token) = store.create("Gran", DAY, SystemTime::now());
-        store.save().unwrap();
-        let mut again = InviteStore::load(&dir).unwrap();
-        assert!(again.check(&token, SystemTime::now()).is_ok());
-        std::fs::write(dir.join(FILE_NAME), "{broken").unwrap();
-        assert!(matches!(
-            InviteStore::load(&dir),
-            Err(InviteError::Parse { .. })
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

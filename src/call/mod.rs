@@ -1,21 +1,24 @@
 //! The call's signalling core: maps (connection, message) and datagrams to (connection,
 //! message), datagrams to send and connections to close. It owns the room, the SFU and the
-//! invites, takes the current time as input, and does no I/O — `hub` pumps it.
+//! invites, takes the current time as input, and does no I/O — the daemon's hub pumps it.
+//! Inputs are `handle_*`; what to do comes out of `poll_output`, and `poll_timeout` says
+//! when `handle_timeout` is due.
 
 pub mod invite;
 pub mod protocol;
 pub mod room;
 pub mod sfu;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::call::invite::{Invite, InviteStore};
-use crate::call::protocol::{parse_client_msg, ClientMsg, ServerMsg};
-use crate::call::room::{ParticipantId, Room};
-use crate::call::sfu::{PhoneFrame, Sfu, SfuEvent, Transmit};
 use str0m::media::{MediaKind, MediaTime};
+
+use invite::{Invite, InviteError, InviteStore};
+use protocol::{parse_client_msg, ClientMsg, ServerMsg};
+use room::{ParticipantId, Room};
+use sfu::{PhoneFrame, Sfu, SfuEvent, SfuOutput, Transmit};
 
 /// A connection that has not presented a token within this is closed.
 const JOIN_LIMIT: Duration = Duration::from_secs(10);
@@ -28,8 +31,8 @@ pub enum Output {
     Send(ConnId, ServerMsg),
     Close(ConnId),
     Transmit(Transmit),
-    /// The invite store changed (a use was recorded); persist it.
-    SaveInvites,
+    /// The invites changed (one was made, used or revoked): persist this copy.
+    SaveInvites(InviteStore),
     /// A phone needs a keyframe from the box's encoder.
     BoxKeyframe,
     /// The box's encoder should aim at this many kbit/s.
@@ -53,6 +56,7 @@ pub struct Call {
     sfu: Sfu,
     invites: InviteStore,
     conns: HashMap<ConnId, Conn>,
+    outputs: VecDeque<Output>,
 }
 
 impl Call {
@@ -62,37 +66,8 @@ impl Call {
             sfu,
             invites,
             conns: HashMap::new(),
+            outputs: VecDeque::new(),
         }
-    }
-
-    pub fn invites_mut(&mut self) -> &mut InviteStore {
-        &mut self.invites
-    }
-
-    /// Send one of the box's encoded frames to the phones.
-    pub fn box_frame(
-        &mut self,
-        kind: MediaKind,
-        rtp_time: MediaTime,
-        data: &[u8],
-        now: Instant,
-        out: &mut Vec<Output>,
-    ) -> Instant {
-        self.sfu.write_local(kind, rtp_time, data, now);
-        self.poll(now, out)
-    }
-
-    /// The box's camera or mic changed (device trouble, privacy); everyone is told.
-    pub fn box_state(
-        &mut self,
-        audio: bool,
-        video: bool,
-        note: Option<String>,
-        privacy_since: Option<u64>,
-        out: &mut Vec<Output>,
-    ) {
-        let messages = self.room.set_box_state(audio, video, note, privacy_since);
-        self.send_all(messages, out);
     }
 
     pub fn room(&self) -> &Room {
@@ -103,43 +78,84 @@ impl Call {
         &self.sfu
     }
 
-    pub fn connected(&mut self, conn: ConnId, now: Instant) {
+    pub fn invites(&self) -> &[Invite] {
+        self.invites.list()
+    }
+
+    /// Make a join link's token (and record it, hashed). Expired invites are pruned first.
+    pub fn create_invite(
+        &mut self,
+        name: &str,
+        ttl: Duration,
+        wall: SystemTime,
+    ) -> (Invite, String) {
+        self.invites.prune(wall);
+        let made = self.invites.create(name, ttl, wall);
+        self.save_invites();
+        made
+    }
+
+    pub fn revoke_invite(&mut self, id: &str) -> Result<(), InviteError> {
+        self.invites.revoke(id)?;
+        self.save_invites();
+        Ok(())
+    }
+
+    fn save_invites(&mut self) {
+        self.outputs
+            .push_back(Output::SaveInvites(self.invites.clone()));
+    }
+
+    /// One of the box's encoded frames for the phones.
+    pub fn handle_box_frame(
+        &mut self,
+        kind: MediaKind,
+        rtp_time: MediaTime,
+        data: &[u8],
+        now: Instant,
+    ) {
+        self.sfu.handle_box_frame(kind, rtp_time, data, now);
+    }
+
+    /// The box's camera or mic changed (device trouble, privacy); everyone is told.
+    pub fn handle_box_state(
+        &mut self,
+        audio: bool,
+        video: bool,
+        note: Option<String>,
+        privacy_since: Option<u64>,
+    ) {
+        let messages = self.room.set_box_state(audio, video, note, privacy_since);
+        self.send_all(messages);
+    }
+
+    pub fn handle_connected(&mut self, conn: ConnId, now: Instant) {
         self.conns.insert(conn, Conn::AwaitingJoin { since: now });
     }
 
-    pub fn closed(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Output>) -> Instant {
+    pub fn handle_closed(&mut self, conn: ConnId) {
         if let Some(Conn::Joined(id)) = self.conns.remove(&conn) {
-            self.leave(id, out);
+            self.leave(id);
         }
-        self.poll(now, out)
     }
 
-    pub fn message(
-        &mut self,
-        conn: ConnId,
-        text: &str,
-        now: Instant,
-        wall: SystemTime,
-        out: &mut Vec<Output>,
-    ) -> Instant {
+    pub fn handle_message(&mut self, conn: ConnId, text: &str, now: Instant, wall: SystemTime) {
         let Some(state) = self.conns.get(&conn).copied() else {
-            return self.poll(now, out);
+            return;
         };
         let msg = match parse_client_msg(text) {
             Ok(m) => m,
             Err(e) => {
                 match state {
-                    Conn::AwaitingJoin { .. } => {
-                        self.refuse(conn, "That was not a join request.", out)
-                    }
-                    Conn::Joined(_) => out.push(Output::Send(
+                    Conn::AwaitingJoin { .. } => self.refuse(conn, "That was not a join request."),
+                    Conn::Joined(_) => self.outputs.push_back(Output::Send(
                         conn,
                         ServerMsg::Error {
                             message: e.to_string(),
                         },
                     )),
                 }
-                return self.poll(now, out);
+                return;
             }
         };
         match (state, msg) {
@@ -150,29 +166,26 @@ impl Call {
                     name,
                     video_codecs,
                 },
-            ) => self.join(conn, &token, &name, &video_codecs, now, wall, out),
+            ) => self.join(conn, &token, &name, &video_codecs, now, wall),
             (Conn::AwaitingJoin { .. }, _) => {
-                self.refuse(conn, "Join first, with the invite link.", out)
+                self.refuse(conn, "Join first, with the invite link.")
             }
-            (Conn::Joined(id), msg) => self.joined_message(conn, id, msg, now, out),
+            (Conn::Joined(id), msg) => self.joined_message(conn, id, msg, now),
         }
-        self.poll(now, out)
     }
 
-    pub fn datagram(
+    pub fn handle_datagram(
         &mut self,
         now: Instant,
         source: SocketAddr,
         destination: SocketAddr,
         data: &[u8],
-        out: &mut Vec<Output>,
-    ) -> Instant {
+    ) {
         self.sfu.handle_datagram(now, source, destination, data);
-        self.poll(now, out)
     }
 
-    /// Advance time. Returns when to call again at the latest.
-    pub fn timeout(&mut self, now: Instant, out: &mut Vec<Output>) -> Instant {
+    /// Time passed: close connections that never joined, advance the media sessions.
+    pub fn handle_timeout(&mut self, now: Instant) {
         let stale: Vec<ConnId> = self
             .conns
             .iter()
@@ -187,13 +200,34 @@ impl Call {
             .collect();
         for conn in stale {
             self.conns.remove(&conn);
-            out.push(Output::Close(conn));
+            self.outputs.push_back(Output::Close(conn));
         }
         self.sfu.handle_timeout(now);
-        self.poll(now, out)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The next thing to do, or None until new input or `poll_timeout`.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        loop {
+            if let Some(output) = self.outputs.pop_front() {
+                return Some(output);
+            }
+            match self.sfu.poll_output()? {
+                SfuOutput::Transmit(t) => return Some(Output::Transmit(t)),
+                SfuOutput::Event(event) => self.sfu_event(event),
+            }
+        }
+    }
+
+    /// When `handle_timeout` is due at the latest: the media sessions' next timer, and the
+    /// join limit of connections still waiting.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let joins = self.conns.values().filter_map(|c| match c {
+            Conn::AwaitingJoin { since } => Some(*since + JOIN_LIMIT),
+            Conn::Joined(_) => None,
+        });
+        joins.chain(self.sfu.poll_timeout()).min()
+    }
+
     fn join(
         &mut self,
         conn: ConnId,
@@ -202,57 +236,51 @@ impl Call {
         video_codecs: &[String],
         now: Instant,
         wall: SystemTime,
-        out: &mut Vec<Output>,
     ) {
         let invite: Invite = match self.invites.check(token, wall) {
             Ok(invite) => invite.clone(),
             Err(refusal) => {
                 tracing::info!("join refused: {refusal:?}");
-                return self.refuse(conn, &refusal.to_string(), out);
+                return self.refuse(conn, &refusal.to_string());
             }
         };
-        out.push(Output::SaveInvites);
+        self.save_invites();
         match self.room.join(name, video_codecs, now) {
             Ok((id, messages)) => {
                 tracing::info!("{id} joined with invite {} ({})", invite.id, invite.name);
                 self.conns.insert(conn, Conn::Joined(id));
-                self.send_all(messages, out);
-                self.screen_roster(out);
+                self.send_all(messages);
+                self.screen_roster();
             }
-            Err(refused) => self.refuse(conn, &refused.to_string(), out),
+            Err(refused) => self.refuse(conn, &refused.to_string()),
         }
     }
 
-    fn joined_message(
-        &mut self,
-        conn: ConnId,
-        id: ParticipantId,
-        msg: ClientMsg,
-        now: Instant,
-        out: &mut Vec<Output>,
-    ) {
+    fn joined_message(&mut self, conn: ConnId, id: ParticipantId, msg: ClientMsg, now: Instant) {
         match msg {
             ClientMsg::Offer { sdp } => {
                 let publish = self.room.publish_codec();
                 let decodes_h264 = self.room.participant(id).is_some_and(|p| p.can_decode_h264);
-                match self.sfu.accept_offer(id, &sdp, publish, decodes_h264, now) {
-                    Ok(answer) => out.push(Output::Send(conn, ServerMsg::Answer { sdp: answer })),
-                    Err(e) => self.fail(conn, id, &e.to_string(), out),
+                match self.sfu.handle_offer(id, &sdp, publish, decodes_h264, now) {
+                    Ok(answer) => self
+                        .outputs
+                        .push_back(Output::Send(conn, ServerMsg::Answer { sdp: answer })),
+                    Err(e) => self.fail(conn, id, &e.to_string()),
                 }
             }
             ClientMsg::Answer { sdp } => {
-                if let Err(e) = self.sfu.accept_answer(id, &sdp, now) {
-                    self.fail(conn, id, &e.to_string(), out);
+                if let Err(e) = self.sfu.handle_answer(id, &sdp, now) {
+                    self.fail(conn, id, &e.to_string());
                 }
             }
             ClientMsg::Mute { audio, video } => {
                 let messages = self.room.set_mute(id, audio, video);
-                self.send_all(messages, out);
+                self.send_all(messages);
             }
             ClientMsg::Leave => {
                 self.conns.remove(&conn);
-                self.leave(id, out);
-                out.push(Output::Close(conn));
+                self.leave(id);
+                self.outputs.push_back(Output::Close(conn));
             }
             ClientMsg::PauseBox => {
                 let name = self
@@ -260,9 +288,9 @@ impl Call {
                     .participant(id)
                     .map(|p| p.name.clone())
                     .unwrap_or_default();
-                out.push(Output::PauseBox(name));
+                self.outputs.push_back(Output::PauseBox(name));
             }
-            ClientMsg::Join { .. } => out.push(Output::Send(
+            ClientMsg::Join { .. } => self.outputs.push_back(Output::Send(
                 conn,
                 ServerMsg::Error {
                     message: "already in the call".into(),
@@ -272,49 +300,49 @@ impl Call {
     }
 
     /// A negotiation broke: the peer's media state is unknown, so it must rejoin.
-    fn fail(&mut self, conn: ConnId, id: ParticipantId, why: &str, out: &mut Vec<Output>) {
+    fn fail(&mut self, conn: ConnId, id: ParticipantId, why: &str) {
         tracing::warn!("{id}: negotiation failed: {why}");
-        out.push(Output::Send(
+        self.outputs.push_back(Output::Send(
             conn,
             ServerMsg::Error {
                 message: format!("negotiation failed: {why}"),
             },
         ));
         self.conns.remove(&conn);
-        self.leave(id, out);
-        out.push(Output::Close(conn));
+        self.leave(id);
+        self.outputs.push_back(Output::Close(conn));
     }
 
-    fn refuse(&mut self, conn: ConnId, reason: &str, out: &mut Vec<Output>) {
+    fn refuse(&mut self, conn: ConnId, reason: &str) {
         self.conns.remove(&conn);
-        out.push(Output::Send(
+        self.outputs.push_back(Output::Send(
             conn,
             ServerMsg::Refused {
                 reason: reason.to_string(),
             },
         ));
-        out.push(Output::Close(conn));
+        self.outputs.push_back(Output::Close(conn));
     }
 
-    fn leave(&mut self, id: ParticipantId, out: &mut Vec<Output>) {
-        self.sfu.remove_peer(id);
+    fn leave(&mut self, id: ParticipantId) {
+        self.sfu.handle_peer_left(id);
         let messages = self.room.leave(id);
         if !messages.is_empty() || self.room.participants().iter().all(|p| p.id != id) {
             tracing::info!("{id} left");
         }
-        self.send_all(messages, out);
-        self.screen_roster(out);
+        self.send_all(messages);
+        self.screen_roster();
     }
 
-    fn screen_roster(&self, out: &mut Vec<Output>) {
+    fn screen_roster(&mut self) {
         let phones = self.room.phones().map(|p| (p.id, p.name.clone())).collect();
-        out.push(Output::ScreenRoster(phones));
+        self.outputs.push_back(Output::ScreenRoster(phones));
     }
 
-    fn send_all(&self, messages: Vec<(ParticipantId, ServerMsg)>, out: &mut Vec<Output>) {
+    fn send_all(&mut self, messages: Vec<(ParticipantId, ServerMsg)>) {
         for (id, msg) in messages {
             if let Some(conn) = self.conn_of(id) {
-                out.push(Output::Send(conn, msg));
+                self.outputs.push_back(Output::Send(conn, msg));
             }
         }
     }
@@ -326,34 +354,28 @@ impl Call {
             .map(|(c, _)| *c)
     }
 
-    fn poll(&mut self, now: Instant, out: &mut Vec<Output>) -> Instant {
-        let mut transmits = Vec::new();
-        let mut events = Vec::new();
-        let next = self.sfu.poll(now, &mut transmits, &mut events);
-        out.extend(transmits.into_iter().map(Output::Transmit));
-        for event in events {
-            match event {
-                SfuEvent::Offer(id, sdp) => {
-                    if let Some(conn) = self.conn_of(id) {
-                        out.push(Output::Send(conn, ServerMsg::Offer { sdp }));
-                    }
+    fn sfu_event(&mut self, event: SfuEvent) {
+        match event {
+            SfuEvent::Offer(id, sdp) => {
+                if let Some(conn) = self.conn_of(id) {
+                    self.outputs
+                        .push_back(Output::Send(conn, ServerMsg::Offer { sdp }));
                 }
-                SfuEvent::PeerLost(id, reason) => {
-                    tracing::info!("{id}: media connection lost ({reason:?})");
-                    if let Some(conn) = self.conn_of(id) {
-                        self.conns.remove(&conn);
-                        out.push(Output::Close(conn));
-                    }
-                    let messages = self.room.leave(id);
-                    self.send_all(messages, out);
-                    self.screen_roster(out);
-                }
-                SfuEvent::BoxKeyframe => out.push(Output::BoxKeyframe),
-                SfuEvent::BoxBitrate(kbps) => out.push(Output::BoxBitrate(kbps)),
-                SfuEvent::ToBox(frame) => out.push(Output::ToBox(frame)),
             }
+            SfuEvent::PeerLost(id, reason) => {
+                tracing::info!("{id}: media connection lost ({reason:?})");
+                if let Some(conn) = self.conn_of(id) {
+                    self.conns.remove(&conn);
+                    self.outputs.push_back(Output::Close(conn));
+                }
+                let messages = self.room.leave(id);
+                self.send_all(messages);
+                self.screen_roster();
+            }
+            SfuEvent::BoxKeyframe => self.outputs.push_back(Output::BoxKeyframe),
+            SfuEvent::BoxBitrate(kbps) => self.outputs.push_back(Output::BoxBitrate(kbps)),
+            SfuEvent::ToBox(frame) => self.outputs.push_back(Output::ToBox(frame)),
         }
-        next
     }
 }
 
@@ -366,18 +388,28 @@ mod tests {
         let mut invites = InviteStore::default();
         let wall = SystemTime::now();
         let (_, good) = invites.create("Gran", Duration::from_secs(3600), wall);
-        let (old, expired) = invites.create(
+        let (_, expired) = invites.create(
             "Old",
             Duration::from_secs(60),
             wall - Duration::from_secs(120),
         );
-        let _ = old;
         let sfu = Sfu::new("127.0.0.1:10000".parse().unwrap());
         (Call::new(Room::new(8), sfu, invites), good, expired)
     }
 
     fn join_text(token: &str, name: &str) -> String {
         serde_json::json!({"type": "join", "token": token, "name": name, "video_codecs": ["H264", "VP8"]}).to_string()
+    }
+
+    /// A new connection sends `text`; everything the call wants done afterwards.
+    fn connect_and_say(call: &mut Call, conn: ConnId, text: &str, now: Instant) -> Vec<Output> {
+        call.handle_connected(conn, now);
+        say(call, conn, text, now)
+    }
+
+    fn say(call: &mut Call, conn: ConnId, text: &str, now: Instant) -> Vec<Output> {
+        call.handle_message(conn, text, now, SystemTime::now());
+        std::iter::from_fn(|| call.poll_output()).collect()
     }
 
     /// Everything sent to `conn`, as JSON text, for checking what leaked.
@@ -394,23 +426,19 @@ mod tests {
     fn bad_tokens_get_a_refusal_and_nothing_about_the_call() {
         let (mut call, good, expired) = call();
         let now = Instant::now();
-        let wall = SystemTime::now();
-        let mut out = Vec::new();
-        call.connected(ConnId(1), now);
-        call.message(
+        connect_and_say(
+            &mut call,
             ConnId(1),
             &join_text(&good, "Alice Insider"),
             now,
-            wall,
-            &mut out,
         );
+        let gran = call
+            .invites()
+            .iter()
+            .find(|i| i.name == "Gran")
+            .map(|i| i.id.clone())
+            .unwrap();
 
-        let mut revoked_store_id = None;
-        for invite in call.invites_mut().list() {
-            if invite.name == "Gran" {
-                revoked_store_id = Some(invite.id.clone());
-            }
-        }
         let random = "q2Vt8nWcY1oR3xZ5bL7dJg";
         let cases: Vec<(String, Refusal)> = vec![
             (random.to_string(), Refusal::Unknown),
@@ -418,9 +446,7 @@ mod tests {
         ];
         for (i, (token, refusal)) in cases.iter().enumerate() {
             let conn = ConnId(10 + i as u64);
-            let mut out = Vec::new();
-            call.connected(conn, now);
-            call.message(conn, &join_text(token, "Mallory"), now, wall, &mut out);
+            let out = connect_and_say(&mut call, conn, &join_text(token, "Mallory"), now);
             let sent = sent_to(&out, conn);
             assert_eq!(sent.len(), 1, "{sent:?}");
             assert!(sent[0].contains(r#""type":"refused""#));
@@ -429,61 +455,58 @@ mod tests {
             assert!(out
                 .iter()
                 .any(|o| matches!(o, Output::Close(c) if *c == conn)));
+            assert!(
+                sent_to(&out, ConnId(1)).is_empty(),
+                "the one inside heard of it"
+            );
         }
 
         // Revoke the good invite: the next join with it is refused too.
-        call.invites_mut()
-            .revoke(&revoked_store_id.unwrap())
-            .unwrap();
-        let mut out = Vec::new();
-        call.connected(ConnId(20), now);
-        call.message(ConnId(20), &join_text(&good, "Late"), now, wall, &mut out);
+        call.revoke_invite(&gran).unwrap();
+        let out = connect_and_say(&mut call, ConnId(20), &join_text(&good, "Late"), now);
         let sent = sent_to(&out, ConnId(20));
         assert_eq!(sent.len(), 1);
         assert!(sent[0].contains(&Refusal::Revoked.to_string()));
         assert!(!sent[0].contains("Alice Insider"));
-        // The one inside heard nothing of these attempts.
         assert!(sent_to(&out, ConnId(1)).is_empty());
     }
 
     #[test]
-    fn a_valid_join_gets_welcome_and_roster() {
+    fn a_valid_join_gets_welcome_and_roster_and_the_use_is_saved() {
         let (mut call, good, _) = call();
-        let now = Instant::now();
-        let mut out = Vec::new();
-        call.connected(ConnId(1), now);
-        call.message(
+        let out = connect_and_say(
+            &mut call,
             ConnId(1),
             &join_text(&good, "Ann"),
-            now,
-            SystemTime::now(),
-            &mut out,
+            Instant::now(),
         );
         let sent = sent_to(&out, ConnId(1));
         assert!(sent[0].contains(r#""type":"welcome""#), "{sent:?}");
         assert!(sent
             .iter()
             .any(|s| s.contains(r#""type":"roster""#) && s.contains("Ann")));
-        assert!(out.iter().any(|o| matches!(o, Output::SaveInvites)));
+        let saved = out.iter().find_map(|o| match o {
+            Output::SaveInvites(store) => Some(store),
+            _ => None,
+        });
+        let gran = saved.and_then(|s| s.list().iter().find(|i| i.name == "Gran"));
+        assert!(
+            gran.is_some_and(|i| i.last_used.is_some()),
+            "the use is saved"
+        );
     }
 
     #[test]
     fn messages_before_join_and_silent_connections_are_closed() {
         let (mut call, _, _) = call();
         let now = Instant::now();
-        let mut out = Vec::new();
-        call.connected(ConnId(1), now);
-        call.message(
-            ConnId(1),
-            r#"{"type":"leave"}"#,
-            now,
-            SystemTime::now(),
-            &mut out,
-        );
+        let out = connect_and_say(&mut call, ConnId(1), r#"{"type":"leave"}"#, now);
         assert!(sent_to(&out, ConnId(1))[0].contains("refused"));
-        let mut out = Vec::new();
-        call.connected(ConnId(2), now);
-        call.timeout(now + JOIN_LIMIT + Duration::from_secs(1), &mut out);
+        call.handle_connected(ConnId(2), now);
+        let due = call.poll_timeout().unwrap();
+        assert!(due <= now + JOIN_LIMIT, "the join limit is a timer");
+        call.handle_timeout(now + JOIN_LIMIT + Duration::from_secs(1));
+        let out: Vec<Output> = std::iter::from_fn(|| call.poll_output()).collect();
         assert!(out.iter().any(|o| matches!(o, Output::Close(ConnId(2)))));
     }
 
@@ -491,22 +514,12 @@ mod tests {
     fn garbage_sdp_is_an_error_not_a_panic() {
         let (mut call, good, _) = call();
         let now = Instant::now();
-        let mut out = Vec::new();
-        call.connected(ConnId(1), now);
-        call.message(
-            ConnId(1),
-            &join_text(&good, "Ann"),
-            now,
-            SystemTime::now(),
-            &mut out,
-        );
-        let mut out = Vec::new();
-        call.message(
+        connect_and_say(&mut call, ConnId(1), &join_text(&good, "Ann"), now);
+        let out = say(
+            &mut call,
             ConnId(1),
             r#"{"type":"offer","sdp":"v=0\r\nnonsense"}"#,
             now,
-            SystemTime::now(),
-            &mut out,
         );
         assert!(sent_to(&out, ConnId(1))
             .iter()

@@ -1,5 +1,7 @@
 //! The CLI ↔ daemon control channel: one JSON request and one JSON response per connection
-//! on a Unix socket in the state dir, mode 0600 so only the owner can mint invites.
+//! on a Unix socket in the state dir, mode 0600 so only the owner can mint invites. Both
+//! sides live here: the typed requests, `serve` (the daemon's accept loop) and `request`
+//! (the CLI's).
 
 use std::path::{Path, PathBuf};
 
@@ -14,12 +16,13 @@ const MAX_REQUEST_BYTES: u64 = 16 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Status,
+    // Empty braces, not unit variants, so unknown fields are refused here too.
+    Status {},
     InviteCreate {
         name: String,
         ttl_secs: Option<u64>,
     },
-    InviteList,
+    InviteList {},
     InviteRevoke {
         id: String,
     },
@@ -27,15 +30,46 @@ pub enum Request {
     Snapshot {
         path: String,
     },
-    /// `hearth privacy on|off`.
+    /// `hearth privacy on|off`. Answered once it has taken effect.
     Privacy {
-        on: bool,
+        state: OnOff,
     },
-    /// Unplug or plug a simulated device ("camera", "mic"), or flip a simulated "switch".
+    /// Simulated devices (dev board, or a board whose switch line is simulated). Answered
+    /// once the daemon has seen the change.
     Simulate {
-        device: String,
-        present: bool,
+        simulation: Simulation,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn is_on(self) -> bool {
+        self == OnOff::On
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Plug {
+    Plug,
+    Unplug,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
+#[serde(rename_all = "snake_case")]
+pub enum Simulation {
+    /// Unplug or plug the dev board's camera.
+    Camera { action: Plug },
+    /// Unplug or plug the dev board's microphone.
+    Mic { action: Plug },
+    /// Flip the simulated privacy switch.
+    Switch { state: OnOff },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -146,4 +180,30 @@ pub async fn request(state_dir: &Path, request: &Request) -> Result<Response, Co
         .await
         .map_err(io)?;
     serde_json::from_str(&line).map_err(|e| ControlError::BadResponse(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_typed_on_the_wire() {
+        let text = r#"{"cmd":"simulate","simulation":{"camera":{"action":"unplug"}}}"#;
+        let request: Request = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            request,
+            Request::Simulate {
+                simulation: Simulation::Camera {
+                    action: Plug::Unplug
+                }
+            }
+        );
+        for bad in [
+            r#"{"cmd":"privacy","state":"maybe"}"#,
+            r#"{"cmd":"simulate","simulation":{"toaster":{"action":"plug"}}}"#,
+            r#"{"cmd":"status","extra":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -11,6 +11,8 @@ pub mod tv;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::media::{Frequency, MediaKind, MediaTime};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaKindTag {
     Audio,
@@ -44,6 +46,23 @@ pub enum MediaEvent {
     },
     /// A device was closed for privacy (its pipeline reached NULL) at this moment.
     Released { kind: MediaKindTag, at: Instant },
+}
+
+impl BoxFrame {
+    /// The frame's capture time in its track's RTP clock (90 kHz video, 48 kHz Opus).
+    pub fn rtp_time(&self) -> (MediaKind, MediaTime) {
+        let nanos = self.pts.as_nanos() as u64;
+        match self.kind {
+            MediaKindTag::Video => (
+                MediaKind::Video,
+                MediaTime::new(nanos / 100_000 * 9, Frequency::NINETY_KHZ),
+            ),
+            MediaKindTag::Audio => (
+                MediaKind::Audio,
+                MediaTime::new(nanos / 1_000_000 * 48, Frequency::FORTY_EIGHT_KHZ),
+            ),
+        }
+    }
 }
 
 pub fn init() -> Result<(), String> {

@@ -53,12 +53,6 @@ pub enum Action {
     },
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Refused {
-    #[error("privacy can only be turned off with the switch on the box")]
-    HardwareSwitchOnly,
-}
-
 #[derive(Debug)]
 pub struct Privacy {
     debounce: Duration,
@@ -89,13 +83,23 @@ impl Privacy {
         self.on
     }
 
+    /// The switch as debounced: None until it has been read (or while it cannot be).
+    pub fn switch_on(&self) -> Option<bool> {
+        self.switch_on
+    }
+
+    /// Whether software asked for privacy and the switch has not yet released it.
+    pub fn paused_by_software(&self) -> bool {
+        self.software_on
+    }
+
     /// Start-up: privacy is on and capture has not started. The LED shows it.
     pub fn start(&self) -> Vec<Action> {
         vec![Action::Led(true)]
     }
 
     /// A reading of the switch line (an edge event, or a poll).
-    pub fn reading(&mut self, reading: Reading, now: Instant) -> Vec<Action> {
+    pub fn handle_reading(&mut self, reading: Reading, now: Instant) -> Vec<Action> {
         let changed = self.reading.as_ref().is_none_or(|(r, _)| *r != reading);
         if changed {
             self.reading = Some((reading.clone(), now));
@@ -110,12 +114,12 @@ impl Privacy {
                 self.settle(Cause::SwitchUnreadable(why))
             }
             // Off counts only once steady: see `tick`.
-            Reading::Off => self.tick(now),
+            Reading::Off => self.handle_timeout(now),
         }
     }
 
     /// Time passed: a steady "off" reading may now release the switch.
-    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         if let Some((Reading::Off, since)) = &self.reading {
             if now.saturating_duration_since(*since) >= self.debounce
                 && self.switch_on != Some(false)
@@ -137,8 +141,8 @@ impl Privacy {
         Vec::new()
     }
 
-    /// When the next `tick` could change something.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// When the next `handle_timeout` could change something.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.reading {
             Some((Reading::Off, since)) if self.switch_on != Some(false) => {
                 Some(*since + self.debounce)
@@ -147,15 +151,11 @@ impl Privacy {
         }
     }
 
-    pub fn software_on(&mut self, who: &str) -> Vec<Action> {
+    /// Software (the command line, a phone's "Pause the box") turns privacy on. There is no
+    /// way back from software: only the switch, flipped on and off, releases it.
+    pub fn handle_software_on(&mut self, who: &str) -> Vec<Action> {
         self.software_on = true;
         self.settle(Cause::Software(who.to_string()))
-    }
-
-    /// A request to turn privacy off from software: always refused. Only the switch (real
-    /// or, on the dev board, simulated) releases privacy.
-    pub fn software_off(&self) -> Result<(), Refused> {
-        Err(Refused::HardwareSwitchOnly)
     }
 
     fn any_reason_for_privacy(&self) -> bool {
@@ -198,8 +198,8 @@ mod tests {
     fn started(now: Instant) -> Privacy {
         let mut p = Privacy::new(DEBOUNCE);
         assert_eq!(p.start(), vec![Action::Led(true)]);
-        p.reading(Reading::Off, now);
-        let actions = p.tick(now + DEBOUNCE);
+        p.handle_reading(Reading::Off, now);
+        let actions = p.handle_timeout(now + DEBOUNCE);
         assert!(actions.contains(&Action::StartCapture));
         p
     }
@@ -209,10 +209,16 @@ mod tests {
         let t = Instant::now();
         let mut p = Privacy::new(DEBOUNCE);
         assert!(p.is_on());
-        assert!(p.tick(t + ms(1000)).is_empty(), "no reading, no capture");
-        assert!(p.reading(Reading::Off, t).is_empty(), "not steady yet");
-        assert_eq!(p.next_deadline(), Some(t + DEBOUNCE));
-        let actions = p.tick(t + DEBOUNCE);
+        assert!(
+            p.handle_timeout(t + ms(1000)).is_empty(),
+            "no reading, no capture"
+        );
+        assert!(
+            p.handle_reading(Reading::Off, t).is_empty(),
+            "not steady yet"
+        );
+        assert_eq!(p.poll_timeout(), Some(t + DEBOUNCE));
+        let actions = p.handle_timeout(t + DEBOUNCE);
         assert_eq!(actions[0], Action::StartCapture);
         assert!(!p.is_on());
     }
@@ -221,7 +227,7 @@ mod tests {
     fn switch_on_closes_capture_at_once() {
         let t = Instant::now();
         let mut p = started(t);
-        let actions = p.reading(Reading::On, t + ms(100));
+        let actions = p.handle_reading(Reading::On, t + ms(100));
         assert_eq!(
             actions,
             vec![
@@ -241,28 +247,33 @@ mod tests {
         let mut p = started(t);
         // On with bounce: the first contact engages, the chatter changes nothing.
         assert!(p
-            .reading(Reading::On, t + ms(100))
+            .handle_reading(Reading::On, t + ms(100))
             .contains(&Action::StopCapture));
         for i in 0..5 {
-            p.reading(Reading::Off, t + ms(101 + 2 * i));
-            assert!(p.tick(t + ms(102 + 2 * i)).is_empty());
-            assert!(p.reading(Reading::On, t + ms(102 + 2 * i)).is_empty());
+            p.handle_reading(Reading::Off, t + ms(101 + 2 * i));
+            assert!(p.handle_timeout(t + ms(102 + 2 * i)).is_empty());
+            assert!(p
+                .handle_reading(Reading::On, t + ms(102 + 2 * i))
+                .is_empty());
         }
         // Off with bounce: released once, only after it reads off for the debounce time.
-        p.reading(Reading::Off, t + ms(200));
-        p.reading(Reading::On, t + ms(205));
-        p.reading(Reading::Off, t + ms(207));
-        assert!(p.tick(t + ms(220)).is_empty(), "13 ms steady is not enough");
-        let actions = p.tick(t + ms(227));
+        p.handle_reading(Reading::Off, t + ms(200));
+        p.handle_reading(Reading::On, t + ms(205));
+        p.handle_reading(Reading::Off, t + ms(207));
+        assert!(
+            p.handle_timeout(t + ms(220)).is_empty(),
+            "13 ms steady is not enough"
+        );
+        let actions = p.handle_timeout(t + ms(227));
         assert_eq!(actions[0], Action::StartCapture);
-        assert!(p.tick(t + ms(300)).is_empty());
+        assert!(p.handle_timeout(t + ms(300)).is_empty());
     }
 
     #[test]
     fn an_unreadable_switch_means_privacy() {
         let t = Instant::now();
         let mut p = started(t);
-        let actions = p.reading(Reading::Unreadable("gpiochip0 missing".into()), t + ms(50));
+        let actions = p.handle_reading(Reading::Unreadable("gpiochip0 missing".into()), t + ms(50));
         assert!(actions.contains(&Action::StopCapture));
         assert!(actions.contains(&Action::Led(true)));
         assert!(matches!(
@@ -274,14 +285,16 @@ mod tests {
         ));
         // Retries that keep failing change nothing (one log line, not one per retry).
         assert!(p
-            .reading(
+            .handle_reading(
                 Reading::Unreadable("gpiochip0 missing".into()),
                 t + ms(2050)
             )
             .is_empty());
         // Readable again and off: released after the debounce.
-        p.reading(Reading::Off, t + ms(4000));
-        assert!(p.tick(t + ms(4020)).contains(&Action::StartCapture));
+        p.handle_reading(Reading::Off, t + ms(4000));
+        assert!(p
+            .handle_timeout(t + ms(4020))
+            .contains(&Action::StartCapture));
     }
 
     #[test]
@@ -290,11 +303,11 @@ mod tests {
         let mut p = Privacy::new(DEBOUNCE);
         p.start();
         assert!(
-            p.reading(Reading::Unreadable("no chip".into()), t)
+            p.handle_reading(Reading::Unreadable("no chip".into()), t)
                 .is_empty(),
             "already on"
         );
-        assert!(p.tick(t + ms(5000)).is_empty());
+        assert!(p.handle_timeout(t + ms(5000)).is_empty());
         assert!(p.is_on());
     }
 
@@ -302,25 +315,19 @@ mod tests {
     fn software_engages_but_only_the_switch_releases() {
         let t = Instant::now();
         let mut p = started(t);
-        let actions = p.software_on("the phone page");
+        let actions = p.handle_software_on("the phone page");
         assert!(actions.contains(&Action::StopCapture));
-        assert_eq!(p.software_off(), Err(Refused::HardwareSwitchOnly));
+        assert!(p.paused_by_software());
         assert!(
-            p.tick(t + ms(1000)).is_empty(),
+            p.handle_timeout(t + ms(1000)).is_empty(),
             "the switch still reads off: stays on"
         );
         // The owner flips the switch on and off again: that releases it.
-        p.reading(Reading::On, t + ms(2000));
-        p.reading(Reading::Off, t + ms(3000));
-        assert!(p.tick(t + ms(3020)).contains(&Action::StartCapture));
-    }
-
-    #[test]
-    fn software_off_is_refused_while_the_switch_is_on() {
-        let t = Instant::now();
-        let mut p = started(t);
-        p.reading(Reading::On, t + ms(10));
-        assert_eq!(p.software_off(), Err(Refused::HardwareSwitchOnly));
-        assert!(p.is_on());
+        p.handle_reading(Reading::On, t + ms(2000));
+        p.handle_reading(Reading::Off, t + ms(3000));
+        assert!(p
+            .handle_timeout(t + ms(3020))
+            .contains(&Action::StartCapture));
+        assert!(!p.is_on() && !p.paused_by_software());
     }
 }

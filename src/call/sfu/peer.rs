@@ -1,0 +1,325 @@
+//! One phone's leg of the SFU: its str0m `Rtc`, the tracks it publishes, the tracks it
+//! subscribes to and where each stands in negotiation.
+
+use std::time::Instant;
+
+use str0m::bwe::BweKind;
+use str0m::change::SdpPendingOffer;
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::{Event, IceConnectionState, Output, Rtc};
+
+use super::{packet_count, LostReason, SfuCounters, Transmit};
+use crate::call::room::ParticipantId;
+
+/// A track this phone publishes.
+#[derive(Debug)]
+pub(super) struct TrackIn {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    pub last_keyframe_request: Option<Instant>,
+}
+
+/// Where a subscribed track stands: offered by the server, answered, or on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrackOutState {
+    ToOpen,
+    Negotiating(Mid),
+    Open(Mid),
+    ToStop(Mid),
+    Stopping(Mid),
+}
+
+/// A track of someone else (or of the box) that this phone receives.
+#[derive(Debug)]
+pub(super) struct TrackOut {
+    pub origin: ParticipantId,
+    pub origin_mid: Mid,
+    pub kind: MediaKind,
+    state: TrackOutState,
+}
+
+impl TrackOut {
+    pub fn new(origin: ParticipantId, origin_mid: Mid, kind: MediaKind) -> TrackOut {
+        TrackOut {
+            origin,
+            origin_mid,
+            kind,
+            state: TrackOutState::ToOpen,
+        }
+    }
+
+    /// The mid on this phone's connection, once the phone has accepted the track.
+    pub fn open_mid(&self) -> Option<Mid> {
+        match self.state {
+            TrackOutState::Open(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn mid(&self) -> Option<Mid> {
+        match self.state {
+            TrackOutState::ToOpen => None,
+            TrackOutState::Negotiating(m)
+            | TrackOutState::Open(m)
+            | TrackOutState::ToStop(m)
+            | TrackOutState::Stopping(m) => Some(m),
+        }
+    }
+}
+
+/// Something one peer produced that others must act on.
+pub(super) enum Propagate {
+    TrackOpened(ParticipantId, Mid, MediaKind),
+    Media(ParticipantId, Box<MediaData>),
+    KeyframeWanted {
+        publisher: ParticipantId,
+        mid: Mid,
+        kind: KeyframeRequestKind,
+        urgency: Urgency,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Urgency {
+    /// A subscriber lost packets or asked: merged with other requests in a short window.
+    Repair,
+    /// A subscriber just started: it sees nothing until a keyframe, so never merged away.
+    NewSubscriber,
+}
+
+pub(super) struct Peer {
+    pub id: ParticipantId,
+    pub rtc: Rtc,
+    pub tracks_in: Vec<TrackIn>,
+    pub tracks_out: Vec<TrackOut>,
+    /// The server's offer awaiting the phone's answer; no second offer goes out meanwhile.
+    pending: Option<SdpPendingOffer>,
+    /// False for browsers that list H.264 in SDP but cannot decode it: never sent H.264.
+    pub decodes_h264: bool,
+    /// This phone's bandwidth estimate for what the box sends it.
+    pub estimate_kbps: Option<u32>,
+    created: Instant,
+    pub last_heard: Option<Instant>,
+    pub connected: bool,
+    pub lost: Option<LostReason>,
+}
+
+impl Peer {
+    pub fn new(
+        id: ParticipantId,
+        rtc: Rtc,
+        tracks_out: Vec<TrackOut>,
+        decodes_h264: bool,
+        now: Instant,
+    ) -> Peer {
+        Peer {
+            id,
+            rtc,
+            tracks_in: Vec::new(),
+            tracks_out,
+            pending: None,
+            decodes_h264,
+            estimate_kbps: None,
+            created: now,
+            last_heard: None,
+            connected: false,
+            lost: None,
+        }
+    }
+
+    pub fn age(&self, now: Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.created)
+    }
+
+    /// Start a server offer for tracks to open or stop, unless one is already out.
+    pub fn negotiate_if_needed(&mut self) -> Option<String> {
+        if self.pending.is_some() {
+            return None;
+        }
+        let mut change = self.rtc.sdp_api();
+        for track in &mut self.tracks_out {
+            match track.state {
+                TrackOutState::ToOpen => {
+                    let mid = change.add_media(
+                        track.kind,
+                        Direction::SendOnly,
+                        Some(track.origin.to_string()),
+                        None,
+                        None,
+                    );
+                    track.state = TrackOutState::Negotiating(mid);
+                }
+                TrackOutState::ToStop(mid) => {
+                    change.stop_media(mid);
+                    track.state = TrackOutState::Stopping(mid);
+                }
+                _ => {}
+            }
+        }
+        let (offer, pending) = change.apply()?;
+        self.pending = Some(pending);
+        Some(offer.to_sdp_string())
+    }
+
+    /// The server's outstanding offer, taken to apply the phone's answer to it.
+    pub fn take_pending(&mut self) -> Option<SdpPendingOffer> {
+        self.pending.take()
+    }
+
+    /// After an accepted answer: negotiated tracks are open, stopped ones are gone.
+    pub fn settle_tracks(&mut self) -> Vec<(ParticipantId, Mid, MediaKind)> {
+        let mut newly_open = Vec::new();
+        for track in &mut self.tracks_out {
+            if let TrackOutState::Negotiating(m) = track.state {
+                track.state = TrackOutState::Open(m);
+                newly_open.push((track.origin, track.origin_mid, track.kind));
+            }
+        }
+        self.tracks_out
+            .retain(|t| !matches!(t.state, TrackOutState::Stopping(_)));
+        newly_open
+    }
+
+    /// The publisher `origin` left: its tracks are stopped here at the next negotiation.
+    pub fn unsubscribe(&mut self, origin: ParticipantId) {
+        self.tracks_out.retain_mut(|t| {
+            if t.origin != origin {
+                return true;
+            }
+            match t.state {
+                TrackOutState::ToOpen => false,
+                TrackOutState::Negotiating(m) | TrackOutState::Open(m) => {
+                    t.state = TrackOutState::ToStop(m);
+                    true
+                }
+                TrackOutState::ToStop(_) | TrackOutState::Stopping(_) => true,
+            }
+        });
+    }
+
+    /// Poll str0m until it has nothing but a timeout, which is returned.
+    pub fn drain(
+        &mut self,
+        now: Instant,
+        transmits: &mut Vec<Transmit>,
+        propagate: &mut Vec<Propagate>,
+        counters: &mut SfuCounters,
+    ) -> Instant {
+        loop {
+            let output = match self.rtc.poll_output() {
+                Ok(o) => o,
+                Err(_) => {
+                    self.lost = Some(LostReason::Failed);
+                    return now;
+                }
+            };
+            match output {
+                Output::Timeout(t) => return t,
+                Output::Transmit(t) => transmits.push(Transmit {
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                }),
+                Output::Event(event) => self.on_event(event, propagate, counters),
+            }
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        event: Event,
+        propagate: &mut Vec<Propagate>,
+        counters: &mut SfuCounters,
+    ) {
+        match event {
+            Event::Connected => {
+                self.connected = true;
+                // Tracks opened before media could flow: a keyframe now, or nothing shows.
+                for track in &self.tracks_out {
+                    if track.kind == MediaKind::Video && track.open_mid().is_some() {
+                        propagate.push(Propagate::KeyframeWanted {
+                            publisher: track.origin,
+                            mid: track.origin_mid,
+                            kind: KeyframeRequestKind::Pli,
+                            urgency: Urgency::NewSubscriber,
+                        });
+                    }
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.lost = Some(LostReason::IceDisconnected);
+            }
+            Event::MediaAdded(added)
+                if matches!(added.direction, Direction::RecvOnly | Direction::SendRecv) =>
+            {
+                self.tracks_in.push(TrackIn {
+                    mid: added.mid,
+                    kind: added.kind,
+                    last_keyframe_request: None,
+                });
+                propagate.push(Propagate::TrackOpened(self.id, added.mid, added.kind));
+            }
+            Event::MediaData(data) => {
+                counters.packets_received += packet_count(&data);
+                if !data.contiguous {
+                    // Loss the NACKs could not repair: subscribers need a fresh keyframe.
+                    propagate.push(Propagate::KeyframeWanted {
+                        publisher: self.id,
+                        mid: data.mid,
+                        kind: KeyframeRequestKind::Fir,
+                        urgency: Urgency::Repair,
+                    });
+                }
+                propagate.push(Propagate::Media(self.id, Box::new(data)));
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.estimate_kbps = Some((estimate.as_u64() / 1000) as u32);
+            }
+            Event::KeyframeRequest(req) => {
+                if let Some(t) = self.tracks_out.iter().find(|t| t.mid() == Some(req.mid)) {
+                    propagate.push(Propagate::KeyframeWanted {
+                        publisher: t.origin,
+                        mid: t.origin_mid,
+                        kind: req.kind,
+                        urgency: Urgency::Repair,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// This phone's open mid for a publisher's track, if it subscribes to it.
+    pub fn mid_for(&self, origin: ParticipantId, origin_mid: Mid) -> Option<Mid> {
+        self.tracks_out
+            .iter()
+            .find(|t| t.origin == origin && t.origin_mid == origin_mid)
+            .and_then(TrackOut::open_mid)
+    }
+
+    /// Write one publisher's frame to this subscriber. False when it does not subscribe
+    /// (yet) or cannot decode that codec.
+    pub fn forward(&mut self, origin: ParticipantId, data: &MediaData) -> bool {
+        if data.params.spec().codec == Codec::H264 && !self.decodes_h264 {
+            return false;
+        }
+        let Some(mid) = self.mid_for(origin, data.mid) else {
+            return false;
+        };
+        let Some(writer) = self.rtc.writer(mid) else {
+            return false;
+        };
+        // The subscriber may number the same codec differently: map by codec parameters.
+        let Some(pt) = writer.match_params(data.params) else {
+            return false;
+        };
+        if writer
+            .write(pt, data.network_time, data.time, data.data.clone())
+            .is_err()
+        {
+            self.lost = Some(LostReason::Failed);
+            return false;
+        }
+        true
+    }
+}

@@ -1,0 +1,84 @@
+//! `hearth status`: participants, privacy, the box's devices, media counters and timings,
+//! as JSON.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::hub::Hub;
+use crate::call::invite::unix_seconds;
+use crate::media::MediaKindTag;
+
+impl Hub {
+    pub(super) fn status(&self) -> Value {
+        json!({
+            "privacy": self.privacy_status(),
+            "box": self.box_status(),
+            "participants": self.participants(),
+            "video_codec": self.call.room().publish_codec(),
+            "media": self.call.sfu().counters(),
+            "udp": self.socket.local_addr().ok().map(|a| a.to_string()),
+        })
+    }
+
+    fn participants(&self) -> Value {
+        let now = Instant::now();
+        let media = self.call.sfu().summaries();
+        let list = self.call.room().participants().iter().map(|p| {
+            let id = p.id.to_string();
+            let peer = media.iter().find(|m| m.id == id);
+            json!({
+                "id": id,
+                "name": p.name,
+                "mic": p.audio,
+                "camera": p.video,
+                "in_call_secs": now.saturating_duration_since(p.joined_at).as_secs(),
+                "media_connected": peer.is_some_and(|m| m.connected),
+                "tracks_published": peer.map_or(0, |m| m.tracks_published),
+                "tracks_subscribed": peer.map_or(0, |m| m.tracks_subscribed),
+            })
+        });
+        Value::Array(list.collect())
+    }
+
+    fn box_status(&self) -> Option<Value> {
+        let media = self.media.as_ref()?;
+        let counters = media.tv_counters();
+        let per_phone = counters
+            .per_phone
+            .lock()
+            .map(|map| {
+                map.iter()
+                    .map(|(id, (video, audio))| {
+                        let counts = json!({ "video_frames": video, "audio_buffers": audio });
+                        (id.to_string(), counts)
+                    })
+                    .collect::<serde_json::Map<_, _>>()
+            })
+            .unwrap_or_default();
+        Some(json!({
+            "camera": media.problem(MediaKindTag::Video).unwrap_or("running"),
+            "mic": media.problem(MediaKindTag::Audio).unwrap_or("running"),
+            "screen": per_phone,
+            "speaker_samples": counters.speaker_samples.load(Ordering::Relaxed),
+            "send_latency_us": self.metrics.send.summary(),
+        }))
+    }
+
+    fn privacy_status(&self) -> Value {
+        let simulated = self.privacy.simulated_switch();
+        let switch = simulated.map_or("hardware".to_string(), |s| {
+            format!("simulated, {}", if s.is_on() { "on" } else { "off" })
+        });
+        json!({
+            "on": self.privacy.is_on(),
+            "since": unix_seconds(self.privacy.since()),
+            "paused_by_software": self.privacy.paused_by_software(),
+            "switch": switch,
+            "led": simulated.map(|s| s.led()),
+            "capture_release_us": self.metrics.capture_release.summary(),
+            "everyone_told_us": self.metrics.everyone_told.summary(),
+        })
+    }
+}
