@@ -109,10 +109,7 @@ fn run(cli: Cli) -> Result<()> {
     let state_dir = cli.state_dir.unwrap_or_else(daemon::default_state_dir);
     match cli.command {
         Command::Run { config, board, lan } => {
-            let config = match config {
-                Some(path) => config::load(&path)?,
-                None => config::Config::default(),
-            };
+            let config = load_config(config.as_deref())?;
             install_crypto();
             runtime()?.block_on(daemon::run(daemon::RunOptions {
                 state_dir,
@@ -126,52 +123,20 @@ fn run(cli: Cli) -> Result<()> {
             ttl,
             list,
             revoke,
-        } => {
-            let request = if list {
-                Request::InviteList {}
-            } else if let Some(id) = revoke {
-                Request::InviteRevoke { id }
-            } else {
-                Request::InviteCreate {
-                    name,
-                    ttl_secs: ttl.map(|t| t.as_secs()),
-                }
-            };
-            let value = ask(&state_dir, &request)?;
-            match (&request, value.get("url").and_then(|u| u.as_str())) {
-                (Request::InviteCreate { .. }, Some(url)) => println!("{url}"),
-                _ => println!("{}", serde_json::to_string_pretty(&value)?),
-            }
-            Ok(())
-        }
+        } => invite(&state_dir, name, ttl, list, revoke),
         Command::Status => {
             let value = ask(&state_dir, &Request::Status {})?;
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(())
         }
-        Command::Check { config, board } => {
-            let config = match config {
-                Some(path) => config::load(&path)?,
-                None => config::Config::default(),
-            };
-            let profile = board.profile(&config.board)?;
-            media::init().map_err(|e| anyhow::anyhow!(e))?;
-            let (report, ok) = media::check::report(&profile);
-            print!("{report}");
-            if !ok {
-                anyhow::bail!("the {board:?} profile's hardware is not all here");
-            }
-            Ok(())
-        }
+        Command::Check { config, board } => check(config.as_deref(), board),
         Command::Snapshot { file } => {
             // The daemon writes the file, so it needs an absolute path.
             let path = std::path::absolute(&file)?;
-            ask(
-                &state_dir,
-                &Request::Snapshot {
-                    path: path.display().to_string(),
-                },
-            )?;
+            let request = Request::Snapshot {
+                path: path.display().to_string(),
+            };
+            ask(&state_dir, &request)?;
             println!("{}", path.display());
             Ok(())
         }
@@ -184,18 +149,64 @@ fn run(cli: Cli) -> Result<()> {
             ask(&state_dir, &Request::Simulate { simulation })?;
             Ok(())
         }
-        Command::Config { action } => match action {
-            ConfigAction::Default => {
-                print!("{}", config::DEFAULT_TOML);
-                Ok(())
-            }
-            ConfigAction::Check { file } => {
-                config::load(&file)?;
-                println!("{}: ok", file.display());
-                Ok(())
-            }
-        },
+        Command::Config {
+            action: ConfigAction::Default,
+        } => {
+            print!("{}", config::DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => {
+            config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
     }
+}
+
+fn load_config(path: Option<&Path>) -> Result<config::Config> {
+    Ok(match path {
+        Some(path) => config::load(path)?,
+        None => config::Config::default(),
+    })
+}
+
+fn invite(
+    state_dir: &Path,
+    name: String,
+    ttl: Option<std::time::Duration>,
+    list: bool,
+    revoke: Option<String>,
+) -> Result<()> {
+    let request = if list {
+        Request::InviteList {}
+    } else if let Some(id) = revoke {
+        Request::InviteRevoke { id }
+    } else {
+        Request::InviteCreate {
+            name,
+            ttl_secs: ttl.map(|t| t.as_secs()),
+        }
+    };
+    let value = ask(state_dir, &request)?;
+    match (&request, value.get("url").and_then(|u| u.as_str())) {
+        (Request::InviteCreate { .. }, Some(url)) => println!("{url}"),
+        _ => println!("{}", serde_json::to_string_pretty(&value)?),
+    }
+    Ok(())
+}
+
+fn check(config: Option<&Path>, board: Board) -> Result<()> {
+    let config = load_config(config)?;
+    let profile = board.profile(&config.board)?;
+    media::init().map_err(|e| anyhow::anyhow!(e))?;
+    let (report, ok) = media::check::report(&profile);
+    print!("{report}");
+    if !ok {
+        anyhow::bail!("the {board:?} profile's hardware is not all here");
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

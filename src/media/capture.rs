@@ -267,18 +267,7 @@ impl Supervisor {
         if !self.present {
             return Err("device not present".into());
         }
-        let device = match &self.device_file {
-            Some(path) => Some(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?,
-            ),
-            None => None,
-        };
+        let device = self.open_device_node()?;
         let (chain, encoder_name) = (self.planner)()?;
         let description = chain.to_string();
         tracing::debug!("{:?} pipeline: {description}", self.kind);
@@ -295,57 +284,15 @@ impl Supervisor {
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or("the pipeline has no appsink")?;
         let encoder = encoder_name.and_then(|name| {
-            pipeline
+            let element = pipeline
                 .iterate_elements()
                 .into_iter()
                 .flatten()
-                .find(|e| e.factory().is_some_and(|f| f.name() == name.as_str()))
-                .map(|e| (name, e))
+                .find(|e| e.factory().is_some_and(|f| f.name() == name.as_str()))?;
+            Some((name, element))
         });
-        let frames = self.media.clone();
-        let kind = self.kind;
-        sink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let Some(buffer) = sample.buffer() else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let Ok(map) = buffer.map_readable() else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let frame = BoxFrame {
-                        kind,
-                        pts: buffer
-                            .pts()
-                            .map(|t| Duration::from_nanos(t.nseconds()))
-                            .unwrap_or_default(),
-                        data: Arc::from(map.as_slice()),
-                        encoded_at: Instant::now(),
-                    };
-                    // A full queue means the hub is behind: drop rather than stall capture.
-                    let _ = frames.try_send(MediaInput::Frame(frame));
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
-        let commands = self.commands.clone();
-        if let Some(bus) = pipeline.bus() {
-            bus.set_sync_handler(move |_, message| {
-                use gst::MessageView;
-                match message.view() {
-                    MessageView::Error(e) => {
-                        let _ = commands.send(Command::Failed(e.error().to_string()));
-                    }
-                    MessageView::Eos(_) => {
-                        let _ =
-                            commands.send(Command::Failed("the device ended its stream".into()));
-                    }
-                    _ => {}
-                }
-                gst::BusSyncReply::Drop
-            });
-        }
+        sink.set_callbacks(frames_to_hub(self.kind, self.media.clone()));
+        report_failures(&pipeline, self.commands.clone());
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
             let _ = pipeline.set_state(gst::State::Null);
             return Err(format!("cannot start: {e}"));
@@ -356,6 +303,21 @@ impl Supervisor {
             encoder,
             sink,
         })
+    }
+
+    /// The dev board's stand-in for a device node, held open while capturing.
+    fn open_device_node(&self) -> Result<Option<std::fs::File>, String> {
+        let Some(path) = &self.device_file else {
+            return Ok(None);
+        };
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     fn stop_pipeline(&mut self) {
@@ -396,4 +358,54 @@ impl Supervisor {
             _ => {}
         }
     }
+}
+
+/// Each encoded buffer, as a frame for the hub. A full queue means the hub is behind: the
+/// frame is dropped rather than stalling capture.
+fn frames_to_hub(
+    kind: MediaKindTag,
+    frames: mpsc::Sender<MediaInput>,
+) -> gst_app::AppSinkCallbacks {
+    gst_app::AppSinkCallbacks::builder()
+        .new_sample(move |sink| {
+            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            let Some(buffer) = sample.buffer() else {
+                return Ok(gst::FlowSuccess::Ok);
+            };
+            let Ok(map) = buffer.map_readable() else {
+                return Ok(gst::FlowSuccess::Ok);
+            };
+            let frame = BoxFrame {
+                kind,
+                pts: buffer
+                    .pts()
+                    .map(|t| Duration::from_nanos(t.nseconds()))
+                    .unwrap_or_default(),
+                data: Arc::from(map.as_slice()),
+                encoded_at: Instant::now(),
+            };
+            let _ = frames.try_send(MediaInput::Frame(frame));
+            Ok(gst::FlowSuccess::Ok)
+        })
+        .build()
+}
+
+/// Errors and end-of-stream become a `Failed` command to the supervisor, never a panic.
+fn report_failures(pipeline: &gst::Pipeline, commands: std_mpsc::Sender<Command>) {
+    let Some(bus) = pipeline.bus() else {
+        return;
+    };
+    bus.set_sync_handler(move |_, message| {
+        use gst::MessageView;
+        match message.view() {
+            MessageView::Error(e) => {
+                let _ = commands.send(Command::Failed(e.error().to_string()));
+            }
+            MessageView::Eos(_) => {
+                let _ = commands.send(Command::Failed("the device ended its stream".into()));
+            }
+            _ => {}
+        }
+        gst::BusSyncReply::Drop
+    });
 }

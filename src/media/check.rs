@@ -11,10 +11,24 @@ use crate::config::board::{CameraSource, DisplaySink, Profile};
 /// A readable report, and whether everything the profile needs is here.
 pub fn report(profile: &Profile) -> (String, bool) {
     let mut out = String::new();
+    let _ = writeln!(out, "Board profile: {}", profile.name);
+    let mut ok = cameras(&mut out, profile);
+    ok &= encoders(&mut out, profile);
+    ok &= sound(&mut out, profile);
+    ok &= display(&mut out, profile);
+    if profile.camera.source == CameraSource::Test {
+        let _ = writeln!(
+            out,
+            "\n(The dev profile simulates its devices; nothing else is needed.)"
+        );
+    }
+    (out, ok)
+}
+
+/// The cameras found, and the one the profile will use.
+fn cameras(out: &mut String, profile: &Profile) -> bool {
     let mut ok = true;
     let has = |name: &str| gst::ElementFactory::find(name).is_some();
-    let _ = writeln!(out, "Board profile: {}", profile.name);
-
     let cameras = probe::cameras();
     let _ = writeln!(out, "\nCameras found: {}", cameras.len());
     for camera in &cameras {
@@ -52,6 +66,13 @@ pub fn report(profile: &Profile) -> (String, bool) {
         }
     }
 
+    ok
+}
+
+/// The profile's encoders, and the one it will use.
+fn encoders(out: &mut String, profile: &Profile) -> bool {
+    let mut ok = true;
+    let has = |name: &str| gst::ElementFactory::find(name).is_some();
     let _ = writeln!(out, "\nVideo encoders, in the profile's order:");
     for name in &profile.encoder.video {
         let _ = writeln!(
@@ -79,6 +100,13 @@ pub fn report(profile: &Profile) -> (String, bool) {
         }
     }
 
+    ok
+}
+
+/// Sound cards, microphone, speaker and echo cancellation.
+fn sound(out: &mut String, profile: &Profile) -> bool {
+    let mut ok = true;
+    let has = |name: &str| gst::ElementFactory::find(name).is_some();
     let _ = writeln!(out, "\nALSA devices (/proc/asound/pcm):");
     let alsa = probe::alsa_devices();
     if alsa.is_empty() {
@@ -110,6 +138,13 @@ pub fn report(profile: &Profile) -> (String, bool) {
             "Echo cancellation: MISSING: webrtcdsp (gstreamer1.0-plugins-bad)"
         );
     }
+    ok
+}
+
+/// The TV's video sink.
+fn display(out: &mut String, profile: &Profile) -> bool {
+    let mut ok = true;
+    let has = |name: &str| gst::ElementFactory::find(name).is_some();
     let display_element = match profile.display.sink {
         DisplaySink::Auto | DisplaySink::Offscreen => "fakesink",
         DisplaySink::Window => "autovideosink",
@@ -127,11 +162,5 @@ pub fn report(profile: &Profile) -> (String, bool) {
         }
     );
     ok &= has(display_element);
-    if profile.camera.source == CameraSource::Test {
-        let _ = writeln!(
-            out,
-            "\n(The dev profile simulates its devices; nothing else is needed.)"
-        );
-    }
-    (out, ok)
+    ok
 }

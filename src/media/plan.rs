@@ -153,6 +153,39 @@ pub fn video_capture(
     encoder: &str,
     kbps: u32,
 ) -> Chain {
+    let Some(mut chain) = camera_source(camera, found) else {
+        return Chain::default();
+    };
+    chain
+        .push(Stage::element("videoconvert", &[]))
+        .push(Stage::Caps(format!(
+            "video/x-raw,format=I420,width={},height={},framerate={}/1",
+            camera.width, camera.height, camera.framerate
+        )))
+        .push(Stage::element(
+            "queue",
+            &[("max-size-buffers", "2"), ("leaky", "downstream")],
+        ));
+    // A keyframe every two seconds at most, so a lost one is soon replaced.
+    let key_interval = camera.framerate * 2;
+    chain.0.extend(h264_encoder(encoder, kbps, key_interval).0);
+    chain
+        .push(Stage::element("h264parse", &[("config-interval", "-1")]))
+        .push(Stage::Caps(H264_OUT_CAPS.into()))
+        .push(Stage::element(
+            "appsink",
+            &[
+                ("name", "video"),
+                ("sync", "false"),
+                ("max-buffers", "4"),
+                ("drop", "true"),
+            ],
+        ));
+    chain
+}
+
+/// The camera's raw frames at the profile's size and rate; None when there is no camera.
+fn camera_source(camera: &CameraProfile, found: &CameraFound) -> Option<Chain> {
     let raw = format!(
         "video/x-raw,width={},height={},framerate={}/1",
         camera.width, camera.height, camera.framerate
@@ -165,7 +198,7 @@ pub fn video_capture(
                     "videotestsrc",
                     &[("is-live", "true"), ("pattern", "ball")],
                 ))
-                .push(Stage::Caps(raw.clone()))
+                .push(Stage::Caps(raw))
                 .push(Stage::element(
                     "clockoverlay",
                     &[("time-format", "%H:%M:%S"), ("font-desc", "Sans 36")],
@@ -174,7 +207,7 @@ pub fn video_capture(
         CameraFound::Libcamera => {
             chain
                 .push(Stage::element("libcamerasrc", &[]))
-                .push(Stage::Caps(raw.clone()));
+                .push(Stage::Caps(raw));
         }
         CameraFound::V4l2 { device } => {
             // Webcams offer many formats; let GStreamer pick, then fit size and rate.
@@ -183,20 +216,17 @@ pub fn video_capture(
                 .push(Stage::element("videorate", &[("drop-only", "true")]))
                 .push(Stage::element("videoscale", &[]));
         }
-        CameraFound::Missing(_) => return chain,
+        CameraFound::Missing(_) => return None,
     }
-    chain
-        .push(Stage::element("videoconvert", &[]))
-        .push(Stage::Caps(format!(
-            "video/x-raw,format=I420,width={},height={},framerate={}/1",
-            camera.width, camera.height, camera.framerate
-        )))
-        .push(Stage::element(
-            "queue",
-            &[("max-size-buffers", "2"), ("leaky", "downstream")],
-        ));
+    Some(chain)
+}
+
+/// The encoder element with its bitrate and keyframe interval, and its output caps.
+fn h264_encoder(encoder: &str, kbps: u32, key_interval: u32) -> Chain {
     let bits = (kbps * 1000).to_string();
-    let key_interval = (camera.framerate * 2).to_string();
+    let key_interval = key_interval.to_string();
+    let baseline = || Stage::Caps("video/x-h264,profile=constrained-baseline".into());
+    let mut chain = Chain::default();
     match encoder {
         "v4l2h264enc" => {
             let controls = format!(
@@ -223,9 +253,7 @@ pub fn video_capture(
                         ("rate-control", "bitrate"),
                     ],
                 ))
-                .push(Stage::Caps(
-                    "video/x-h264,profile=constrained-baseline".into(),
-                ));
+                .push(baseline());
         }
         _ => {
             chain
@@ -239,23 +267,9 @@ pub fn video_capture(
                         ("bframes", "0"),
                     ],
                 ))
-                .push(Stage::Caps(
-                    "video/x-h264,profile=constrained-baseline".into(),
-                ));
+                .push(baseline());
         }
     }
-    chain
-        .push(Stage::element("h264parse", &[("config-interval", "-1")]))
-        .push(Stage::Caps(H264_OUT_CAPS.into()))
-        .push(Stage::element(
-            "appsink",
-            &[
-                ("name", "video"),
-                ("sync", "false"),
-                ("max-buffers", "4"),
-                ("drop", "true"),
-            ],
-        ));
     chain
 }
 
