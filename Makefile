@@ -15,11 +15,15 @@ STATE_DIR ?= $(CURDIR)/target/dev-state
 SYSROOT := $(CURDIR)/target/sysroot-arm64
 ARM64 := aarch64-unknown-linux-gnu
 # pkg-config must see only the sysroot's .pc files: PKG_CONFIG_PATH alone would quietly fall
-# back to the host's amd64 ones.
+# back to the host's amd64 ones. C code built by crates (aws-lc-sys) needs the sysroot's
+# headers as much as the linker needs its libraries: Debian's cross gcc has no arm64 libc
+# of its own (libc6-dev-arm64-cross is only a Recommends), and without --sysroot it reads
+# the host's /usr/include.
 CROSS_ENV := PKG_CONFIG_ALLOW_CROSS=1 \
 	PKG_CONFIG_LIBDIR=$(SYSROOT)/usr/lib/aarch64-linux-gnu/pkgconfig:$(SYSROOT)/usr/share/pkgconfig \
 	PKG_CONFIG_SYSROOT_DIR=$(SYSROOT) \
 	CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+	CFLAGS_aarch64_unknown_linux_gnu=--sysroot=$(SYSROOT) \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=--sysroot=$(SYSROOT)"
 

@@ -49,15 +49,29 @@ IMG=${1:?usage: $0 [--timeout SEC] [--port PORT] [--log FILE] [--no-journal] [--
 IMG=$(readlink -f "$IMG")
 LOG=${LOG:-${IMG%.img}.boot.log}
 
-need=()
-for p in qemu-system-arm qemu-utils ipxe-qemu curl mtools e2fsprogs fdisk jq; do
-  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" -eq 0 ] || { echo "boot-check: missing packages: ${need[*]}" >&2; exit 1; }
+# The packages it needs, installed when missing. A second pass puts back what the first one
+# removed: bookworm's qemu-system-arm breaks a newer qemu-utils (bookworm-backports), and
+# `apt-get install -y` removes that one, qemu-img with it; the second pass installs the
+# qemu-utils that matches.
+PKGS=(qemu-system-arm qemu-utils ipxe-qemu curl mtools e2fsprogs fdisk jq)
+missing_pkgs() {
+  local p
+  for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || echo "$p"
+  done
+}
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+updated=0
+for _pass in 1 2; do
+  mapfile -t need < <(missing_pkgs)
+  [ ${#need[@]} -gt 0 ] || break
   echo "boot-check: installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
-fi
+  [ "$updated" -eq 1 ] || { $SUDO apt-get update -qq; updated=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
+done
+for c in qemu-system-aarch64 qemu-img curl mcopy mdir debugfs sfdisk jq; do
+  command -v "$c" >/dev/null || { echo "boot-check: $c not found (packages: ${PKGS[*]})" >&2; exit 1; }
+done
 
 WORK=$(mktemp -d)
 QPID=""

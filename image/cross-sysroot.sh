@@ -4,7 +4,7 @@
 # Usage: image/cross-sysroot.sh DIR   (idempotent; ~25 s the first time)
 set -euo pipefail
 dir=${1:?usage: $0 SYSROOT_DIR}
-if [ -f "$dir/.complete" ]; then exit 0; fi
+# The cross compiler is checked even when the sysroot is already there: `make cross` needs both.
 need=""
 for p in mmdebstrap gcc-aarch64-linux-gnu; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || need="$need $p"
@@ -14,6 +14,7 @@ if [ -n "$need" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends $need
 fi
+if [ -f "$dir/.complete" ]; then exit 0; fi
 rm -rf "$dir"
 mkdir -p "$dir"
 # --variant=extract unpacks just these packages and their dependencies, runs nothing.
