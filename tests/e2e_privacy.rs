@@ -157,7 +157,8 @@ async fn privacy_closes_the_devices_and_everyone_sees_it() -> Result<()> {
     assert!(lines[0].ends_with("privacy off (start-up)"), "{log}");
     assert!(lines[1].ends_with("privacy on (switch)"), "{log}");
     assert!(
-        log.contains("privacy on (software (Ann, from the call page))"),
+        log.contains("privacy on (software (\"Ann\" (p1, invite ")
+            && log.contains("), from the call page))"),
         "{log}"
     );
     ann.close().await?;

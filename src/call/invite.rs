@@ -42,6 +42,10 @@ pub struct Invite {
     pub expires: u64,
     pub last_used: Option<u64>,
     pub revoked: bool,
+    /// How many devices may be in the call with this link at once; None: the call's
+    /// default (`call.sessions_per_invite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u32>,
 }
 
 /// Every invite, as kept in `invites.json`.
@@ -67,6 +71,17 @@ fn hash(token: &str) -> String {
 impl InviteStore {
     /// Make a new invite. Returns the record and the token, which exists only in the link.
     pub fn create(&mut self, name: &str, ttl: Duration, now: SystemTime) -> (Invite, String) {
+        self.create_limited(name, ttl, now, None)
+    }
+
+    /// `create`, with its own limit of devices at once.
+    pub fn create_limited(
+        &mut self,
+        name: &str,
+        ttl: Duration,
+        now: SystemTime,
+        max_sessions: Option<u32>,
+    ) -> (Invite, String) {
         let mut bytes = [0u8; TOKEN_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let token = URL_SAFE_NO_PAD.encode(bytes);
@@ -81,6 +96,7 @@ impl InviteStore {
             expires: created.saturating_add(ttl.as_secs()),
             last_used: None,
             revoked: false,
+            max_sessions,
         };
         self.invites.push(invite.clone());
         (invite, token)

@@ -8,9 +8,10 @@ pub mod invite;
 pub mod protocol;
 pub mod room;
 pub mod sfu;
+pub mod throttle;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use str0m::media::{MediaKind, MediaTime};
@@ -19,9 +20,28 @@ use invite::{Invite, InviteError, InviteStore};
 use protocol::{parse_client_msg, ClientMsg, ServerMsg};
 use room::{ParticipantId, Room};
 use sfu::{PhoneFrame, Sfu, SfuEvent, SfuOutput, Transmit};
+use throttle::{redacted, GuessThrottle};
 
 /// A connection that has not presented a token within this is closed.
 const JOIN_LIMIT: Duration = Duration::from_secs(10);
+/// A participant that has not offered its media within this is removed: it holds a place
+/// in the call without being in it.
+const OFFER_LIMIT: Duration = Duration::from_secs(15);
+
+/// Limits that keep one link, or one address, from taking the call over.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    /// Devices in the call at once with one invite, unless the invite says otherwise.
+    pub sessions_per_invite: u32,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            sessions_per_invite: 2,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
@@ -41,30 +61,62 @@ pub enum Output {
     ToBox(PhoneFrame),
     /// The phones now in the call, for the box's screen (tiles, names, idle screen).
     ScreenRoster(Vec<(ParticipantId, String)>),
-    /// A phone asked to pause the box (privacy on); the name says who.
-    PauseBox(String),
+    /// A phone asked to pause the box (privacy on).
+    PauseBox(Pauser),
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Who paused the box from a phone, for the privacy log and the TV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pauser {
+    pub participant: ParticipantId,
+    pub name: String,
+    /// The id of the invite the phone joined with.
+    pub invite: String,
+}
+
+impl std::fmt::Display for Pauser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, id, invite) = (&self.name, self.participant, &self.invite);
+        write!(f, "{name:?} ({id}, invite {invite})")
+    }
+}
+
+#[derive(Debug, Clone)]
 enum Conn {
-    AwaitingJoin { since: Instant },
-    Joined(ParticipantId),
+    AwaitingJoin {
+        since: Instant,
+        from: IpAddr,
+    },
+    Joined {
+        id: ParticipantId,
+        /// The id of the invite it joined with.
+        invite: String,
+        since: Instant,
+        offered: bool,
+    },
 }
 
 pub struct Call {
     room: Room,
     sfu: Sfu,
     invites: InviteStore,
+    limits: CallLimits,
+    throttle: GuessThrottle,
+    /// Participants who paused the box: once each (only the switch at home releases it).
+    pausers: std::collections::HashSet<ParticipantId>,
     conns: HashMap<ConnId, Conn>,
     outputs: VecDeque<Output>,
 }
 
 impl Call {
-    pub fn new(room: Room, sfu: Sfu, invites: InviteStore) -> Self {
+    pub fn new(room: Room, sfu: Sfu, invites: InviteStore, limits: CallLimits) -> Self {
         Call {
             room,
             sfu,
             invites,
+            limits,
+            throttle: GuessThrottle::default(),
+            pausers: Default::default(),
             conns: HashMap::new(),
             outputs: VecDeque::new(),
         }
@@ -83,14 +135,16 @@ impl Call {
     }
 
     /// Make a join link's token (and record it, hashed). Expired invites are pruned first.
+    /// `max_sessions`: devices at once with this link, when not the call's default.
     pub fn create_invite(
         &mut self,
         name: &str,
         ttl: Duration,
         wall: SystemTime,
+        max_sessions: Option<u32>,
     ) -> (Invite, String) {
         self.invites.prune(wall);
-        let made = self.invites.create(name, ttl, wall);
+        let made = self.invites.create_limited(name, ttl, wall, max_sessions);
         self.save_invites();
         made
     }
@@ -129,29 +183,32 @@ impl Call {
         self.send_all(messages);
     }
 
-    pub fn handle_connected(&mut self, conn: ConnId, now: Instant) {
-        self.conns.insert(conn, Conn::AwaitingJoin { since: now });
+    /// A signalling connection opened from `from`.
+    pub fn handle_connected(&mut self, conn: ConnId, from: IpAddr, now: Instant) {
+        self.conns
+            .insert(conn, Conn::AwaitingJoin { since: now, from });
     }
 
     pub fn handle_closed(&mut self, conn: ConnId) {
-        if let Some(Conn::Joined(id)) = self.conns.remove(&conn) {
+        if let Some(Conn::Joined { id, .. }) = self.conns.remove(&conn) {
             self.leave(id);
         }
     }
 
     pub fn handle_message(&mut self, conn: ConnId, text: &str, now: Instant, wall: SystemTime) {
-        let Some(state) = self.conns.get(&conn).copied() else {
+        let Some(state) = self.conns.get(&conn).cloned() else {
             return;
         };
         let msg = match parse_client_msg(text) {
             Ok(m) => m,
             Err(e) => {
+                tracing::debug!("{conn:?}: unreadable message: {e}");
                 match state {
                     Conn::AwaitingJoin { .. } => self.refuse(conn, "That was not a join request."),
-                    Conn::Joined(_) => self.outputs.push_back(Output::Send(
+                    Conn::Joined { .. } => self.outputs.push_back(Output::Send(
                         conn,
                         ServerMsg::Error {
-                            message: e.to_string(),
+                            message: "That message could not be read.".into(),
                         },
                     )),
                 }
@@ -160,17 +217,17 @@ impl Call {
         };
         match (state, msg) {
             (
-                Conn::AwaitingJoin { .. },
+                Conn::AwaitingJoin { from, .. },
                 ClientMsg::Join {
                     token,
                     name,
                     video_codecs,
                 },
-            ) => self.join(conn, &token, &name, &video_codecs, now, wall),
+            ) => self.join(conn, from, &token, &name, &video_codecs, now, wall),
             (Conn::AwaitingJoin { .. }, _) => {
                 self.refuse(conn, "Join first, with the invite link.")
             }
-            (Conn::Joined(id), msg) => self.joined_message(conn, id, msg, now),
+            (Conn::Joined { id, .. }, msg) => self.joined_message(conn, id, msg, now),
         }
     }
 
@@ -184,24 +241,24 @@ impl Call {
         self.sfu.handle_datagram(now, source, destination, data);
     }
 
-    /// Time passed: close connections that never joined, advance the media sessions.
+    /// Time passed: close connections that never joined and participants that never
+    /// offered media, advance the media sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let stale: Vec<ConnId> = self
+        let stale: Vec<(ConnId, Option<ParticipantId>)> = self
             .conns
             .iter()
-            .filter_map(|(c, s)| match s {
-                Conn::AwaitingJoin { since }
-                    if now.saturating_duration_since(*since) > JOIN_LIMIT =>
-                {
-                    Some(*c)
-                }
-                _ => None,
-            })
+            .filter(|(_, state)| state.deadline().is_some_and(|d| now >= d))
+            .map(|(conn, state)| (*conn, state.participant()))
             .collect();
-        for conn in stale {
+        for (conn, participant) in stale {
             self.conns.remove(&conn);
+            if let Some(id) = participant {
+                tracing::info!("{id} offered no media within {} s", OFFER_LIMIT.as_secs());
+                self.leave(id);
+            }
             self.outputs.push_back(Output::Close(conn));
         }
+        self.throttle.prune(now);
         self.sfu.handle_timeout(now);
     }
 
@@ -221,39 +278,70 @@ impl Call {
     /// When `handle_timeout` is due at the latest: the media sessions' next timer, and the
     /// join limit of connections still waiting.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let joins = self.conns.values().filter_map(|c| match c {
-            Conn::AwaitingJoin { since } => Some(*since + JOIN_LIMIT),
-            Conn::Joined(_) => None,
-        });
-        joins.chain(self.sfu.poll_timeout()).min()
+        let conns = self.conns.values().filter_map(Conn::deadline);
+        conns.chain(self.sfu.poll_timeout()).min()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn join(
         &mut self,
         conn: ConnId,
+        from: IpAddr,
         token: &str,
         name: &str,
         video_codecs: &[String],
         now: Instant,
         wall: SystemTime,
     ) {
+        if self.throttle.is_throttled(from, now) {
+            if self.throttle.record_throttled(from, now) {
+                tracing::info!(
+                    "join attempts from {} throttled for a minute",
+                    redacted(from)
+                );
+            }
+            return self.refuse(conn, TOO_MANY_ATTEMPTS);
+        }
         let invite: Invite = match self.invites.check(token, wall) {
             Ok(invite) => invite.clone(),
             Err(refusal) => {
-                tracing::info!("join refused: {refusal:?}");
+                if self.throttle.record_failure(from, now) {
+                    tracing::info!("join refused from {} ({refusal:?})", redacted(from));
+                }
                 return self.refuse(conn, &refusal.to_string());
             }
         };
         self.save_invites();
+        let allowed = invite
+            .max_sessions
+            .unwrap_or(self.limits.sessions_per_invite);
+        if self.sessions_of(&invite.id) >= allowed as usize {
+            return self.refuse(conn, &format!(
+                "This link is already in use on {allowed} devices. Ask the family for a link of your own."
+            ));
+        }
         match self.room.join(name, video_codecs, now) {
             Ok((id, messages)) => {
                 tracing::info!("{id} joined with invite {} ({})", invite.id, invite.name);
-                self.conns.insert(conn, Conn::Joined(id));
+                let joined = Conn::Joined {
+                    id,
+                    invite: invite.id,
+                    since: now,
+                    offered: false,
+                };
+                self.conns.insert(conn, joined);
                 self.send_all(messages);
                 self.screen_roster();
             }
             Err(refused) => self.refuse(conn, &refused.to_string()),
         }
+    }
+
+    fn sessions_of(&self, invite_id: &str) -> usize {
+        self.conns
+            .values()
+            .filter(|c| matches!(c, Conn::Joined { invite, .. } if invite == invite_id))
+            .count()
     }
 
     fn joined_message(&mut self, conn: ConnId, id: ParticipantId, msg: ClientMsg, now: Instant) {
@@ -262,15 +350,19 @@ impl Call {
                 let publish = self.room.publish_codec();
                 let decodes_h264 = self.room.participant(id).is_some_and(|p| p.can_decode_h264);
                 match self.sfu.handle_offer(id, &sdp, publish, decodes_h264, now) {
-                    Ok(answer) => self
-                        .outputs
-                        .push_back(Output::Send(conn, ServerMsg::Answer { sdp: answer })),
-                    Err(e) => self.fail(conn, id, &e.to_string()),
+                    Ok(answer) => {
+                        if let Some(Conn::Joined { offered, .. }) = self.conns.get_mut(&conn) {
+                            *offered = true;
+                        }
+                        let answer = ServerMsg::Answer { sdp: answer };
+                        self.outputs.push_back(Output::Send(conn, answer));
+                    }
+                    Err(e) => self.fail(conn, id, &e),
                 }
             }
             ClientMsg::Answer { sdp } => {
                 if let Err(e) = self.sfu.handle_answer(id, &sdp, now) {
-                    self.fail(conn, id, &e.to_string());
+                    self.fail(conn, id, &e);
                 }
             }
             ClientMsg::Mute { audio, video } => {
@@ -282,13 +374,30 @@ impl Call {
                 self.leave(id);
                 self.outputs.push_back(Output::Close(conn));
             }
+            ClientMsg::PauseBox if !self.pausers.insert(id) => {
+                let message = "You have paused the box once already: only the switch at home \
+                               turns it back on, and pausing again is not yours to do.";
+                let error = ServerMsg::Error {
+                    message: message.into(),
+                };
+                self.outputs.push_back(Output::Send(conn, error));
+            }
             ClientMsg::PauseBox => {
                 let name = self
                     .room
                     .participant(id)
                     .map(|p| p.name.clone())
                     .unwrap_or_default();
-                self.outputs.push_back(Output::PauseBox(name));
+                let invite = match self.conns.get(&conn) {
+                    Some(Conn::Joined { invite, .. }) => invite.clone(),
+                    _ => String::new(),
+                };
+                let pauser = Pauser {
+                    participant: id,
+                    name,
+                    invite,
+                };
+                self.outputs.push_back(Output::PauseBox(pauser));
             }
             ClientMsg::Join { .. } => self.outputs.push_back(Output::Send(
                 conn,
@@ -299,13 +408,15 @@ impl Call {
         }
     }
 
-    /// A negotiation broke: the peer's media state is unknown, so it must rejoin.
-    fn fail(&mut self, conn: ConnId, id: ParticipantId, why: &str) {
-        tracing::warn!("{id}: negotiation failed: {why}");
+    /// A negotiation broke: the peer's media state is unknown, so it must rejoin. The phone
+    /// hears what went wrong; how is for the debug log.
+    fn fail(&mut self, conn: ConnId, id: ParticipantId, error: &sfu::SfuError) {
+        tracing::info!("{id}: negotiation failed: {}", error.public_reason());
+        tracing::debug!("{id}: negotiation failed: {error}");
         self.outputs.push_back(Output::Send(
             conn,
             ServerMsg::Error {
-                message: format!("negotiation failed: {why}"),
+                message: error.public_reason().to_string(),
             },
         ));
         self.conns.remove(&conn);
@@ -350,7 +461,7 @@ impl Call {
     fn conn_of(&self, id: ParticipantId) -> Option<ConnId> {
         self.conns
             .iter()
-            .find(|(_, s)| matches!(s, Conn::Joined(p) if *p == id))
+            .find(|(_, s)| s.participant() == Some(id))
             .map(|(c, _)| *c)
     }
 
@@ -379,10 +490,43 @@ impl Call {
     }
 }
 
+/// What a connection that never presents a token is told, once its address has used up
+/// its attempts.
+const TOO_MANY_ATTEMPTS: &str =
+    "Too many attempts with links that do not work. Wait a minute, then try your link again.";
+
+impl Conn {
+    fn participant(&self) -> Option<ParticipantId> {
+        match self {
+            Conn::Joined { id, .. } => Some(*id),
+            Conn::AwaitingJoin { .. } => None,
+        }
+    }
+
+    /// When this connection is closed if nothing happens: no join, or no media offered.
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Conn::AwaitingJoin { since, .. } => Some(*since + JOIN_LIMIT),
+            Conn::Joined {
+                since,
+                offered: false,
+                ..
+            } => Some(*since + OFFER_LIMIT),
+            Conn::Joined { offered: true, .. } => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::call::invite::Refusal;
+
+    const HOME: &str = "192.168.1.20";
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
 
     fn call() -> (Call, String, String) {
         let mut invites = InviteStore::default();
@@ -394,7 +538,8 @@ mod tests {
             wall - Duration::from_secs(120),
         );
         let sfu = Sfu::new("127.0.0.1:10000".parse().unwrap());
-        (Call::new(Room::new(8), sfu, invites), good, expired)
+        let call = Call::new(Room::new(8), sfu, invites, CallLimits::default());
+        (call, good, expired)
     }
 
     fn join_text(token: &str, name: &str) -> String {
@@ -403,8 +548,28 @@ mod tests {
 
     /// A new connection sends `text`; everything the call wants done afterwards.
     fn connect_and_say(call: &mut Call, conn: ConnId, text: &str, now: Instant) -> Vec<Output> {
-        call.handle_connected(conn, now);
+        connect_from(call, HOME, conn, text, now)
+    }
+
+    fn connect_from(
+        call: &mut Call,
+        from: &str,
+        conn: ConnId,
+        text: &str,
+        now: Instant,
+    ) -> Vec<Output> {
+        call.handle_connected(conn, ip(from), now);
         say(call, conn, text, now)
+    }
+
+    fn drain(call: &mut Call) -> Vec<Output> {
+        std::iter::from_fn(|| call.poll_output()).collect()
+    }
+
+    fn refused(out: &[Output], conn: ConnId) -> Option<String> {
+        sent_to(out, conn)
+            .into_iter()
+            .find(|s| s.contains(r#""type":"refused""#))
     }
 
     fn say(call: &mut Call, conn: ConnId, text: &str, now: Instant) -> Vec<Output> {
@@ -502,7 +667,7 @@ mod tests {
         let now = Instant::now();
         let out = connect_and_say(&mut call, ConnId(1), r#"{"type":"leave"}"#, now);
         assert!(sent_to(&out, ConnId(1))[0].contains("refused"));
-        call.handle_connected(ConnId(2), now);
+        call.handle_connected(ConnId(2), ip(HOME), now);
         let due = call.poll_timeout().unwrap();
         assert!(due <= now + JOIN_LIMIT, "the join limit is a timer");
         call.handle_timeout(now + JOIN_LIMIT + Duration::from_secs(1));
@@ -525,5 +690,111 @@ mod tests {
             .iter()
             .any(|s| s.contains(r#""type":"error""#)));
         assert!(call.room().participants().is_empty());
+    }
+
+    #[test]
+    fn one_link_admits_two_devices_and_the_tv_link_the_family() {
+        let (mut call, good, _) = call();
+        let now = Instant::now();
+        for conn in 1..=2 {
+            let out = connect_and_say(&mut call, ConnId(conn), &join_text(&good, "Gran"), now);
+            assert!(refused(&out, ConnId(conn)).is_none());
+        }
+        let out = connect_and_say(&mut call, ConnId(3), &join_text(&good, "Third"), now);
+        let refusal = refused(&out, ConnId(3)).expect("a third device is refused");
+        assert!(refusal.contains("already in use on 2 devices"), "{refusal}");
+
+        let (_, family) =
+            call.create_invite("TV", Duration::from_secs(60), SystemTime::now(), Some(8));
+        for conn in 10..15 {
+            let out = connect_and_say(&mut call, ConnId(conn), &join_text(&family, "Kid"), now);
+            assert!(refused(&out, ConnId(conn)).is_none());
+        }
+    }
+
+    #[test]
+    fn a_joiner_that_never_offers_media_is_removed() {
+        let (mut call, good, _) = call();
+        let now = Instant::now();
+        connect_and_say(&mut call, ConnId(1), &join_text(&good, "Silent"), now);
+        assert_eq!(call.room().participants().len(), 1);
+        assert_eq!(call.poll_timeout(), Some(now + OFFER_LIMIT));
+        call.handle_timeout(now + OFFER_LIMIT);
+        let out = drain(&mut call);
+        assert!(out.iter().any(|o| matches!(o, Output::Close(ConnId(1)))));
+        assert!(
+            call.room().participants().is_empty(),
+            "its place is free again"
+        );
+    }
+
+    #[test]
+    fn guessing_is_throttled_per_address() {
+        let (mut call, good, _) = call();
+        let now = Instant::now();
+        let guesser = "203.0.113.9";
+        for i in 0..throttle::FAILURES_PER_WINDOW as u64 {
+            let text = join_text(&format!("guess{i:017}"), "Mallory");
+            let out = connect_from(&mut call, guesser, ConnId(100 + i), &text, now);
+            assert!(refused(&out, ConnId(100 + i))
+                .unwrap()
+                .contains("not valid"));
+        }
+        // The 11th is refused without a look at its token, even a good one.
+        let out = connect_from(&mut call, guesser, ConnId(200), &join_text(&good, "M"), now);
+        assert!(refused(&out, ConnId(200))
+            .unwrap()
+            .contains("Too many attempts"));
+        // Gran, elsewhere, joins at once.
+        let out = connect_from(
+            &mut call,
+            "198.51.100.4",
+            ConnId(201),
+            &join_text(&good, "Gran"),
+            now,
+        );
+        assert!(refused(&out, ConnId(201)).is_none());
+        assert!(sent_to(&out, ConnId(201))[0].contains("welcome"));
+    }
+
+    #[test]
+    fn errors_say_what_not_how() {
+        let (mut call, good, _) = call();
+        let now = Instant::now();
+        connect_and_say(&mut call, ConnId(1), &join_text(&good, "Ann"), now);
+        let out = say(&mut call, ConnId(1), r#"{"type":"mute","audio":1}"#, now);
+        let sent = sent_to(&out, ConnId(1)).join(" ");
+        assert!(sent.contains("could not be read"), "{sent}");
+        assert!(
+            !sent.contains("invalid type") && !sent.contains("line"),
+            "{sent}"
+        );
+        let out = say(
+            &mut call,
+            ConnId(1),
+            r#"{"type":"offer","sdp":"v=0\r\nm=video x"}"#,
+            now,
+        );
+        let sent = sent_to(&out, ConnId(1)).join(" ");
+        assert!(sent.contains("could not be read"), "{sent}");
+        assert!(!sent.contains("0x") && !sent.contains("Offset"), "{sent}");
+    }
+
+    #[test]
+    fn a_guest_pauses_the_box_once() {
+        let (mut call, good, _) = call();
+        let now = Instant::now();
+        connect_and_say(&mut call, ConnId(1), &join_text(&good, "Ann"), now);
+        let out = say(&mut call, ConnId(1), r#"{"type":"pause_box"}"#, now);
+        let pauser = out.iter().find_map(|o| match o {
+            Output::PauseBox(p) => Some(p.clone()),
+            _ => None,
+        });
+        let pauser = pauser.expect("the first pause goes through");
+        assert_eq!(pauser.name, "Ann");
+        assert!(!pauser.invite.is_empty(), "the log can name the invite");
+        let out = say(&mut call, ConnId(1), r#"{"type":"pause_box"}"#, now);
+        assert!(!out.iter().any(|o| matches!(o, Output::PauseBox(_))));
+        assert!(sent_to(&out, ConnId(1))[0].contains("once already"));
     }
 }

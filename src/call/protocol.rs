@@ -125,20 +125,42 @@ pub fn parse_client_msg(text: &str) -> Result<ClientMsg, ProtocolError> {
     Ok(serde_json::from_str(text)?)
 }
 
-/// Cut a display name to something safe to show: trimmed, control characters removed,
-/// at most [`MAX_NAME_CHARS`] characters; empty becomes "Guest".
+/// Cut a display name to plain text that shows as itself: control characters, bidi
+/// overrides and isolates, zero-width characters and line/paragraph separators removed,
+/// whitespace runs made one space, at most [`MAX_NAME_CHARS`] characters; empty becomes
+/// "Guest". (Escaping for a particular screen is that screen's business.)
 pub fn clean_name(raw: &str) -> String {
-    let cleaned: String = raw
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_NAME_CHARS)
-        .collect();
-    let trimmed = cleaned.trim();
-    if trimmed.is_empty() {
-        "Guest".to_string()
-    } else {
-        trimmed.to_string()
+    let mut cleaned = String::new();
+    for c in raw.chars().filter(|c| !is_hidden(*c)) {
+        let c = if c.is_whitespace() { ' ' } else { c };
+        if c == ' ' && (cleaned.is_empty() || cleaned.ends_with(' ')) {
+            continue;
+        }
+        cleaned.push(c);
     }
+    let trimmed: String = cleaned.trim().chars().take(MAX_NAME_CHARS).collect();
+    match trimmed.trim() {
+        "" => "Guest".to_string(),
+        name => name.to_string(),
+    }
+}
+
+/// Characters that change how the text around them shows, or do not show at all.
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061C}'                  // Arabic letter mark
+            | '\u{115F}' | '\u{1160}'    // Hangul fillers
+            | '\u{180E}'                // Mongolian vowel separator
+            | '\u{200B}'..='\u{200F}'    // zero-width space, joiners, LRM, RLM
+            | '\u{2028}' | '\u{2029}'    // line and paragraph separators
+            | '\u{202A}'..='\u{202E}'    // bidi embeddings and overrides
+            | '\u{2060}'..='\u{206F}'    // word joiner, invisible operators, bidi isolates
+            | '\u{3164}'                // Hangul filler
+            | '\u{FE00}'..='\u{FE0F}'    // variation selectors
+            | '\u{FEFF}'                // byte order mark
+            | '\u{FFF9}'..='\u{FFFB}'    // interlinear annotations
+        )
 }
 
 #[cfg(test)]
@@ -185,6 +207,15 @@ mod tests {
     #[test]
     fn names_are_cleaned() {
         assert_eq!(clean_name("  \u{7}Ann\n "), "Ann");
+        assert_eq!(clean_name("Ann\u{202E}nmot\u{202C}"), "Annnmot");
+        assert_eq!(clean_name("A\u{200B}n\u{FEFF}n\u{2066}"), "Ann");
+        assert_eq!(clean_name("Gran\u{2028}ny\u{2029}  Smith"), "Granny Smith");
+        assert_eq!(clean_name("\u{200B}\u{200D}"), "Guest");
+        assert_eq!(
+            clean_name("<b>&amp;</b>"),
+            "<b>&amp;</b>",
+            "text stays text"
+        );
         assert_eq!(clean_name(""), "Guest");
         assert_eq!(clean_name(&"x".repeat(100)).chars().count(), MAX_NAME_CHARS);
     }

@@ -60,6 +60,11 @@ impl Room {
         }
     }
 
+    /// How many phones the call takes.
+    pub fn max_phones(&self) -> usize {
+        self.max_participants
+    }
+
     pub fn participants(&self) -> &[Participant] {
         &self.participants
     }
@@ -158,9 +163,10 @@ impl Room {
         let codec_before = self.publish_codec();
         let id = ParticipantId(self.next_id);
         self.next_id += 1;
+        let name = self.guest_name(name);
         self.participants.push(Participant {
             id,
-            name: crate::call::protocol::clean_name(name),
+            name,
             can_decode_h264: h264,
             audio: true,
             video: true,
@@ -178,6 +184,19 @@ impl Room {
         out.extend(self.codec_change_since(codec_before, Some(id)));
         out.extend(self.roster_for_all());
         Ok((id, out))
+    }
+
+    /// A guest's name as shown: cleaned, and never the box's own (nobody can pose as it).
+    fn guest_name(&self, raw: &str) -> String {
+        let name = crate::call::protocol::clean_name(raw);
+        let is_box_name = self
+            .participant(ParticipantId::BOX)
+            .is_some_and(|b| b.name.to_lowercase() == name.to_lowercase());
+        if is_box_name {
+            format!("{name} (guest)")
+        } else {
+            name
+        }
     }
 
     /// Remove a participant; unknown ids are ignored (a socket may close twice).
@@ -335,6 +354,14 @@ mod tests {
         room.add_box("Home", now);
         let (a, out) = room.join("Ann", &[], now).unwrap();
         assert_eq!(roster_names(&out, a).unwrap(), vec!["Home", "Ann"]);
+        let mut other = Room::new(4);
+        other.add_box("Home", now);
+        let (_, out) = other.join(" HOME\u{200B}", &[], now).unwrap();
+        assert_eq!(
+            roster_names(&out, ParticipantId(1)).unwrap(),
+            vec!["Home", "HOME (guest)"],
+            "a guest cannot pose as the box"
+        );
         assert!(out.iter().all(|(p, _)| *p != ParticipantId::BOX));
         assert_eq!(
             room.join("Bob", &[], now).unwrap_err(),

@@ -63,6 +63,10 @@ pub struct CallConfig {
     pub udp_port: u16,
     #[serde(deserialize_with = "max_participants")]
     pub max_participants: usize,
+    /// Devices in the call at once with one link (a phone and a tablet). The TV's link is
+    /// for the whole family and allows `max_participants`.
+    #[serde(deserialize_with = "sessions_per_invite")]
+    pub sessions_per_invite: u32,
     /// How long a new join link stays valid unless `--ttl` says otherwise.
     #[serde(deserialize_with = "invite_ttl")]
     pub invite_ttl: Duration,
@@ -84,6 +88,7 @@ impl Default for CallConfig {
         CallConfig {
             udp_port: 10000,
             max_participants: 8,
+            sessions_per_invite: 2,
             invite_ttl: Duration::from_secs(24 * 3600),
         }
     }
@@ -109,6 +114,9 @@ lan_address = ""
 udp_port = 10000
 # Most people in one call (2 to 16). Each phone receives everyone else's video.
 max_participants = 8
+# How many devices may be in the call at once with one join link (1 to 16). The link on the
+# TV's screen is for the whole family and allows max_participants.
+sessions_per_invite = 2
 # How long a new join link stays valid (for example "2h", "24h", "7d"; at most 30 days).
 invite_ttl = "24h"
 
@@ -228,6 +236,16 @@ fn max_participants<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> 
         Ok(n) if (2..=16).contains(&n) => Ok(n),
         _ => Err(serde::de::Error::custom(format!(
             "{value} is out of range (2 to 16)"
+        ))),
+    }
+}
+
+fn sessions_per_invite<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let value = i64::deserialize(d)?;
+    match u32::try_from(value) {
+        Ok(n) if (1..=16).contains(&n) => Ok(n),
+        _ => Err(serde::de::Error::custom(format!(
+            "{value} is out of range (1 to 16)"
         ))),
     }
 }

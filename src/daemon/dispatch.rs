@@ -31,13 +31,20 @@ impl Hub {
                 if matches!(msg, ServerMsg::Roster { .. }) {
                     self.metrics.roster_sent();
                 }
-                if let Some(tx) = self.conns.get(&conn) {
-                    let _ = tx.send(WsCommand::Send(msg));
+                let Some(tx) = self.conns.get(&conn) else {
+                    return;
+                };
+                if tx.try_send(WsCommand::Send(msg)).is_err() {
+                    // A phone that does not read its messages is let go, not buffered for.
+                    tracing::info!("closing a connection whose messages pile up unread");
+                    self.conns.remove(&conn);
+                    self.call.handle_closed(conn);
                 }
             }
             Output::Close(conn) => {
                 if let Some(tx) = self.conns.remove(&conn) {
-                    let _ = tx.send(WsCommand::Close);
+                    // A full queue closes the connection as well, by dropping `tx`.
+                    let _ = tx.try_send(WsCommand::Close);
                 }
             }
             Output::SaveInvites(store) => {
@@ -63,6 +70,7 @@ impl Hub {
                 }
             }
             Output::PauseBox(who) => {
+                self.paused_by = Some(who.name.clone());
                 let effects = self
                     .privacy
                     .handle_software_on(&format!("{who}, from the call page"));
@@ -91,6 +99,9 @@ impl Hub {
                     }
                 }
                 BoxEffect::Changed { on } => {
+                    if !on {
+                        self.paused_by = None;
+                    }
                     self.metrics.privacy_changed(on, Instant::now());
                     self.tell_box_state();
                     if self.call.room().phones().next().is_none() {
@@ -116,19 +127,32 @@ impl Hub {
         }
     }
 
-    /// With nobody in the call, the TV shows a fresh join link as a QR code.
+    /// With nobody in the call, the TV shows a fresh join link as a QR code. The link it
+    /// showed before is revoked: one TV link at a time, for the whole family.
     pub(super) fn show_idle_screen(&mut self) {
         if self.media.is_none() {
             return;
         }
-        let (_, url) = self.new_invite("TV screen", self.links.default_ttl());
+        if let Some(previous) = self.tv_invite.take() {
+            let _ = self.call.revoke_invite(&previous);
+        }
+        let family = Some(self.call.room().max_phones() as u32);
+        let ttl = self.links.default_ttl();
+        let (invite, token) =
+            self.call
+                .create_invite("TV screen", ttl, std::time::SystemTime::now(), family);
+        self.tv_invite = Some(invite.id);
+        let url = self.links.url(&token);
         let status = self.box_status_line();
         self.tv(tv::Command::Idle { url, status });
     }
 
     fn box_status_line(&self) -> String {
         if self.privacy.is_on() {
-            return "Privacy on: camera and microphone off".into();
+            return match &self.paused_by {
+                Some(name) => format!("Privacy on: paused by {name}"),
+                None => "Privacy on: camera and microphone off".into(),
+            };
         }
         match &self.media {
             Some(media) if media.problem(crate::media::MediaKindTag::Video).is_some() => {
@@ -139,10 +163,15 @@ impl Hub {
     }
 
     /// Make a new invite (saved by the invite file's task); returns its id and join URL.
-    pub(super) fn new_invite(&mut self, name: &str, ttl: std::time::Duration) -> (String, String) {
-        let (invite, token) = self
-            .call
-            .create_invite(name, ttl, std::time::SystemTime::now());
+    /// `max_sessions`: devices at once with it, when not the call's default.
+    pub(super) fn new_invite(
+        &mut self,
+        name: &str,
+        ttl: std::time::Duration,
+        max_sessions: Option<u32>,
+    ) -> (String, String) {
+        let now = std::time::SystemTime::now();
+        let (invite, token) = self.call.create_invite(name, ttl, now, max_sessions);
         (invite.id, self.links.url(&token))
     }
 }

@@ -68,10 +68,14 @@ pub struct Hub {
     pub(super) links: JoinLinks,
     pub(super) invite_file: InviteWriter,
     /// Each signalling connection's way back.
-    pub(super) conns: HashMap<ConnId, mpsc::UnboundedSender<WsCommand>>,
+    pub(super) conns: HashMap<ConnId, mpsc::Sender<WsCommand>>,
     pub(super) metrics: Metrics,
     /// Control requests answered once their effect has happened.
     pub(super) waiters: Vec<Waiter>,
+    /// The TV's current join link (revoked when the next one is shown).
+    pub(super) tv_invite: Option<String>,
+    /// The phone that paused the box, shown on the TV until privacy is off again.
+    pub(super) paused_by: Option<String>,
 }
 
 impl Hub {
@@ -96,6 +100,8 @@ impl Hub {
             conns: HashMap::new(),
             metrics: Metrics::default(),
             waiters: Vec::new(),
+            tv_invite: None,
+            paused_by: None,
         }
     }
 
@@ -125,7 +131,7 @@ impl Hub {
             self.answer_waiters(Instant::now());
         }
         for tx in self.conns.values() {
-            let _ = tx.send(WsCommand::Close);
+            let _ = tx.try_send(WsCommand::Close);
         }
     }
 
@@ -154,9 +160,13 @@ impl Hub {
     fn handle_signalling(&mut self, event: WsEvent) {
         let now = Instant::now();
         match event {
-            WsEvent::Open(conn, tx) => {
-                self.conns.insert(conn, tx);
-                self.call.handle_connected(conn, now);
+            WsEvent::Open {
+                conn,
+                from,
+                commands,
+            } => {
+                self.conns.insert(conn, commands);
+                self.call.handle_connected(conn, from, now);
             }
             WsEvent::Text(conn, text) => {
                 self.call

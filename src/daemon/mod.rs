@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::call::room::Room;
 use crate::call::sfu::Sfu;
-use crate::call::Call;
+use crate::call::{Call, CallLimits};
 use crate::config::board::{Board, Profile};
 use crate::config::Config;
 use crate::privacy::PrivacyControl;
@@ -114,7 +114,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let base_url = format!("https://{link_host}:{}", config.web.https_port);
     let links = JoinLinks::new(base_url, config.call.invite_ttl);
     let mut hub = build_hub(&state_dir, &config, board, udp, !addresses.lan, links)?;
-    let (_, url) = hub.new_invite("Join link printed at start", config.call.invite_ttl);
+    // Like the TV's, the link printed at start is for the whole family (several windows).
+    let family = Some(config.call.max_participants as u32);
+    let (_, url) = hub.new_invite("Join link printed at start", config.call.invite_ttl, family);
     print_join_link(&url);
     tracing::info!(
         "Hearth on board {board:?}: https port {}, media UDP port {media_port}, {}",
@@ -175,7 +177,10 @@ fn build_hub(
     } else {
         None
     };
-    let call = Call::new(room, sfu, invites);
+    let limits = CallLimits {
+        sessions_per_invite: config.call.sessions_per_invite,
+    };
+    let call = Call::new(room, sfu, invites, limits);
     let invite_file = InviteWriter::start(state_dir);
     Ok(Hub::new(
         call,
@@ -221,7 +226,7 @@ async fn serve_web(
     let handle = axum_server::Handle::new();
     let web_server = axum_server::from_tcp_rustls(https, tls)
         .handle(handle.clone())
-        .serve(web::app(state).into_make_service());
+        .serve(web::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>());
     let web_task = tokio::spawn(web_server);
     if let Some(http) = http {
         let redirect = web::redirect::redirect_app(config.web.https_port, host);

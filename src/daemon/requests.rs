@@ -219,7 +219,7 @@ impl Hub {
                 return;
             }
         };
-        let (id, url) = self.new_invite(name, ttl);
+        let (id, url) = self.new_invite(name, ttl, None);
         self.carry_out().await;
         self.reply_when_saved(reply, json!({ "id": id, "url": url }));
     }

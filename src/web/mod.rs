@@ -107,7 +107,9 @@ mod tests {
             .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
             .body(Body::empty())
             .unwrap();
-        let response = app(state).oneshot(request).await.unwrap();
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+        let app = app(state).layer(axum::extract::connect_info::MockConnectInfo(peer));
+        let response = app.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
 }

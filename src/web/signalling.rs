@@ -1,11 +1,12 @@
 //! The signalling WebSocket at `/ws`: one task per connection, relaying text frames to the
 //! hub and the hub's messages back. The call's meaning lives in `call`; this is transport.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -15,10 +16,19 @@ use super::WebState;
 use crate::call::protocol::{ServerMsg, MAX_CLIENT_MESSAGE_BYTES};
 use crate::call::ConnId;
 
+/// Messages waiting to be written to one connection. A phone that does not read them is
+/// closed when this fills, rather than buffered without end.
+pub const OUTBOUND_QUEUE: usize = 32;
+
 /// What a WebSocket task tells the hub.
 #[derive(Debug)]
 pub enum WsEvent {
-    Open(ConnId, mpsc::UnboundedSender<WsCommand>),
+    Open {
+        conn: ConnId,
+        /// The phone's address, for per-address limits (never logged in full).
+        from: IpAddr,
+        commands: mpsc::Sender<WsCommand>,
+    },
     Text(ConnId, String),
     Closed(ConnId),
 }
@@ -49,6 +59,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 
 pub(super) async fn websocket(
     State(state): State<WebState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -62,13 +73,18 @@ pub(super) async fn websocket(
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
         .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
-        .on_upgrade(move |socket| signalling(socket, state))
+        .on_upgrade(move |socket| signalling(socket, state, peer.ip()))
 }
 
-async fn signalling(socket: WebSocket, state: WebState) {
+async fn signalling(socket: WebSocket, state: WebState, from: IpAddr) {
     let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
-    let (tx, mut commands) = mpsc::unbounded_channel();
-    if state.hub.send(WsEvent::Open(conn, tx)).await.is_err() {
+    let (tx, mut commands) = mpsc::channel(OUTBOUND_QUEUE);
+    let open = WsEvent::Open {
+        conn,
+        from,
+        commands: tx,
+    };
+    if state.hub.send(open).await.is_err() {
         return;
     }
     let (mut sink, mut stream) = socket.split();

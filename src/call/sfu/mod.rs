@@ -51,6 +51,20 @@ pub enum SfuError {
     NoCandidate,
 }
 
+impl SfuError {
+    /// What a phone is told: what went wrong, not how (the parser's details stay in the log).
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            SfuError::BadSdp(_) => "The session description could not be read.",
+            SfuError::Rejected(_) => "The session description could not be accepted.",
+            SfuError::UnknownPeer => "There is no media session to answer for.",
+            SfuError::SecondOffer => "Media is already set up; only the box offers changes.",
+            SfuError::UnexpectedAnswer => "An answer came but nothing was offered.",
+            SfuError::NoCandidate => "The box has no address to offer for media.",
+        }
+    }
+}
+
 /// What the SFU wants done, from `poll_output`.
 #[derive(Debug)]
 pub enum SfuOutput {
