@@ -9,9 +9,10 @@ use std::time::Duration;
 use harness::{browser, World};
 use hearth::call::room::ParticipantId;
 use hearth::call::sfu::{LostReason, SfuEvent};
-use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
-use str0m::Event;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, Mid};
+use str0m::rtp::{Extension, VideoOrientation};
+use str0m::{Event, Rtc, RtcConfig};
 
 /// Two phones joined and each receiving the other's audio and video.
 fn two_talking(w: &mut World, first: Codec, second: Codec) {
@@ -97,6 +98,104 @@ fn a_late_joiner_gets_the_publishers_keyframe() {
             .any(|d| String::from_utf8_lossy(&d.data).contains(":key"))
     });
     assert!(keyframe, "the newcomer saw no keyframe from phone 1");
+}
+
+/// Numbered as Firefox does (Opus 109, VP8 120, H.264 126) with header extensions on ids
+/// that mean something else in str0m's standard map.
+fn other_numbering() -> RtcConfig {
+    let mut config = Rtc::builder()
+        .clear_codecs()
+        .clear_extension_map()
+        .set_extension(1, Extension::RtpMid)
+        .set_extension(2, Extension::TransportSequenceNumber)
+        .set_extension(3, Extension::AbsoluteSendTime)
+        .set_extension(4, Extension::VideoOrientation)
+        .set_extension(13, Extension::AudioLevel);
+    let codecs = config.codec_config();
+    let opus = FormatParams {
+        min_p_time: Some(10),
+        use_inband_fec: Some(true),
+        ..Default::default()
+    };
+    codecs.add_config(
+        109.into(),
+        None,
+        Codec::Opus,
+        Frequency::FORTY_EIGHT_KHZ,
+        Some(2),
+        opus,
+    );
+    codecs.add_config(
+        120.into(),
+        Some(124.into()),
+        Codec::Vp8,
+        Frequency::NINETY_KHZ,
+        None,
+        FormatParams::default(),
+    );
+    codecs.add_h264(126.into(), Some(127.into()), true, 0x42e01f);
+    codecs.add_h264(97.into(), Some(98.into()), false, 0x42e01f);
+    config
+}
+
+#[test]
+fn payload_types_and_header_extensions_are_mapped_per_phone() {
+    let mut w = World::new();
+    w.join(1, browser(), Codec::H264);
+    w.join(2, other_numbering(), Codec::Vp8);
+    for n in [1, 2] {
+        let phone = w.phone_mut(n);
+        phone.orientation = Some(VideoOrientation::Deg90);
+        phone.audio_level = Some(-30);
+    }
+    let talking = w.run_until(Duration::from_secs(3), |w| {
+        let (a, b) = (w.phone(1), w.phone(2));
+        b.media_from(a, MediaKind::Video).count() >= 3
+            && b.media_from(a, MediaKind::Audio).count() >= 3
+            && a.media_from(b, MediaKind::Video).count() >= 3
+            && a.media_from(b, MediaKind::Audio).count() >= 3
+    });
+    assert!(
+        talking,
+        "frames did not cross between differently numbered phones"
+    );
+
+    let a_h264 = {
+        let a = w.phone_mut(1);
+        let mid = a.video_mid;
+        a.pt_for(mid, Codec::H264).unwrap()
+    };
+    let a_opus = {
+        let a = w.phone_mut(1);
+        let mid = a.audio_mid;
+        a.pt_for(mid, Codec::Opus).unwrap()
+    };
+    assert_eq!(
+        (*a_h264, *a_opus),
+        (108, 111),
+        "phone 1 sends with str0m's numbering"
+    );
+    let (a, b) = (w.phone(1), w.phone(2));
+    // The first frame, a keyframe, came in fragments: CVO rides on its last packet.
+    let fragmented = |d: &&str0m::media::MediaData| d.seq_range.start() != d.seq_range.end();
+    assert!(b.media_from(a, MediaKind::Video).any(|d| fragmented(&d)));
+    assert!(a.media_from(b, MediaKind::Video).any(|d| fragmented(&d)));
+    for d in b.media_from(a, MediaKind::Video) {
+        assert_eq!(*d.pt, 126, "H.264 from phone 1 arrives with phone 2's PT");
+        assert_eq!(d.ext_vals.video_orientation, Some(VideoOrientation::Deg90));
+    }
+    for d in b.media_from(a, MediaKind::Audio) {
+        assert_eq!(*d.pt, 109, "Opus from phone 1 arrives with phone 2's PT");
+        assert_eq!(d.ext_vals.audio_level, Some(-30));
+    }
+    for d in a.media_from(b, MediaKind::Video) {
+        assert_eq!(*d.pt, 96, "VP8 from phone 2 arrives with phone 1's PT");
+        assert_eq!(d.ext_vals.video_orientation, Some(VideoOrientation::Deg90));
+    }
+    for d in a.media_from(b, MediaKind::Audio) {
+        assert_eq!(*d.pt, 111, "Opus from phone 2 arrives with phone 1's PT");
+        assert_eq!(d.ext_vals.audio_level, Some(-30));
+    }
 }
 
 /// The m-section of `sdp` whose `a=mid:` is `mid`, as text.
