@@ -345,7 +345,7 @@ impl World {
         }
     }
 
-    /// The SFU's events of one kind since `since`.
+    /// The SFU's events (offers aside) from `since` on.
     pub fn sfu_events_since(&self, since: Instant) -> impl Iterator<Item = &SfuEvent> {
         self.sfu_events
             .iter()

@@ -68,7 +68,7 @@ fn a_late_joiner_gets_the_publishers_keyframe() {
         assert_eq!(
             requests.count(),
             0,
-            "phone {n} asked for a keyframe with nobody new"
+            "phone {n} was asked for a keyframe with nobody new"
         );
     }
 
