@@ -306,13 +306,24 @@ impl Peer {
         let Some(mid) = self.mid_for(origin, data.mid) else {
             return false;
         };
-        let Some(writer) = self.rtc.writer(mid) else {
+        let Some(mut writer) = self.rtc.writer(mid) else {
             return false;
         };
         // The subscriber may number the same codec differently: map by codec parameters.
         let Some(pt) = writer.match_params(data.params) else {
             return false;
         };
+        // Header extensions the receiver plays by: a phone that negotiated CVO sends its
+        // camera unrotated and says how to turn it (dropped, a portrait phone shows sideways);
+        // the audio level is what the receiver's browser reports per source. str0m writes
+        // them under this subscriber's extension ids.
+        let ext = &data.ext_vals;
+        if let Some(o) = ext.video_orientation {
+            writer = writer.video_orientation(o);
+        }
+        if let Some(level) = ext.audio_level {
+            writer = writer.audio_level(level, ext.voice_activity.unwrap_or(false));
+        }
         if writer
             .write(pt, data.network_time, data.time, data.data.clone())
             .is_err()
