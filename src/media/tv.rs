@@ -14,6 +14,7 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
 use tokio::sync::oneshot;
 
 use super::plan::ECHO_PROBE;
@@ -102,6 +103,8 @@ impl Drop for Screen {
 const BACKGROUND_FPS: i32 = 4;
 /// The screen's frame rate.
 const SCREEN_FPS: i32 = 30;
+/// The screen's format: the phones' decoders' own, in colour.
+const SCREEN_FORMAT: gst_video::VideoFormat = gst_video::VideoFormat::I420;
 /// The speaker's sound: the mixer's output, what the echo probe listens to.
 const SPEAKER_RATE: i32 = 48_000;
 
@@ -219,10 +222,12 @@ fn leaky_queue() -> Result<gst::Element, String> {
     )
 }
 
-/// compositor `mix` → the screen's size and rate → tee `screen` (to the display and the
-/// snapshot).
+/// compositor `mix` → the screen's format, size and rate → tee `screen` (to the display
+/// and the snapshot). The format is fixed: left free, the compositor takes the format of
+/// its inputs with the most pixels, and a grey background would make every phone grey.
 fn video_chain(plan: &ScreenPlan) -> Result<Vec<gst::Element>, String> {
     let caps = gst::Caps::builder("video/x-raw")
+        .field("format", SCREEN_FORMAT.to_str())
         .field("width", plan.width as i32)
         .field("height", plan.height as i32)
         .field("framerate", gst::Fraction::new(SCREEN_FPS, 1))
@@ -260,14 +265,20 @@ fn snapshot_chain() -> Result<Vec<gst::Element>, String> {
     ])
 }
 
+/// The background frames' layout: the screen's own format and size, so the compositor
+/// converts nothing.
+fn background_info(plan: &ScreenPlan) -> Result<gst_video::VideoInfo, String> {
+    gst_video::VideoInfo::builder(SCREEN_FORMAT, plan.width, plan.height)
+        .fps(gst::Fraction::new(BACKGROUND_FPS, 1))
+        .build()
+        .map_err(|e| format!("screen of {}x{}: {e}", plan.width, plan.height))
+}
+
 /// The appsrc `background` (pushed by `State::run`) with the idle screen's text `idle_text`.
 fn background_chain(plan: &ScreenPlan) -> Result<Vec<gst::Element>, String> {
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "GRAY8")
-        .field("width", plan.width as i32)
-        .field("height", plan.height as i32)
-        .field("framerate", gst::Fraction::new(BACKGROUND_FPS, 1))
-        .build();
+    let caps = background_info(plan)?
+        .to_caps()
+        .map_err(|e| e.to_string())?;
     let src = appsrc("background", caps)?;
     let text = gst::ElementFactory::make("textoverlay")
         .name("idle_text")
@@ -487,6 +498,7 @@ struct State {
     /// a few times a second (the compositor shows a live input's latest frame).
     background_src: gst_app::AppSrc,
     background: gst::Buffer,
+    background_info: gst_video::VideoInfo,
     last_frame: Arc<Mutex<Option<gst::Sample>>>,
     width: u32,
     height: u32,
@@ -505,7 +517,9 @@ impl State {
         audio: &AudioProfile,
         counters: Arc<Counters>,
     ) -> Result<State, String> {
-        let pipeline = assemble(&plan(display, audio, desktop()))?;
+        let plan = plan(display, audio, desktop());
+        let pipeline = assemble(&plan)?;
+        let background_info = background_info(&plan)?;
         let get = |name: &str| {
             pipeline
                 .by_name(name)
@@ -552,10 +566,8 @@ impl State {
             mixer,
             idle_text,
             background_src,
-            background: gst::Buffer::from_slice(vec![
-                0u8;
-                (display.width * display.height) as usize
-            ]),
+            background: gst::Buffer::from_slice(background_frame(&background_info, None, 0, 0)),
+            background_info,
             last_frame,
             width: display.width,
             height: display.height,
@@ -748,8 +760,8 @@ impl State {
         let n = ids.len() as u32;
         let idle = self.names.is_empty();
         if !idle {
-            self.background =
-                gst::Buffer::from_slice(vec![0u8; (self.width * self.height) as usize]);
+            let black = background_frame(&self.background_info, None, 0, 0);
+            self.background = gst::Buffer::from_slice(black);
         }
         if !idle {
             self.idle_text.set_property("text", "");
@@ -782,18 +794,9 @@ impl State {
             return;
         };
         let qr = qr_gray8(&code, self.qr_size);
-        let mut frame = vec![0u8; (self.width * self.height) as usize];
         let x0 = (self.width.saturating_sub(self.qr_size)) / 2;
         let y0 = (self.height.saturating_sub(self.qr_size)) / 6;
-        for row in 0..self.qr_size.min(self.height) {
-            let src = (row * self.qr_size) as usize;
-            let dst = ((y0 + row) * self.width + x0) as usize;
-            let len = self.qr_size.min(self.width) as usize;
-            if let (Some(to), Some(from)) = (frame.get_mut(dst..dst + len), qr.get(src..src + len))
-            {
-                to.copy_from_slice(from);
-            }
-        }
+        let frame = background_frame(&self.background_info, Some((&qr, self.qr_size)), x0, y0);
         self.background = gst::Buffer::from_slice(frame);
     }
 
@@ -805,16 +808,49 @@ impl State {
             .clone()
             .ok_or("nothing has been shown yet")?;
         let png_caps = gst::Caps::builder("image/png").build();
-        let png = gstreamer_video::convert_sample(
-            &sample,
-            &png_caps,
-            Some(gst::ClockTime::from_seconds(5)),
-        )
-        .map_err(|e| format!("cannot encode the snapshot: {e}"))?;
+        let png =
+            gst_video::convert_sample(&sample, &png_caps, Some(gst::ClockTime::from_seconds(5)))
+                .map_err(|e| format!("cannot encode the snapshot: {e}"))?;
         let buffer = png.buffer().ok_or("empty snapshot")?;
         let map = buffer.map_readable().map_err(|e| e.to_string())?;
         std::fs::write(path, map.as_slice()).map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+/// Luma of black and white in I420's video range.
+const BLACK_Y: u8 = 16;
+const WHITE_Y: u8 = 235;
+
+/// A background frame in `info`'s layout (I420): black, with the square GRAY8 `image` of
+/// `size`² pasted at (x0, y0) if given, as much of it as fits.
+fn background_frame(
+    info: &gst_video::VideoInfo,
+    image: Option<(&[u8], u32)>,
+    x0: u32,
+    y0: u32,
+) -> Vec<u8> {
+    let mut frame = vec![128u8; info.size()]; // no colour in the chroma planes
+    let (offset, stride) = (info.offset()[0], info.stride()[0] as usize);
+    let luma = offset..offset + stride * info.height() as usize;
+    if let Some(plane) = frame.get_mut(luma) {
+        plane.fill(BLACK_Y);
+    }
+    let Some((image, size)) = image else {
+        return frame;
+    };
+    let width = size.min(info.width().saturating_sub(x0)) as usize;
+    for row in 0..size.min(info.height().saturating_sub(y0)) {
+        let from = (row * size) as usize;
+        let to = offset + (y0 + row) as usize * stride + x0 as usize;
+        if let (Some(to), Some(from)) =
+            (frame.get_mut(to..to + width), image.get(from..from + width))
+        {
+            for (y, &gray) in to.iter_mut().zip(from) {
+                *y = (BLACK_Y as u32 + gray as u32 * (WHITE_Y - BLACK_Y) as u32 / 255) as u8;
+            }
+        }
+    }
+    frame
 }
 
 /// A QR code drawn as a GRAY8 image of `size`², dark modules on white with a quiet zone.
@@ -962,7 +998,35 @@ mod tests {
         let size = pipeline.by_name("mix").unwrap().static_pad("src").unwrap();
         let caps = size.peer().unwrap().parent_element().unwrap();
         let caps = caps.property::<gst::Caps>("caps");
-        assert_eq!(caps.structure(0).unwrap().get::<i32>("width"), Ok(1280));
+        let caps = caps.structure(0).unwrap();
+        assert_eq!(caps.get::<&str>("format"), Ok("I420"));
+        assert_eq!(caps.get::<i32>("width"), Ok(1280));
+        let background = background.property::<gst::Caps>("caps");
+        let background = background.structure(0).unwrap();
+        assert_eq!(background.get::<&str>("format"), Ok("I420"));
+    }
+
+    #[test]
+    fn background_is_black_i420_with_the_qr_code_in_its_luma() {
+        gst::init().unwrap();
+        let pi = profile(Board::Pi4);
+        let mut plan = plan(&pi.display, &pi.audio, false);
+        // A common TV size whose rows are padded (to 1368 bytes).
+        (plan.width, plan.height) = (1366, 768);
+        let info = background_info(&plan).unwrap();
+        let (stride, chroma) = (info.stride()[0] as usize, info.offset()[1]);
+        assert_eq!(stride, 1368);
+        let black = background_frame(&info, None, 0, 0);
+        assert_eq!(black.len(), info.size());
+        assert!(black[..chroma].iter().all(|&y| y == BLACK_Y));
+        assert!(black[chroma..].iter().all(|&c| c == 128));
+        let image = [255u8, 0, 0, 255];
+        let frame = background_frame(&info, Some((&image, 2)), 1365, 10);
+        // The image's first column fits, the second is off the screen.
+        assert_eq!(frame[10 * stride + 1365], WHITE_Y);
+        assert_eq!(frame[11 * stride + 1365], BLACK_Y);
+        assert_eq!(frame[10 * stride + 1366], BLACK_Y);
+        assert_eq!(frame.len(), info.size());
     }
 
     #[test]
