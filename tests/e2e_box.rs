@@ -74,6 +74,27 @@ fn brightness(png: &[u8], x0: u32, y0: u32, w: u32, h: u32) -> Result<f64> {
     Ok(sum as f64 / (w * h) as f64)
 }
 
+/// How many of a rectangle's pixels are near white (every channel above 180): the names
+/// on the tiles, which Chromium's green fake camera never is.
+fn white(png: &[u8], x0: u32, y0: u32, w: u32, h: u32) -> Result<usize> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info()?;
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels)?;
+    let channels = info.color_type.samples() as u32;
+    let mut count = 0;
+    for y in y0..y0 + h {
+        for x in x0..x0 + w {
+            let i = ((y * info.width + x) * channels) as usize;
+            let rgb = &pixels[i..i + channels.min(3) as usize];
+            if rgb.iter().all(|&v| v > 180) {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
 /// Share (0–1) of a rectangle's pixels whose channels clearly differ (max − min of R, G, B
 /// above 40): 0 for a grey picture, large for Chromium's green fake camera.
 fn coloured(png: &[u8], x0: u32, y0: u32, w: u32, h: u32) -> Result<f64> {
@@ -113,7 +134,8 @@ async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
     )?;
     let url = daemon.join_url.clone();
     let mut ann = phone(&url, "Ann").await?;
-    let mut bob = phone(&url, "Bob").await?;
+    // A name is text, not markup: with an unescaped `&` the TV would show no name at all.
+    let mut bob = phone(&url, "Bob & Co").await?;
 
     // Each phone decodes the box's video and receives its audio, and the other phone's.
     for (name, browser) in [("Ann", &mut ann), ("Bob", &mut bob)] {
@@ -164,6 +186,14 @@ async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
         "tiles look grey: {:.0} % and {:.0} % of their pixels coloured",
         left * 100.0,
         right * 100.0
+    );
+    // Each tile has its name at the bottom left ("Ann", "Bob & Co").
+    let (nx, ny, nw, nh) = (w / 64, h * 5 / 6, w / 4, h / 9);
+    let ann_label = white(&png, nx, ny, nw, nh)?;
+    let bob_label = white(&png, w / 2 + nx, ny, nw, nh)?;
+    assert!(
+        ann_label > 100 && bob_label > 100,
+        "names missing: {ann_label} and {bob_label} white pixels"
     );
 
     // A late joiner decodes the box's video within 1 s: its keyframe request reaches the encoder.

@@ -379,6 +379,17 @@ struct Branch {
     codec: PhoneCodec,
 }
 
+/// What a textoverlay shows for `text`: its `text` property is Pango markup, and names and
+/// links are text (a name with `&` would show nothing, one with `<span size=…>` fill the TV).
+fn markup(text: &str) -> String {
+    gst::glib::markup_escape_text(text).to_string()
+}
+
+/// The idle screen's words under the QR code.
+fn idle_markup(url: &str, status: &str) -> String {
+    markup(&format!("Scan to join the call\n{url}\n{status}"))
+}
+
 /// A branch's elements, in order, before they go into a bin.
 struct BranchParts {
     src: gst_app::AppSrc,
@@ -413,7 +424,7 @@ fn branch_parts(codec: PhoneCodec, name: &str) -> Result<BranchParts, String> {
             let label = build(
                 gst::ElementFactory::make("textoverlay")
                     .name("label")
-                    .property("text", name)
+                    .property("text", markup(name))
                     .property_from_str("valignment", "bottom")
                     .property_from_str("halignment", "left")
                     .property("font-desc", "Sans 28"),
@@ -741,7 +752,7 @@ impl State {
         }
         for (id, name) in &names {
             if let Some(label) = self.video.get(id).and_then(|b| b.label.as_ref()) {
-                label.set_property("text", name.as_str());
+                label.set_property("text", markup(name));
             }
         }
         self.names = names;
@@ -789,7 +800,7 @@ impl State {
             return; // someone joined meanwhile: the tiles stay
         }
         self.idle_text
-            .set_property("text", format!("Scan to join the call\n{url}\n{status}"));
+            .set_property("text", idle_markup(url, status));
         let Ok(code) = qrcode::QrCode::new(url.as_bytes()) else {
             return;
         };
@@ -1094,5 +1105,22 @@ mod tests {
             .unwrap()
             .label
             .is_none());
+    }
+
+    #[test]
+    fn names_and_links_are_shown_as_text_not_markup() {
+        gst::init().unwrap();
+        let video = branch_parts(PhoneCodec::H264, "A & <b>B</b>").unwrap();
+        let label = video.label.unwrap().property::<String>("text");
+        assert_eq!(label, "A &amp; &lt;b&gt;B&lt;/b&gt;");
+        assert_eq!(
+            markup("<span size='90000'>BIG</span>"),
+            "&lt;span size=&apos;90000&apos;&gt;BIG&lt;/span&gt;"
+        );
+        assert_eq!(markup("Gran"), "Gran");
+        assert_eq!(
+            idle_markup("https://box/join?a=1&b=2", "Camera & mic on"),
+            "Scan to join the call\nhttps://box/join?a=1&amp;b=2\nCamera &amp; mic on"
+        );
     }
 }
