@@ -74,16 +74,68 @@ fn brightness(png: &[u8], x0: u32, y0: u32, w: u32, h: u32) -> Result<f64> {
     Ok(sum as f64 / (w * h) as f64)
 }
 
+/// How many of a rectangle's pixels are near white (every channel above 180): the names
+/// on the tiles, which Chromium's green fake camera never is.
+fn white(png: &[u8], x0: u32, y0: u32, w: u32, h: u32) -> Result<usize> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info()?;
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels)?;
+    let channels = info.color_type.samples() as u32;
+    let mut count = 0;
+    for y in y0..y0 + h {
+        for x in x0..x0 + w {
+            let i = ((y * info.width + x) * channels) as usize;
+            let rgb = &pixels[i..i + channels.min(3) as usize];
+            if rgb.iter().all(|&v| v > 180) {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Share (0–1) of a rectangle's pixels whose channels clearly differ (max − min of R, G, B
+/// above 40): 0 for a grey picture, large for Chromium's green fake camera.
+fn coloured(png: &[u8], x0: u32, y0: u32, w: u32, h: u32) -> Result<f64> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info()?;
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels)?;
+    let channels = info.color_type.samples() as u32;
+    if channels < 3 {
+        return Ok(0.0);
+    }
+    let mut count = 0u32;
+    for y in y0..y0 + h {
+        for x in x0..x0 + w {
+            let i = ((y * info.width + x) * channels) as usize;
+            let rgb = &pixels[i..i + 3];
+            let (lo, hi) = (rgb.iter().min(), rgb.iter().max());
+            if let (Some(&lo), Some(&hi)) = (lo, hi) {
+                if hi - lo > 40 {
+                    count += 1;
+                }
+            }
+        }
+    }
+    Ok(count as f64 / (w * h) as f64)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
-    // A smaller picture than the boards' 720p30: three browsers and the box share two cores.
+    // A smaller camera picture than the boards' 720p30: three browsers and the box share two
+    // cores. The screen stays larger than the phones' pictures together (640x480 each), as a
+    // TV's is: the compositor must not take its format from the biggest input.
+    let (w, h) = (1280, 720);
     let daemon = Daemon::start_with(
         &support::daemon::temp_dir("e2e-box"),
-        "[board.camera]\nwidth = 640\nheight = 360\nframerate = 30\n[board.display]\nwidth = 640\nheight = 360\n",
+        &format!("[board.camera]\nwidth = 640\nheight = 360\nframerate = 30\n[board.display]\nwidth = {w}\nheight = {h}\n"),
     )?;
     let url = daemon.join_url.clone();
     let mut ann = phone(&url, "Ann").await?;
-    let mut bob = phone(&url, "Bob").await?;
+    // A name is text, not markup: with an unescaped `&` the TV would show no name at all.
+    let mut bob = phone(&url, "Bob & Co").await?;
 
     // Each phone decodes the box's video and receives its audio, and the other phone's.
     for (name, browser) in [("Ann", &mut ann), ("Bob", &mut bob)] {
@@ -113,16 +165,35 @@ async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
     let samples = status["box"]["speaker_samples"].as_u64().unwrap_or(0);
     assert!(samples > 48_000, "speaker got {samples} samples");
 
-    // The TV shows a tile per phone: two side by side, both lit, in a 640x360 picture.
+    // The TV shows a tile per phone: two side by side, both lit. Looked at: the middle of
+    // each half of the screen.
     let file = daemon.state_dir.join("tv.png");
     let (ok, _, err) = daemon.cli(&["snapshot", file.to_str().unwrap_or_default()]);
     assert!(ok, "{err}");
     let png = std::fs::read(&file)?;
-    let left = brightness(&png, 40, 80, 240, 200)?;
-    let right = brightness(&png, 360, 80, 240, 200)?;
+    let (x0, y0, rw, rh) = (w / 16, h * 2 / 9, w * 3 / 8, h * 5 / 9);
+    let left = brightness(&png, x0, y0, rw, rh)?;
+    let right = brightness(&png, w / 2 + x0, y0, rw, rh)?;
     assert!(
         left > 20.0 && right > 20.0,
         "tiles look empty: left {left:.0}, right {right:.0}"
+    );
+    // In colour: Chromium's fake camera is green, not grey.
+    let left = coloured(&png, x0, y0, rw, rh)?;
+    let right = coloured(&png, w / 2 + x0, y0, rw, rh)?;
+    assert!(
+        left > 0.25 && right > 0.25,
+        "tiles look grey: {:.0} % and {:.0} % of their pixels coloured",
+        left * 100.0,
+        right * 100.0
+    );
+    // Each tile has its name at the bottom left ("Ann", "Bob & Co").
+    let (nx, ny, nw, nh) = (w / 64, h * 5 / 6, w / 4, h / 9);
+    let ann_label = white(&png, nx, ny, nw, nh)?;
+    let bob_label = white(&png, w / 2 + nx, ny, nw, nh)?;
+    assert!(
+        ann_label > 100 && bob_label > 100,
+        "names missing: {ann_label} and {bob_label} white pixels"
     );
 
     // A late joiner decodes the box's video within 1 s: its keyframe request reaches the encoder.

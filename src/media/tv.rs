@@ -14,6 +14,7 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
 use tokio::sync::oneshot;
 
 use super::plan::ECHO_PROBE;
@@ -98,12 +99,405 @@ impl Drop for Screen {
     }
 }
 
+/// How often the background (and idle QR code) frame is pushed.
+const BACKGROUND_FPS: i32 = 4;
+/// The screen's frame rate.
+const SCREEN_FPS: i32 = 30;
+/// The screen's format: the phones' decoders' own, in colour.
+const SCREEN_FORMAT: gst_video::VideoFormat = gst_video::VideoFormat::I420;
+/// The speaker's sound: the mixer's output, what the echo probe listens to.
+const SPEAKER_RATE: i32 = 48_000;
+
+/// The idle screen's QR code: half the screen's height, even (for I420).
+fn qr_size(display: &DisplayProfile) -> u32 {
+    (display.height / 2) & !1
+}
+
+/// What the screen pipeline is made of on a board: decided from the profile alone (and
+/// whether a desktop is there), so every board's choice is tested on any machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ScreenPlan {
+    width: u32,
+    height: u32,
+    video_out: VideoOut,
+    speaker: SpeakerOut,
+    /// The mixed sound passes a `webrtcechoprobe` named [`ECHO_PROBE`], which the mic's
+    /// echo canceller listens to.
+    echo_probe: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VideoOut {
+    /// HDMI through KMS, without a desktop (a Pi).
+    Hdmi,
+    /// A window on the desktop.
+    Window,
+    /// Rendered but shown nowhere: only `hearth snapshot` sees it.
+    Offscreen,
+}
+
+impl VideoOut {
+    fn factory(self) -> &'static str {
+        match self {
+            VideoOut::Hdmi => "kmssink",
+            VideoOut::Window => "autovideosink",
+            VideoOut::Offscreen => "fakesink",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SpeakerOut {
+    /// An ALSA device.
+    Alsa(String),
+    /// Samples counted (`Counters::speaker_samples`), not played.
+    Count,
+}
+
+/// The screen pipeline for a board profile; `desktop`: whether a desktop session is there.
+fn plan(display: &DisplayProfile, audio: &AudioProfile, desktop: bool) -> ScreenPlan {
+    let video_out = match display.sink {
+        DisplaySink::Auto if desktop => VideoOut::Window,
+        DisplaySink::Auto | DisplaySink::Offscreen => VideoOut::Offscreen,
+        DisplaySink::Window => VideoOut::Window,
+        DisplaySink::Kmssink => VideoOut::Hdmi,
+    };
+    let speaker = match audio.playback.as_str() {
+        "count" => SpeakerOut::Count,
+        device => SpeakerOut::Alsa(device.to_string()),
+    };
+    ScreenPlan {
+        width: display.width,
+        height: display.height,
+        video_out,
+        speaker,
+        echo_probe: audio.echo_cancel,
+    }
+}
+
+fn desktop() -> bool {
+    std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
+}
+
+/// An element from its builder; a missing plugin is an error naming it.
+fn build(builder: gst::element_factory::ElementBuilder<'_>) -> Result<gst::Element, String> {
+    builder.build().map_err(|e| e.to_string())
+}
+
+fn make(factory: &str) -> Result<gst::Element, String> {
+    build(gst::ElementFactory::make(factory))
+}
+
+fn capsfilter(caps: gst::Caps) -> Result<gst::Element, String> {
+    build(gst::ElementFactory::make("capsfilter").property("caps", caps))
+}
+
+/// A live source of timed buffers pushed by Hearth.
+fn appsrc(name: &str, caps: gst::Caps) -> Result<gst_app::AppSrc, String> {
+    build(
+        gst::ElementFactory::make("appsrc")
+            .name(name)
+            .property("format", gst::Format::Time)
+            .property("is-live", true)
+            .property("do-timestamp", true)
+            .property("caps", caps),
+    )?
+    .downcast()
+    .map_err(|_| format!("{name} is not an appsrc"))
+}
+
+/// A sink whose buffers Hearth takes (no clock: as they come).
+fn appsink(name: &str) -> gst::element_factory::ElementBuilder<'_> {
+    gst::ElementFactory::make("appsink")
+        .name(name)
+        .property("sync", false)
+}
+
+/// At most two frames waiting, the oldest dropped: a slow sink never holds up the others.
+fn leaky_queue() -> Result<gst::Element, String> {
+    build(
+        gst::ElementFactory::make("queue")
+            .property("max-size-buffers", 2u32)
+            .property_from_str("leaky", "downstream"),
+    )
+}
+
+/// compositor `mix` → the screen's format, size and rate → tee `screen` (to the display
+/// and the snapshot). The format is fixed: left free, the compositor takes the format of
+/// its inputs with the most pixels, and a grey background would make every phone grey.
+fn video_chain(plan: &ScreenPlan) -> Result<Vec<gst::Element>, String> {
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", SCREEN_FORMAT.to_str())
+        .field("width", plan.width as i32)
+        .field("height", plan.height as i32)
+        .field("framerate", gst::Fraction::new(SCREEN_FPS, 1))
+        .build();
+    Ok(vec![
+        build(
+            gst::ElementFactory::make("compositor")
+                .name("mix")
+                .property_from_str("background", "black"),
+        )?,
+        capsfilter(caps)?,
+        make("videoconvert")?,
+        build(gst::ElementFactory::make("tee").name("screen"))?,
+    ])
+}
+
+fn display_chain(plan: &ScreenPlan) -> Result<Vec<gst::Element>, String> {
+    let sink = gst::ElementFactory::make(plan.video_out.factory()).property("sync", false);
+    Ok(vec![leaky_queue()?, build(sink)?])
+}
+
+/// The latest frame as RGB, kept by the appsink `snapshot` for `hearth snapshot`.
+fn snapshot_chain() -> Result<Vec<gst::Element>, String> {
+    let rgb = gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .build();
+    let sink = appsink("snapshot")
+        .property("max-buffers", 1u32)
+        .property("drop", true);
+    Ok(vec![
+        leaky_queue()?,
+        make("videoconvert")?,
+        capsfilter(rgb)?,
+        build(sink)?,
+    ])
+}
+
+/// The background frames' layout: the screen's own format and size, so the compositor
+/// converts nothing.
+fn background_info(plan: &ScreenPlan) -> Result<gst_video::VideoInfo, String> {
+    gst_video::VideoInfo::builder(SCREEN_FORMAT, plan.width, plan.height)
+        .fps(gst::Fraction::new(BACKGROUND_FPS, 1))
+        .build()
+        .map_err(|e| format!("screen of {}x{}: {e}", plan.width, plan.height))
+}
+
+/// The appsrc `background` (pushed by `State::run`) with the idle screen's text `idle_text`.
+fn background_chain(plan: &ScreenPlan) -> Result<Vec<gst::Element>, String> {
+    let caps = background_info(plan)?
+        .to_caps()
+        .map_err(|e| e.to_string())?;
+    let src = appsrc("background", caps)?;
+    let text = gst::ElementFactory::make("textoverlay")
+        .name("idle_text")
+        .property_from_str("valignment", "bottom")
+        .property_from_str("halignment", "center")
+        .property("font-desc", "Sans 16");
+    Ok(vec![
+        src.upcast(),
+        make("videoconvert")?,
+        build(text)?,
+        make("videoconvert")?,
+    ])
+}
+
+/// audiomixer `amix` → 48 kHz mono → the echo probe, if any → the speaker.
+fn speaker_chain(plan: &ScreenPlan) -> Result<Vec<gst::Element>, String> {
+    let caps = gst::Caps::builder("audio/x-raw")
+        .field("format", "S16LE")
+        .field("rate", SPEAKER_RATE)
+        .field("channels", 1i32)
+        .build();
+    let mut chain = vec![
+        build(gst::ElementFactory::make("audiomixer").name("amix"))?,
+        make("audioconvert")?,
+        make("audioresample")?,
+        capsfilter(caps)?,
+    ];
+    if plan.echo_probe {
+        chain.push(build(
+            gst::ElementFactory::make("webrtcechoprobe").name(ECHO_PROBE),
+        )?);
+        chain.push(make("audioconvert")?);
+    }
+    chain.push(match &plan.speaker {
+        SpeakerOut::Count => build(appsink("speaker"))?,
+        SpeakerOut::Alsa(device) => build(
+            gst::ElementFactory::make("alsasink")
+                .property("device", device)
+                .property("sync", false),
+        )?,
+    });
+    Ok(chain)
+}
+
+/// Silence into the mixer, so the speaker plays (and the echo probe runs) with nobody in.
+fn silence_chain() -> Result<Vec<gst::Element>, String> {
+    let caps = gst::Caps::builder("audio/x-raw")
+        .field("rate", SPEAKER_RATE)
+        .field("channels", 1i32)
+        .build();
+    let src = gst::ElementFactory::make("audiotestsrc")
+        .property("is-live", true)
+        .property_from_str("wave", "silence");
+    Ok(vec![build(src)?, capsfilter(caps)?])
+}
+
+/// Add a chain to `bin` and link it in order.
+fn add_chain(bin: &impl IsA<gst::Bin>, chain: &[gst::Element]) -> Result<(), String> {
+    bin.add_many(chain).map_err(|e| e.to_string())?;
+    gst::Element::link_many(chain).map_err(|e| e.to_string())
+}
+
+fn link(from: &[gst::Element], to: &[gst::Element]) -> Result<(), String> {
+    match (from.last(), to.first()) {
+        (Some(a), Some(b)) => a.link(b).map_err(|e| e.to_string()),
+        _ => Err("an empty chain".into()),
+    }
+}
+
+/// The screen pipeline's fixed part, built but not started; phones' branches are added as
+/// they come.
+fn assemble(plan: &ScreenPlan) -> Result<gst::Pipeline, String> {
+    let pipeline = gst::Pipeline::builder().name("screen").build();
+    let video = video_chain(plan)?;
+    let display = display_chain(plan)?;
+    let snapshot = snapshot_chain()?;
+    let background = background_chain(plan)?;
+    let speaker = speaker_chain(plan)?;
+    let silence = silence_chain()?;
+    for chain in [&video, &display, &snapshot, &background, &speaker, &silence] {
+        add_chain(&pipeline, chain)?;
+    }
+    link(&video, &display)?;
+    link(&video, &snapshot)?;
+    // The background first: the compositor's bottom layer, under every phone.
+    link(&background, &video)?;
+    link(&silence, &speaker)?;
+    Ok(pipeline)
+}
+
 /// One phone's decoding branch, linked into the compositor or the mixer.
 struct Branch {
     bin: gst::Bin,
     src: gst_app::AppSrc,
+    /// The name under a phone's video.
+    label: Option<gst::Element>,
     mixer_pad: gst::Pad,
     codec: PhoneCodec,
+}
+
+/// What a textoverlay shows for `text`: its `text` property is Pango markup, and names and
+/// links are text (a name with `&` would show nothing, one with `<span size=…>` fill the TV).
+fn markup(text: &str) -> String {
+    gst::glib::markup_escape_text(text).to_string()
+}
+
+/// The idle screen's words under the QR code.
+fn idle_markup(url: &str, status: &str) -> String {
+    markup(&format!("Scan to join the call\n{url}\n{status}"))
+}
+
+/// A branch's elements, in order, before they go into a bin.
+struct BranchParts {
+    src: gst_app::AppSrc,
+    label: Option<gst::Element>,
+    chain: Vec<gst::Element>,
+}
+
+/// One phone's decoder: its frames in through an appsrc, decoded video with its name
+/// under it (for the compositor) or 48 kHz mono sound (for the mixer) out.
+fn branch_parts(codec: PhoneCodec, name: &str) -> Result<BranchParts, String> {
+    let caps = match codec {
+        PhoneCodec::H264 => gst::Caps::builder("video/x-h264")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build(),
+        PhoneCodec::Vp8 => gst::Caps::builder("video/x-vp8").build(),
+        PhoneCodec::Opus => gst::Caps::builder("audio/x-opus")
+            .field("channel-mapping-family", 0i32)
+            .field("channels", 2i32)
+            .field("rate", SPEAKER_RATE)
+            .build(),
+    };
+    let src = appsrc("src", caps)?;
+    let mut chain = vec![src.clone().upcast()];
+    let label = match codec {
+        PhoneCodec::H264 | PhoneCodec::Vp8 => {
+            if codec == PhoneCodec::H264 {
+                chain.extend([make("h264parse")?, make("avdec_h264")?]);
+            } else {
+                chain.push(make("vp8dec")?);
+            }
+            let label = build(
+                gst::ElementFactory::make("textoverlay")
+                    .name("label")
+                    .property("text", markup(name))
+                    .property_from_str("valignment", "bottom")
+                    .property_from_str("halignment", "left")
+                    .property("font-desc", "Sans 28"),
+            )?;
+            chain.extend([make("videoconvert")?, label.clone()]);
+            Some(label)
+        }
+        PhoneCodec::Opus => {
+            let mono = gst::Caps::builder("audio/x-raw")
+                .field("rate", SPEAKER_RATE)
+                .field("channels", 1i32)
+                .build();
+            chain.extend([
+                build(gst::ElementFactory::make("opusdec").property("plc", true))?,
+                make("audioconvert")?,
+                make("audioresample")?,
+                capsfilter(mono)?,
+            ]);
+            None
+        }
+    };
+    Ok(BranchParts { src, label, chain })
+}
+
+/// Count what a branch hands to the compositor or the mixer, for `hearth status`.
+fn count_buffers(out: &gst::Pad, id: ParticipantId, is_audio: bool, counters: Arc<Counters>) {
+    out.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        if let Ok(mut map) = counters.per_phone.lock() {
+            let entry = map.entry(id).or_default();
+            if is_audio {
+                entry.1 += 1;
+            } else {
+                entry.0 += 1;
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// The snapshot appsink's latest frame, kept for `hearth snapshot`.
+fn keep_last_frame(snapshot: &gst_app::AppSink) -> Arc<Mutex<Option<gst::Sample>>> {
+    let last_frame = Arc::new(Mutex::new(None));
+    let keep = last_frame.clone();
+    snapshot.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Ok(mut last) = keep.lock() {
+                    *last = Some(sample);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    last_frame
+}
+
+/// The dev board's speaker: samples counted, not played.
+fn count_samples(speaker: &gst_app::AppSink, counters: Arc<Counters>) {
+    speaker.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Some(buffer) = sample.buffer() {
+                    // S16LE mono: two bytes a sample.
+                    counters
+                        .speaker_samples
+                        .fetch_add(buffer.size() as u64 / 2, Ordering::Relaxed);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
 }
 
 struct State {
@@ -115,6 +509,7 @@ struct State {
     /// a few times a second (the compositor shows a live input's latest frame).
     background_src: gst_app::AppSrc,
     background: gst::Buffer,
+    background_info: gst_video::VideoInfo,
     last_frame: Arc<Mutex<Option<gst::Sample>>>,
     width: u32,
     height: u32,
@@ -127,65 +522,15 @@ struct State {
     counters: Arc<Counters>,
 }
 
-/// How often the background (and idle QR code) frame is pushed.
-const BACKGROUND_FPS: u32 = 4;
-
-/// The idle screen's QR code: half the screen's height, even (for I420).
-fn qr_size(display: &DisplayProfile) -> u32 {
-    (display.height / 2) & !1
-}
-
-fn sink_for(display: &DisplayProfile) -> &'static str {
-    let desktop =
-        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
-    match display.sink {
-        DisplaySink::Auto if desktop => "autovideosink sync=false",
-        DisplaySink::Auto | DisplaySink::Offscreen => "fakesink sync=false",
-        DisplaySink::Window => "autovideosink sync=false",
-        DisplaySink::Kmssink => "kmssink sync=false",
-    }
-}
-
-/// The screen pipeline's fixed part; phones' branches are added as they come.
-pub fn describe(display: &DisplayProfile, audio: &AudioProfile) -> String {
-    let (w, h) = (display.width, display.height);
-    let speaker = if audio.playback == "count" {
-        "appsink name=speaker sync=false".to_string()
-    } else {
-        format!("alsasink device=\"{}\" sync=false", audio.playback)
-    };
-    let probe = if audio.echo_cancel {
-        format!(" ! webrtcechoprobe name={ECHO_PROBE} ! audioconvert")
-    } else {
-        String::new()
-    };
-    format!(
-        "compositor name=mix background=black ! video/x-raw,width={w},height={h},framerate=30/1 \
-           ! videoconvert ! tee name=screen \
-         screen. ! queue leaky=downstream max-size-buffers=2 ! {display_sink} \
-         screen. ! queue leaky=downstream max-size-buffers=2 ! videoconvert ! video/x-raw,format=RGB \
-           ! appsink name=snapshot sync=false max-buffers=1 drop=true \
-         appsrc name=background format=time is-live=true do-timestamp=true \
-           caps=video/x-raw,format=GRAY8,width={w},height={h},framerate={BACKGROUND_FPS}/1 \
-           ! videoconvert ! textoverlay name=idle_text valignment=bottom halignment=center font-desc=\"Sans 16\" \
-           ! videoconvert ! mix.sink_0 \
-         audiomixer name=amix ! audioconvert ! audioresample ! audio/x-raw,format=S16LE,rate=48000,channels=1{probe} ! {speaker} \
-         audiotestsrc is-live=true wave=silence ! audio/x-raw,rate=48000,channels=1 ! amix.",
-        display_sink = sink_for(display),
-    )
-}
-
 impl State {
     fn build(
         display: &DisplayProfile,
         audio: &AudioProfile,
         counters: Arc<Counters>,
     ) -> Result<State, String> {
-        let description = describe(display, audio);
-        let pipeline = gst::parse::launch(&description)
-            .map_err(|e| format!("screen pipeline: {e}"))?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| "screen pipeline is not a pipeline".to_string())?;
+        let plan = plan(display, audio, desktop());
+        let pipeline = assemble(&plan)?;
+        let background_info = background_info(&plan)?;
         let get = |name: &str| {
             pipeline
                 .by_name(name)
@@ -197,41 +542,15 @@ impl State {
         let background_src = get("background")?
             .downcast::<gst_app::AppSrc>()
             .map_err(|_| "background is not an appsrc")?;
-        let last_frame = Arc::new(Mutex::new(None));
         let snapshot = get("snapshot")?
             .downcast::<gst_app::AppSink>()
             .map_err(|_| "snapshot is not an appsink")?;
-        let keep = last_frame.clone();
-        snapshot.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    if let Ok(mut last) = keep.lock() {
-                        *last = Some(sample);
-                    }
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+        let last_frame = keep_last_frame(&snapshot);
         if let Some(speaker) = pipeline
             .by_name("speaker")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
         {
-            let counters = counters.clone();
-            speaker.set_callbacks(
-                gst_app::AppSinkCallbacks::builder()
-                    .new_sample(move |sink| {
-                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                        if let Some(buffer) = sample.buffer() {
-                            // S16LE mono: two bytes a sample.
-                            counters
-                                .speaker_samples
-                                .fetch_add(buffer.size() as u64 / 2, Ordering::Relaxed);
-                        }
-                        Ok(gst::FlowSuccess::Ok)
-                    })
-                    .build(),
-            );
+            count_samples(&speaker, counters.clone());
         }
         if let Some(bus) = pipeline.bus() {
             // A fault here must be visible: the call itself goes on without the screen.
@@ -258,10 +577,8 @@ impl State {
             mixer,
             idle_text,
             background_src,
-            background: gst::Buffer::from_slice(vec![
-                0u8;
-                (display.width * display.height) as usize
-            ]),
+            background: gst::Buffer::from_slice(background_frame(&background_info, None, 0, 0)),
+            background_info,
             last_frame,
             width: display.width,
             height: display.height,
@@ -350,55 +667,23 @@ impl State {
             .names
             .iter()
             .find(|(p, _)| *p == id)
-            .map(|(_, n)| n.clone())
-            .unwrap_or_default()
-            .replace(['"', '\\'], "");
-        let description = match codec {
-            PhoneCodec::H264 => format!(
-                "appsrc name=src format=time is-live=true do-timestamp=true \
-                 caps=video/x-h264,stream-format=byte-stream,alignment=au \
-                 ! h264parse ! avdec_h264 ! videoconvert \
-                 ! textoverlay text=\"{name}\" valignment=bottom halignment=left font-desc=\"Sans 28\" name=out"
-            ),
-            PhoneCodec::Vp8 => format!(
-                "appsrc name=src format=time is-live=true do-timestamp=true caps=video/x-vp8 \
-                 ! vp8dec ! videoconvert \
-                 ! textoverlay text=\"{name}\" valignment=bottom halignment=left font-desc=\"Sans 28\" name=out"
-            ),
-            PhoneCodec::Opus => "appsrc name=src format=time is-live=true do-timestamp=true \
-                 caps=audio/x-opus,channel-mapping-family=0,channels=2,rate=48000 \
-                 ! opusdec plc=true ! audioconvert ! audioresample \
-                 ! capsfilter name=out caps=audio/x-raw,rate=48000,channels=1"
-                .to_string(),
-        };
+            .map(|(_, n)| n.as_str())
+            .unwrap_or_default();
+        let parts = branch_parts(codec, name)?;
+        let is_audio = codec == PhoneCodec::Opus;
+        let kind = if is_audio { "audio" } else { "video" };
+        let bin = gst::Bin::builder().name(format!("{id}-{kind}")).build();
+        add_chain(&bin, &parts.chain)?;
         // Only the output is ghosted: textoverlay's text input, if exposed, would make it
         // wait for text forever.
-        let bin =
-            gst::parse::bin_from_description(&description, false).map_err(|e| e.to_string())?;
-        let last = bin
-            .by_name("out")
+        let last = parts
+            .chain
+            .last()
             .and_then(|e| e.static_pad("src"))
             .ok_or("branch without output")?;
-        let ghost = gst::GhostPad::with_target(&last).map_err(|e| e.to_string())?;
-        bin.add_pad(&ghost).map_err(|e| e.to_string())?;
-        let src = bin
-            .by_name("src")
-            .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
-            .ok_or("branch without appsrc")?;
-        let out = bin.static_pad("src").ok_or("branch without output")?;
-        let counters = self.counters.clone();
-        let is_audio = codec == PhoneCodec::Opus;
-        out.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            if let Ok(mut map) = counters.per_phone.lock() {
-                let entry = map.entry(id).or_default();
-                if is_audio {
-                    entry.1 += 1;
-                } else {
-                    entry.0 += 1;
-                }
-            }
-            gst::PadProbeReturn::Ok
-        });
+        let out = gst::GhostPad::with_target(&last).map_err(|e| e.to_string())?;
+        bin.add_pad(&out).map_err(|e| e.to_string())?;
+        count_buffers(out.upcast_ref(), id, is_audio, self.counters.clone());
         let mixer = if is_audio {
             &self.mixer
         } else {
@@ -407,12 +692,22 @@ impl State {
         let mixer_pad = mixer
             .request_pad_simple("sink_%u")
             .ok_or("mixer has no free input")?;
-        self.pipeline.add(&bin).map_err(|e| e.to_string())?;
-        out.link(&mixer_pad).map_err(|e| format!("{e:?}"))?;
-        bin.sync_state_with_parent().map_err(|e| e.to_string())?;
+        let added = self
+            .pipeline
+            .add(&bin)
+            .map_err(|e| e.to_string())
+            .and_then(|()| out.link(&mixer_pad).map_err(|e| format!("{e:?}")))
+            .and_then(|_| bin.sync_state_with_parent().map_err(|e| e.to_string()));
+        if let Err(e) = added {
+            let _ = bin.set_state(gst::State::Null);
+            let _ = self.pipeline.remove(&bin);
+            mixer.release_request_pad(&mixer_pad);
+            return Err(e);
+        }
         Ok(Branch {
             bin,
-            src,
+            src: parts.src,
+            label: parts.label,
             mixer_pad,
             codec,
         })
@@ -456,10 +751,8 @@ impl State {
             }
         }
         for (id, name) in &names {
-            if let Some(branch) = self.video.get(id) {
-                if let Some(label) = branch.bin.by_name("out") {
-                    label.set_property("text", name.as_str());
-                }
+            if let Some(label) = self.video.get(id).and_then(|b| b.label.as_ref()) {
+                label.set_property("text", markup(name));
             }
         }
         self.names = names;
@@ -478,8 +771,8 @@ impl State {
         let n = ids.len() as u32;
         let idle = self.names.is_empty();
         if !idle {
-            self.background =
-                gst::Buffer::from_slice(vec![0u8; (self.width * self.height) as usize]);
+            let black = background_frame(&self.background_info, None, 0, 0);
+            self.background = gst::Buffer::from_slice(black);
         }
         if !idle {
             self.idle_text.set_property("text", "");
@@ -507,23 +800,14 @@ impl State {
             return; // someone joined meanwhile: the tiles stay
         }
         self.idle_text
-            .set_property("text", format!("Scan to join the call\n{url}\n{status}"));
+            .set_property("text", idle_markup(url, status));
         let Ok(code) = qrcode::QrCode::new(url.as_bytes()) else {
             return;
         };
         let qr = qr_gray8(&code, self.qr_size);
-        let mut frame = vec![0u8; (self.width * self.height) as usize];
         let x0 = (self.width.saturating_sub(self.qr_size)) / 2;
         let y0 = (self.height.saturating_sub(self.qr_size)) / 6;
-        for row in 0..self.qr_size.min(self.height) {
-            let src = (row * self.qr_size) as usize;
-            let dst = ((y0 + row) * self.width + x0) as usize;
-            let len = self.qr_size.min(self.width) as usize;
-            if let (Some(to), Some(from)) = (frame.get_mut(dst..dst + len), qr.get(src..src + len))
-            {
-                to.copy_from_slice(from);
-            }
-        }
+        let frame = background_frame(&self.background_info, Some((&qr, self.qr_size)), x0, y0);
         self.background = gst::Buffer::from_slice(frame);
     }
 
@@ -535,16 +819,49 @@ impl State {
             .clone()
             .ok_or("nothing has been shown yet")?;
         let png_caps = gst::Caps::builder("image/png").build();
-        let png = gstreamer_video::convert_sample(
-            &sample,
-            &png_caps,
-            Some(gst::ClockTime::from_seconds(5)),
-        )
-        .map_err(|e| format!("cannot encode the snapshot: {e}"))?;
+        let png =
+            gst_video::convert_sample(&sample, &png_caps, Some(gst::ClockTime::from_seconds(5)))
+                .map_err(|e| format!("cannot encode the snapshot: {e}"))?;
         let buffer = png.buffer().ok_or("empty snapshot")?;
         let map = buffer.map_readable().map_err(|e| e.to_string())?;
         std::fs::write(path, map.as_slice()).map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+/// Luma of black and white in I420's video range.
+const BLACK_Y: u8 = 16;
+const WHITE_Y: u8 = 235;
+
+/// A background frame in `info`'s layout (I420): black, with the square GRAY8 `image` of
+/// `size`² pasted at (x0, y0) if given, as much of it as fits.
+fn background_frame(
+    info: &gst_video::VideoInfo,
+    image: Option<(&[u8], u32)>,
+    x0: u32,
+    y0: u32,
+) -> Vec<u8> {
+    let mut frame = vec![128u8; info.size()]; // no colour in the chroma planes
+    let (offset, stride) = (info.offset()[0], info.stride()[0] as usize);
+    let luma = offset..offset + stride * info.height() as usize;
+    if let Some(plane) = frame.get_mut(luma) {
+        plane.fill(BLACK_Y);
+    }
+    let Some((image, size)) = image else {
+        return frame;
+    };
+    let width = size.min(info.width().saturating_sub(x0)) as usize;
+    for row in 0..size.min(info.height().saturating_sub(y0)) {
+        let from = (row * size) as usize;
+        let to = offset + (y0 + row) as usize * stride + x0 as usize;
+        if let (Some(to), Some(from)) =
+            (frame.get_mut(to..to + width), image.get(from..from + width))
+        {
+            for (y, &gray) in to.iter_mut().zip(from) {
+                *y = (BLACK_Y as u32 + gray as u32 * (WHITE_Y - BLACK_Y) as u32 / 255) as u8;
+            }
+        }
+    }
+    frame
 }
 
 /// A QR code drawn as a GRAY8 image of `size`², dark modules on white with a quiet zone.
@@ -582,17 +899,228 @@ mod tests {
         assert!(image.iter().filter(|&&p| p == 0).count() > 1000);
     }
 
+    fn profile(board: Board) -> crate::config::board::Profile {
+        board.profile(&toml::Table::new()).unwrap()
+    }
+
     #[test]
-    fn pi_screen_drives_hdmi_and_alsa_with_the_echo_probe() {
-        let p = Board::Pi4.profile(&toml::Table::new()).unwrap();
-        let text = describe(&p.display, &p.audio);
-        assert!(text.contains("kmssink"));
-        assert!(text.contains(
-            "webrtcechoprobe name=echo_probe ! audioconvert ! alsasink device=\"default\""
-        ));
-        assert!(text.contains("width=1920,height=1080"));
-        let dev = Board::Dev.profile(&toml::Table::new()).unwrap();
-        let text = describe(&dev.display, &dev.audio);
-        assert!(text.contains("appsink name=speaker"));
+    fn each_board_chooses_its_screen_and_speaker() {
+        let pi = profile(Board::Pi4);
+        assert_eq!(
+            plan(&pi.display, &pi.audio, false),
+            ScreenPlan {
+                width: 1920,
+                height: 1080,
+                video_out: VideoOut::Hdmi,
+                speaker: SpeakerOut::Alsa("default".into()),
+                echo_probe: true,
+            }
+        );
+        let dev = profile(Board::Dev);
+        let headless = plan(&dev.display, &dev.audio, false);
+        assert_eq!(headless.video_out, VideoOut::Offscreen);
+        assert_eq!(headless.speaker, SpeakerOut::Count);
+        assert_eq!(
+            plan(&dev.display, &dev.audio, true).video_out,
+            VideoOut::Window
+        );
+    }
+
+    /// From `first`, the elements that follow, one src pad after the other, as
+    /// "factory" or "factory name" when the element was given a name; stops after an
+    /// element with other than one src pad (a tee, a sink).
+    fn downstream(first: &gst::Element) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut element = first.clone();
+        loop {
+            let factory = element.factory().map(|f| f.name().to_string());
+            let factory = factory.unwrap_or_default();
+            let name = element.name();
+            let auto = name.starts_with(factory.as_str())
+                && name[factory.len()..].chars().all(|c| c.is_ascii_digit());
+            seen.push(if auto {
+                factory
+            } else {
+                format!("{factory} {name}")
+            });
+            let pads = element.src_pads();
+            let next = match pads.as_slice() {
+                [pad] => pad.peer().and_then(|p| p.parent_element()),
+                _ => None,
+            };
+            match next {
+                Some(next) => element = next,
+                None => return seen,
+            }
+        }
+    }
+
+    /// The chains after each of the tee's outputs.
+    fn after_tee(pipeline: &gst::Pipeline) -> Vec<Vec<String>> {
+        let tee = pipeline.by_name("screen").unwrap();
+        tee.src_pads()
+            .iter()
+            .filter_map(|pad| pad.peer().and_then(|p| p.parent_element()))
+            .map(|e| downstream(&e))
+            .collect()
+    }
+
+    #[test]
+    fn dev_screen_is_built_from_its_plan() {
+        gst::init().unwrap();
+        let dev = profile(Board::Dev);
+        let pipeline = assemble(&plan(&dev.display, &dev.audio, false)).unwrap();
+        let background = pipeline.by_name("background").unwrap();
+        assert_eq!(
+            downstream(&background),
+            [
+                "appsrc background",
+                "videoconvert",
+                "textoverlay idle_text",
+                "videoconvert",
+                "compositor mix",
+                "capsfilter",
+                "videoconvert",
+                "tee screen"
+            ]
+        );
+        assert_eq!(
+            after_tee(&pipeline),
+            [
+                vec!["queue", "fakesink"],
+                vec!["queue", "videoconvert", "capsfilter", "appsink snapshot"]
+            ]
+        );
+        let silence = pipeline.by_name("audiotestsrc0").unwrap();
+        assert_eq!(
+            downstream(&silence),
+            [
+                "audiotestsrc",
+                "capsfilter",
+                "audiomixer amix",
+                "audioconvert",
+                "audioresample",
+                "capsfilter",
+                "webrtcechoprobe echo_probe",
+                "audioconvert",
+                "appsink speaker"
+            ]
+        );
+        let size = pipeline.by_name("mix").unwrap().static_pad("src").unwrap();
+        let caps = size.peer().unwrap().parent_element().unwrap();
+        let caps = caps.property::<gst::Caps>("caps");
+        let caps = caps.structure(0).unwrap();
+        assert_eq!(caps.get::<&str>("format"), Ok("I420"));
+        assert_eq!(caps.get::<i32>("width"), Ok(1280));
+        let background = background.property::<gst::Caps>("caps");
+        let background = background.structure(0).unwrap();
+        assert_eq!(background.get::<&str>("format"), Ok("I420"));
+    }
+
+    #[test]
+    fn background_is_black_i420_with_the_qr_code_in_its_luma() {
+        gst::init().unwrap();
+        let pi = profile(Board::Pi4);
+        let mut plan = plan(&pi.display, &pi.audio, false);
+        // A common TV size whose rows are padded (to 1368 bytes).
+        (plan.width, plan.height) = (1366, 768);
+        let info = background_info(&plan).unwrap();
+        let (stride, chroma) = (info.stride()[0] as usize, info.offset()[1]);
+        assert_eq!(stride, 1368);
+        let black = background_frame(&info, None, 0, 0);
+        assert_eq!(black.len(), info.size());
+        assert!(black[..chroma].iter().all(|&y| y == BLACK_Y));
+        assert!(black[chroma..].iter().all(|&c| c == 128));
+        let image = [255u8, 0, 0, 255];
+        let frame = background_frame(&info, Some((&image, 2)), 1365, 10);
+        // The image's first column fits, the second is off the screen.
+        assert_eq!(frame[10 * stride + 1365], WHITE_Y);
+        assert_eq!(frame[11 * stride + 1365], BLACK_Y);
+        assert_eq!(frame[10 * stride + 1366], BLACK_Y);
+        assert_eq!(frame.len(), info.size());
+    }
+
+    #[test]
+    fn pi_screen_drives_hdmi_and_alsa_behind_the_echo_probe() {
+        gst::init().unwrap();
+        let pi = profile(Board::Pi4);
+        let pipeline = assemble(&plan(&pi.display, &pi.audio, true)).unwrap();
+        assert_eq!(after_tee(&pipeline)[0], ["queue", "kmssink"]);
+        let mixer = pipeline.by_name("amix").unwrap();
+        let speaker = downstream(&mixer);
+        assert_eq!(
+            speaker[speaker.len() - 3..],
+            ["webrtcechoprobe echo_probe", "audioconvert", "alsasink"]
+        );
+        let alsa = pipeline
+            .iterate_sinks()
+            .into_iter()
+            .flatten()
+            .find(|e| e.factory().is_some_and(|f| f.name() == "alsasink"))
+            .unwrap();
+        assert_eq!(alsa.property::<String>("device"), "default");
+        assert!(!alsa.property::<bool>("sync"));
+    }
+
+    #[test]
+    fn phone_branches_decode_each_codec() {
+        gst::init().unwrap();
+        let factories = |codec| {
+            let parts = branch_parts(codec, "Ann").unwrap();
+            assert_eq!(parts.chain[0], parts.src.clone().upcast::<gst::Element>());
+            parts
+                .chain
+                .iter()
+                .map(|e| e.factory().unwrap().name().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            factories(PhoneCodec::H264),
+            [
+                "appsrc",
+                "h264parse",
+                "avdec_h264",
+                "videoconvert",
+                "textoverlay"
+            ]
+        );
+        assert_eq!(
+            factories(PhoneCodec::Vp8),
+            ["appsrc", "vp8dec", "videoconvert", "textoverlay"]
+        );
+        assert_eq!(
+            factories(PhoneCodec::Opus),
+            [
+                "appsrc",
+                "opusdec",
+                "audioconvert",
+                "audioresample",
+                "capsfilter"
+            ]
+        );
+        let video = branch_parts(PhoneCodec::Vp8, "Ann").unwrap();
+        let label = video.label.unwrap();
+        assert_eq!(label.property::<String>("text"), "Ann");
+        assert!(branch_parts(PhoneCodec::Opus, "Ann")
+            .unwrap()
+            .label
+            .is_none());
+    }
+
+    #[test]
+    fn names_and_links_are_shown_as_text_not_markup() {
+        gst::init().unwrap();
+        let video = branch_parts(PhoneCodec::H264, "A & <b>B</b>").unwrap();
+        let label = video.label.unwrap().property::<String>("text");
+        assert_eq!(label, "A &amp; &lt;b&gt;B&lt;/b&gt;");
+        assert_eq!(
+            markup("<span size='90000'>BIG</span>"),
+            "&lt;span size=&apos;90000&apos;&gt;BIG&lt;/span&gt;"
+        );
+        assert_eq!(markup("Gran"), "Gran");
+        assert_eq!(
+            idle_markup("https://box/join?a=1&b=2", "Camera & mic on"),
+            "Scan to join the call\nhttps://box/join?a=1&amp;b=2\nCamera &amp; mic on"
+        );
     }
 }
