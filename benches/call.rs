@@ -10,8 +10,7 @@
 //! Prints figures; asserts nothing about speed. Run it inside `tests/in-netns` so all traffic
 //! stays on loopback (the Makefile does).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use hearth_test_support as support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The box in its own call, on the dev board (test camera with clock, test tone, off-screen
 //! display, counted speaker), with real headless browsers as phones.
 
-mod support;
+use hearth_test_support as support;
 
 use anyhow::{bail, Result};
 use support::browser::{Browser, BrowserKind};

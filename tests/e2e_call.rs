@@ -1,7 +1,7 @@
 //! Real browsers, the real join page, the real daemon: phones calling each other through
 //! Hearth's SFU. Media is proven with `RTCPeerConnection.getStats()`, not with the DOM.
 
-mod support;
+use hearth_test_support as support;
 
 use anyhow::{bail, Result};
 use support::browser::{Browser, BrowserKind};

@@ -1,7 +1,7 @@
 //! The privacy switch, end to end on the dev board (simulated switch and LED; its camera and
 //! mic hold files standing for device nodes, so open descriptors can be checked).
 
-mod support;
+use hearth_test_support as support;
 
 use std::path::Path;
 

@@ -18,8 +18,26 @@ pub struct Daemon {
     pub join_url: String,
 }
 
+/// The `hearth` binary under test: the one Cargo built for the running test or bench. Cargo
+/// puts those in `target/<profile>/deps/` and the binary in `target/<profile>/`, and builds the
+/// binary whenever it builds the hearth package's integration tests or benches.
+/// (`env!("CARGO_BIN_EXE_hearth")` says the same, but only inside the hearth package itself,
+/// not in this crate; `tests/cli.rs` checks that the two agree.)
 pub fn hearth_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hearth"))
+    let exe = std::env::current_exe().expect("the running test's own path");
+    let profile_dir = exe
+        .parent()
+        .filter(|deps| deps.ends_with("deps"))
+        .and_then(Path::parent);
+    let bin = profile_dir.map(|dir| dir.join(format!("hearth{}", std::env::consts::EXE_SUFFIX)));
+    match bin {
+        Some(bin) if bin.is_file() => bin,
+        _ => panic!(
+            "no hearth binary next to {}: run the tests and the benchmark with `cargo test` and \
+             `cargo bench` in the hearth package",
+            exe.display()
+        ),
+    }
 }
 
 /// A unique empty directory under the system temp dir.
