@@ -10,42 +10,15 @@
 //! Prints figures; asserts nothing about speed. Run it inside `tests/in-netns` so all traffic
 //! stays on loopback (the Makefile does).
 
-use hearth_test_support as support;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use support::browser::{Browser, BrowserKind};
-use support::daemon::Daemon;
+use hearth_test_support::{temp_dir, BrowserKind, Daemon, Phone};
 
 const JOIN_RUNS: usize = 10;
 const CPU_WINDOW: Duration = Duration::from_secs(15);
-
-/// Ms since navigation when `videos` remote video tracks have decoded a frame, measured in the
-/// page; -1 after 10 s.
-fn first_frames_js(videos: u32) -> String {
-    format!(
-        r#"(async () => {{
-  const tap = performance.now();
-  document.getElementById('name').value = 'Bench';
-  document.getElementById('join').click();
-  while (performance.now() - tap < 10000) {{
-    const pc = window.hearth && window.hearth.pc;
-    if (pc) {{
-      let n = 0;
-      (await pc.getStats()).forEach(s => {{
-        if (s.type === 'inbound-rtp' && s.kind === 'video' && s.framesDecoded > 0) n++;
-      }});
-      if (n >= {videos}) return [performance.now(), performance.now() - tap];
-    }}
-    await new Promise(r => setTimeout(r, 10));
-  }}
-  return [-1, -1];
-}})()"#
-    )
-}
-
-const JOIN: &str = "(() => { document.getElementById('name').value = 'Phone'; document.getElementById('join').click(); return true; })()";
+/// How long phones get to join and decode one another before a measurement starts.
+const SETTLE: Duration = Duration::from_secs(30);
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
@@ -72,48 +45,35 @@ fn packets_forwarded(daemon: &Daemon) -> Result<u64> {
         .context("no packets_forwarded in status")
 }
 
-async fn wait_until_all_decode(browsers: &mut [Browser], videos: u32) -> Result<()> {
-    for browser in browsers.iter_mut() {
-        let js = format!(
-            r#"(async () => {{
-  const t0 = performance.now();
-  while (performance.now() - t0 < 30000) {{
-    const pc = window.hearth && window.hearth.pc;
-    let n = 0;
-    if (pc) (await pc.getStats()).forEach(s => {{ if (s.type === 'inbound-rtp' && s.kind === 'video' && s.framesDecoded > 0) n++; }});
-    if (n >= {videos}) return true;
-    await new Promise(r => setTimeout(r, 50));
-  }}
-  return false;
-}})()"#
-        );
-        if browser.eval(&js).await? != serde_json::Value::Bool(true) {
-            bail!("a phone never decoded {videos} videos");
-        }
+/// `count` Chromium phones in the call, each decoding `videos` remote videos.
+async fn phones_in_call(daemon: &Daemon, count: usize, videos: u32) -> Result<Vec<Phone>> {
+    let mut phones = Vec::new();
+    for i in 0..count {
+        let name = format!("Phone {}", i + 1);
+        phones.push(Phone::join(BrowserKind::Chromium, &daemon.join_url, &name).await?);
     }
-    Ok(())
+    for phone in phones.iter_mut() {
+        phone
+            .wait_for(&format!("m.video >= {videos}"), SETTLE)
+            .await?;
+    }
+    Ok(phones)
 }
 
 async fn link_click_to_first_frame() -> Result<()> {
     let daemon = Daemon::start("bench-join")?;
-    let mut publisher = Browser::launch(BrowserKind::Chromium).await?;
-    publisher.goto(&daemon.join_url).await?;
-    publisher.eval(JOIN).await?;
-    let mut phone = Browser::launch(BrowserKind::Chromium).await?;
+    let publisher = Phone::join(BrowserKind::Chromium, &daemon.join_url, "Publisher").await?;
+    let mut phone = Phone::launch(BrowserKind::Chromium).await?;
     let mut from_link = Vec::new();
     let mut from_tap = Vec::new();
-    for run in 0..JOIN_RUNS {
+    for _ in 0..JOIN_RUNS {
         // A new navigation each time: the previous page's call ends, a new one starts.
-        phone.goto("about:blank").await?;
-        phone.goto(&daemon.join_url).await?;
-        let result = phone.eval(&first_frames_js(1)).await?;
-        let link = result[0].as_f64().unwrap_or(-1.0);
-        let tap = result[1].as_f64().unwrap_or(-1.0);
-        if link < 0.0 {
-            bail!("run {run}: no remote frame within 10 s");
-        }
-        from_link.push(link);
-        from_tap.push(tap);
+        phone.open(&daemon.join_url).await?;
+        let joined = phone
+            .join_and_wait("Bench", "m.video >= 1", Duration::from_secs(10))
+            .await?;
+        from_link.push(joined.since_navigation.as_secs_f64() * 1000.0);
+        from_tap.push(joined.since_tap.as_secs_f64() * 1000.0);
     }
     println!(
         "link click -> first remote frame: median {:.0} ms (min {:.0}, max {:.0}) over {JOIN_RUNS} joins; goal < 700 ms",
@@ -132,14 +92,7 @@ async fn link_click_to_first_frame() -> Result<()> {
 
 async fn sfu_cpu_per_1000_packets() -> Result<()> {
     let daemon = Daemon::start("bench-cpu")?;
-    let mut phones = Vec::new();
-    for _ in 0..4 {
-        let mut phone = Browser::launch(BrowserKind::Chromium).await?;
-        phone.goto(&daemon.join_url).await?;
-        phone.eval(JOIN).await?;
-        phones.push(phone);
-    }
-    wait_until_all_decode(&mut phones, 3).await?;
+    let phones = phones_in_call(&daemon, 4, 3).await?;
     let cpu_before = cpu_time(daemon.pid())?;
     let packets_before = packets_forwarded(&daemon)?;
     let started = Instant::now();
@@ -180,15 +133,8 @@ fn rss_kib(pid: u32) -> Result<u64> {
 /// The box in the call at the dev board's 1280x720@30 (x264) with two phones.
 async fn box_with_two_phones() -> Result<()> {
     let daemon = Daemon::start_with_box("bench-box")?;
-    let mut phones = Vec::new();
-    for _ in 0..2 {
-        let mut phone = Browser::launch(BrowserKind::Chromium).await?;
-        phone.goto(&daemon.join_url).await?;
-        phone.eval(JOIN).await?;
-        phones.push(phone);
-    }
-    // The box's video and the other phone's.
-    wait_until_all_decode(&mut phones, 2).await?;
+    // Each decodes the box's video and the other phone's.
+    let phones = phones_in_call(&daemon, 2, 2).await?;
     let cpu_before = cpu_time(daemon.pid())?;
     let started = Instant::now();
     tokio::time::sleep(CPU_WINDOW).await; // a measurement window, not synchronisation
@@ -218,13 +164,10 @@ const TOGGLES: usize = 100;
 /// change from the reading's arrival to capture released and to the room told.
 async fn privacy_toggles() -> Result<()> {
     let daemon = Daemon::start_with(
-        &support::daemon::temp_dir("bench-privacy"),
+        &temp_dir("bench-privacy"),
         "[board.camera]\nwidth = 640\nheight = 360\n[board.display]\nwidth = 640\nheight = 360\n",
     )?;
-    let mut phone = Browser::launch(BrowserKind::Chromium).await?;
-    phone.goto(&daemon.join_url).await?;
-    phone.eval(JOIN).await?;
-    wait_until_all_decode(std::slice::from_mut(&mut phone), 1).await?;
+    let phones = phones_in_call(&daemon, 1, 1).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     for i in 0..TOGGLES * 2 {
         let on = i % 2 == 0;
@@ -252,7 +195,9 @@ async fn privacy_toggles() -> Result<()> {
         "privacy switch edge -> every phone told: median {} us, p99 {} us over {} changes; goal < 200 ms",
         privacy["everyone_told_us"]["median"], privacy["everyone_told_us"]["p99"], privacy["everyone_told_us"]["count"]
     );
-    phone.close().await?;
+    for phone in phones {
+        phone.close().await?;
+    }
     Ok(())
 }
 

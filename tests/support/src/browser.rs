@@ -360,7 +360,8 @@ impl Browser {
                 // No loaderId means a same-document (#fragment) navigation: there is no load event.
                 if nav.get("loaderId").is_some() {
                     let load = |m: &Value| m["method"] == "Page.loadEventFired";
-                    self.read_until("Page.navigate's load event", load).await?;
+                    let what = "Page.navigate's load event";
+                    self.read_until(what, CALL_TIMEOUT, load).await?;
                 }
             }
             BrowserKind::Firefox => {
@@ -376,8 +377,13 @@ impl Browser {
     /// Evaluate a JS expression (may evaluate to a Promise, which is awaited) in the page and
     /// return its value as JSON; `undefined` becomes `Value::Null`. A thrown exception or a
     /// rejected promise becomes an `Err` carrying the JS error message. The whole evaluation
-    /// must finish within 30 s: poll from Rust for anything slower.
+    /// must finish within 30 s; see `eval_within` for longer ones.
     pub async fn eval(&mut self, expression: &str) -> Result<Value> {
+        self.eval_within(expression, CALL_TIMEOUT).await
+    }
+
+    /// `eval` for an expression that may take up to `limit` (a wait inside the page).
+    pub async fn eval_within(&mut self, expression: &str, limit: Duration) -> Result<Value> {
         // JSON.stringify in the page gives both protocols the same plain string to hand back.
         // The newlines keep a trailing `// comment` or `;` in `expression` from eating the tail.
         let wrapped = format!("(async () => JSON.stringify(await (\n{expression}\n)))()");
@@ -385,7 +391,9 @@ impl Browser {
             BrowserKind::Chromium => {
                 // userGesture: code run by a test stands in for a tap (autoplay, play(), AudioContext).
                 let params = json!({"expression": wrapped, "awaitPromise": true, "returnByValue": true, "userGesture": true});
-                let r = self.call("Runtime.evaluate", params, true).await?;
+                let r = self
+                    .call_within("Runtime.evaluate", params, true, limit)
+                    .await?;
                 // An Error has a description ("TypeError: x\n  at ..."); `throw "x"` only a value.
                 let error = r.get("exceptionDetails").map(|d| match &d["exception"] {
                     e if e["description"].is_string() => {
@@ -398,7 +406,9 @@ impl Browser {
             }
             BrowserKind::Firefox => {
                 let params = json!({"expression": wrapped, "target": {"context": self.target}, "awaitPromise": true, "resultOwnership": "none", "userActivation": true});
-                let r = self.call("script.evaluate", params, false).await?;
+                let r = self
+                    .call_within("script.evaluate", params, false, limit)
+                    .await?;
                 let error = (r["type"] == "exception").then(|| {
                     r["exceptionDetails"]["text"]
                         .as_str()
@@ -438,6 +448,18 @@ impl Browser {
 
     /// One request/response round trip. `on_page` routes a CDP call to the attached page session.
     async fn call(&mut self, method: &str, params: Value, on_page: bool) -> Result<Value> {
+        self.call_within(method, params, on_page, CALL_TIMEOUT)
+            .await
+    }
+
+    /// `call`, with `limit` for the reply instead of `CALL_TIMEOUT`.
+    async fn call_within(
+        &mut self,
+        method: &str,
+        params: Value,
+        on_page: bool,
+        limit: Duration,
+    ) -> Result<Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -446,7 +468,7 @@ impl Browser {
         }
         let sent = timeout(CALL_TIMEOUT, self.ws.send(Message::text(msg.to_string()))).await;
         sent.map_err(|_| anyhow!("{:?}: sending {method} timed out", self.kind))??;
-        let reply = self.read_until(method, |m| m["id"] == id).await?;
+        let reply = self.read_until(method, limit, |m| m["id"] == id).await?;
         // CDP errors: {"error": {"code", "message"}}; BiDi: {"type": "error", "error", "message"}.
         let kind = self.kind;
         let message = |e: &Value| e["message"].as_str().map_or(e.to_string(), str::to_string);
@@ -459,7 +481,12 @@ impl Browser {
 
     /// Reads until a message matches `want` (or one already read did), keeping the others:
     /// events that arrive while a call is in flight are what `goto` waits for afterwards.
-    async fn read_until(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<Value> {
+    async fn read_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        want: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let kind = self.kind;
         let read = async {
             loop {
@@ -483,8 +510,8 @@ impl Browser {
                 self.inbox.push_back(serde_json::from_str(&text)?);
             }
         };
-        timeout(CALL_TIMEOUT, read)
+        timeout(limit, read)
             .await
-            .map_err(|_| anyhow!("{kind:?}: no reply to {what} within {CALL_TIMEOUT:?}"))?
+            .map_err(|_| anyhow!("{kind:?}: no reply to {what} within {limit:?}"))?
     }
 }

@@ -158,6 +158,19 @@ impl Daemon {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// The id ("p1", ...) of the participant in the call who joined as `name`.
+    pub fn participant_id(&self, name: &str) -> Result<String> {
+        let status = self.status()?;
+        let id = status["participants"]
+            .as_array()
+            .and_then(|list| list.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["id"].as_str());
+        match id {
+            Some(id) => Ok(id.to_string()),
+            None => bail!("nobody called {name} in the call: {status}"),
+        }
+    }
+
     /// A fresh join URL from `hearth invite`.
     pub fn invite(&self, name: &str) -> Result<String> {
         let (ok, out, err) = self.cli(&["invite", "--name", name]);

@@ -2,7 +2,9 @@
 //!
 //! - [`Daemon`]: the real `hearth` binary started on loopback with its own state dir, and its
 //!   command line (`hearth status`, `hearth privacy on`, ...).
-//! - [`Browser`]: a real headless browser, Chromium over CDP or Firefox over WebDriver BiDi.
+//! - [`Phone`]: a real headless browser on the join page: join, tap buttons, read tiles, and
+//!   read or wait for the media it receives (`RTCPeerConnection.getStats()`).
+//! - [`Browser`]: the browser underneath, Chromium over CDP or Firefox over WebDriver BiDi.
 //! - [`wss`]: a signalling client that trusts only the daemon's own CA.
 //!
 //! The `hearth` binary is the one Cargo built next to the running test or bench (see
@@ -11,7 +13,9 @@
 
 pub mod browser;
 pub mod daemon;
+pub mod phone;
 pub mod wss;
 
 pub use browser::{Browser, BrowserKind};
 pub use daemon::{temp_dir, Daemon};
+pub use phone::{Joined, Media, Phone, Received};
