@@ -3,9 +3,16 @@
 //! 1. Link click → first remote frame: a Chromium phone opens the join link, taps Join as
 //!    soon as the page is loaded, and we read the page clock (which starts at navigation)
 //!    when the first frame of the other participant is decoded. Median of 10.
-//! 2. SFU CPU per 1000 forwarded RTP packets: 4 Chromium phones, each publishing audio and
+//! 2. Late joiner → first frames, from the tap on Join (the SFU asks publishers for a
+//!    keyframe as soon as a subscriber connects): with a Chromium and a Firefox phone in the
+//!    call (VP8), until the late phone has decoded both; with the box and one phone in the
+//!    call, until it has decoded the box's video (its keyframe request reaches the box's
+//!    encoder). Median of 5 each.
+//! 3. SFU CPU per 1000 forwarded RTP packets: 4 Chromium phones, each publishing audio and
 //!    video and subscribing to the other 3; the daemon's CPU time from /proc over a fixed
 //!    window, divided by the packets it forwarded in that window.
+//! 4. The box in the call with two phones: daemon CPU and memory, encoder-to-socket latency.
+//! 5. The privacy switch flipped 100 times: switch edge to capture released and to phones told.
 //!
 //! Prints figures; asserts nothing about speed. Run it inside `tests/in-netns` so all traffic
 //! stays on loopback (the Makefile does).
@@ -16,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use hearth_test_support::{temp_dir, BrowserKind, Daemon, Phone};
 
 const JOIN_RUNS: usize = 10;
+const LATE_RUNS: usize = 5;
 const CPU_WINDOW: Duration = Duration::from_secs(15);
 /// How long phones get to join and decode one another before a measurement starts.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -23,6 +31,31 @@ const SETTLE: Duration = Duration::from_secs(30);
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
+}
+
+/// "median 420 ms (min 380, max 610) over 5 joins"
+fn spread(ms: &[f64]) -> String {
+    format!(
+        "median {:.0} ms (min {:.0}, max {:.0}) over {} joins",
+        median(&mut ms.to_vec()),
+        ms.iter().cloned().fold(f64::MAX, f64::min),
+        ms.iter().cloned().fold(0.0, f64::max),
+        ms.len()
+    )
+}
+
+/// `LATE_RUNS` times: `phone` opens the join link afresh and taps Join; milliseconds from the
+/// tap until `condition` (see `Phone::wait_for`) holds in its page.
+async fn late_joins(phone: &mut Phone, url: &str, condition: &str) -> Result<Vec<f64>> {
+    let mut taken = Vec::new();
+    for _ in 0..LATE_RUNS {
+        phone.open(url).await?;
+        let joined = phone
+            .join_and_wait("Late", condition, Duration::from_secs(10))
+            .await?;
+        taken.push(joined.since_tap.as_secs_f64() * 1000.0);
+    }
+    Ok(taken)
 }
 
 /// User + system CPU time of a process, from /proc/PID/stat.
@@ -76,10 +109,8 @@ async fn link_click_to_first_frame() -> Result<()> {
         from_tap.push(joined.since_tap.as_secs_f64() * 1000.0);
     }
     println!(
-        "link click -> first remote frame: median {:.0} ms (min {:.0}, max {:.0}) over {JOIN_RUNS} joins; goal < 700 ms",
-        median(&mut from_link.clone()),
-        from_link.iter().cloned().fold(f64::MAX, f64::min),
-        from_link.iter().cloned().fold(0.0, f64::max),
+        "link click -> first remote frame: {}; goal < 700 ms",
+        spread(&from_link)
     );
     println!(
         "  of which Join tap -> first remote frame: median {:.0} ms",
@@ -87,6 +118,44 @@ async fn link_click_to_first_frame() -> Result<()> {
     );
     publisher.close().await?;
     phone.close().await?;
+    Ok(())
+}
+
+/// A Chromium and a Firefox phone in the call, then a late Chromium phone.
+async fn late_joiner_two_phones() -> Result<()> {
+    let daemon = Daemon::start("bench-late")?;
+    let url = &daemon.join_url;
+    let mut ann = Phone::join(BrowserKind::Chromium, url, "Ann").await?;
+    let mut fox = Phone::join(BrowserKind::Firefox, url, "Fox").await?;
+    for phone in [&mut ann, &mut fox] {
+        phone.wait_for("m.video >= 1", SETTLE).await?;
+    }
+    let mut late = Phone::launch(BrowserKind::Chromium).await?;
+    let taken = late_joins(&mut late, url, "m.video >= 2").await?;
+    println!(
+        "late joiner, Join tap -> first frames of both phones in the call (Chromium + Firefox, {}): {}; goal < 1 s",
+        daemon.status()?["video_codec"].as_str().unwrap_or("?"),
+        spread(&taken)
+    );
+    for phone in [ann, fox, late] {
+        phone.close().await?;
+    }
+    Ok(())
+}
+
+/// The box (dev board, 1280x720@30) and one phone in the call, then a late phone.
+async fn late_joiner_box() -> Result<()> {
+    let daemon = Daemon::start_with_box("bench-late-box")?;
+    let ann = phones_in_call(&daemon, 1, 1).await?;
+    let mut late = Phone::launch(BrowserKind::Chromium).await?;
+    let taken = late_joins(&mut late, &daemon.join_url, "m.frames('p0') > 0").await?;
+    println!(
+        "late joiner, Join tap -> first frame of the box's video (1280x720@30 x264): {}; goal < 1 s",
+        spread(&taken)
+    );
+    for phone in ann.into_iter().chain([late]) {
+        phone.close().await?;
+    }
     Ok(())
 }
 
@@ -208,6 +277,8 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     link_click_to_first_frame().await?;
+    late_joiner_two_phones().await?;
+    late_joiner_box().await?;
     sfu_cpu_per_1000_packets().await?;
     box_with_two_phones().await?;
     privacy_toggles().await?;

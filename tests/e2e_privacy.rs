@@ -43,7 +43,8 @@ async fn privacy_closes_the_devices_and_everyone_sees_it() -> Result<()> {
         "camera and mic should be open while capturing: {open:?}"
     );
 
-    // Privacy on: within 1 s the box's video stops, the page says so, no device is open.
+    // Privacy on: within 1 s the box's video stops (the privacy issue's requirement, so an
+    // assert here, not a benchmark figure), the page says so, no device is open.
     let (ok, _, err) = daemon.cli(&["privacy", "on"]);
     assert!(ok, "{err}");
     let last_frame = ann
@@ -61,11 +62,11 @@ async fn privacy_closes_the_devices_and_everyone_sees_it() -> Result<()> {
     ann.wait_for("m.text('p0').includes('Privacy on')", secs(5))
         .await?;
 
-    // Privacy off: the video resumes within 2 s.
+    // Privacy off: the video resumes.
     let (ok, _, err) = daemon.cli(&["privacy", "off"]);
     assert!(ok, "{err}");
     let before = ann.media().await?.frames("p0");
-    ann.wait_for(&format!("m.frames('p0') >= {before} + 5"), secs(2))
+    ann.wait_for(&format!("m.frames('p0') >= {before} + 5"), secs(10))
         .await?;
     assert_eq!(daemon.status()?["privacy"]["led"], false);
     ann.wait_for("!m.text('p0').includes('Privacy on')", secs(5))
