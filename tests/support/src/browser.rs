@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout};
+use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Upper bound for any single protocol round trip, so a hung browser fails the test, not CI.
@@ -139,15 +139,25 @@ struct Proc {
     child: Child,
     dir: PathBuf,
     log: Arc<Mutex<VecDeque<String>>>,
-    /// The output readers. Every helper process the browser forks inherits these pipes, so both
-    /// readers finishing means the whole process tree is gone, not just the main process.
-    pumps: Vec<std::thread::JoinHandle<()>>,
+    /// Disconnected once both output readers have finished. Every helper process the browser
+    /// forks inherits its pipes, so that means the whole process tree is gone, not just the
+    /// main process.
+    gone: std::sync::mpsc::Receiver<()>,
 }
 
 impl Proc {
     fn tail(&self) -> String {
         let log = self.log.lock().unwrap();
         log.iter().map(|l| format!("  | {l}\n")).collect()
+    }
+
+    /// Wait (blocking) up to `limit` for the whole process tree to be gone; whether it is.
+    fn wait_gone(&self, limit: Duration) -> bool {
+        // The readers send nothing: their ends of the channel closing is the news.
+        matches!(
+            self.gone.recv_timeout(limit),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        )
     }
 }
 
@@ -158,10 +168,8 @@ impl Drop for Proc {
         }
         let _ = self.child.wait();
         // Chromium's helpers outlive the main process briefly and keep writing to the profile.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.pumps.iter().all(|p| p.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_gone(Duration::from_secs(5));
+        // Should a helper still be writing after that, removal can fail; try a few times.
         for _ in 0..10 {
             if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
                 break;
@@ -172,14 +180,17 @@ impl Drop for Proc {
 }
 
 /// Drains one output pipe on a plain thread (a browser blocks once a pipe fills up), keeps the
-/// last lines for error messages, and reports the line that starts with `marker`.
+/// last lines for error messages, and reports the line that starts with `marker`. Drops
+/// `gone` when the pipe closes.
 fn pump(
     out: impl Read + Send + 'static,
     marker: &'static str,
     tx: mpsc::UnboundedSender<String>,
     log: Arc<Mutex<VecDeque<String>>>,
-) -> std::thread::JoinHandle<()> {
+    gone: std::sync::mpsc::Sender<()>,
+) {
     std::thread::spawn(move || {
+        let _gone = gone;
         for line in BufReader::new(out).split(b'\n') {
             let Ok(line) = line else { break };
             let line = String::from_utf8_lossy(&line).trim_end().to_string();
@@ -192,7 +203,7 @@ fn pump(
             }
             log.push_back(line);
         }
-    })
+    });
 }
 
 impl Browser {
@@ -255,20 +266,21 @@ impl Browser {
         };
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let pumps = vec![
-            pump(
-                child.stdout.take().unwrap(),
-                marker,
-                tx.clone(),
-                log.clone(),
-            ),
-            pump(child.stderr.take().unwrap(), marker, tx, log.clone()),
-        ];
+        let (gone_tx, gone) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        pump(stdout, marker, tx.clone(), log.clone(), gone_tx.clone());
+        pump(
+            child.stderr.take().unwrap(),
+            marker,
+            tx,
+            log.clone(),
+            gone_tx,
+        );
         let mut proc = Proc {
             child,
             dir,
             log,
-            pumps,
+            gone,
         };
 
         let url = match timeout(LAUNCH_TIMEOUT, rx.recv()).await {
@@ -428,7 +440,8 @@ impl Browser {
         }
     }
 
-    /// Asks the browser to quit and waits up to 10 s for it; `Drop` kills it if it will not.
+    /// Asks the browser to quit and waits up to 10 s for all its processes to be gone; kills
+    /// what is left after that.
     pub async fn close(mut self) -> Result<()> {
         let method = match self.kind {
             BrowserKind::Chromium => "Browser.close",
@@ -436,13 +449,12 @@ impl Browser {
         };
         // The browser may drop the socket before it replies, so the reply is not required.
         let _ = timeout(Duration::from_secs(5), self.call(method, json!({}), false)).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.proc.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
+        let proc = self.proc;
+        tokio::task::spawn_blocking(move || {
+            proc.wait_gone(Duration::from_secs(10));
+            drop(proc); // kills what is left, removes the profile
+        })
+        .await?;
         Ok(())
     }
 

@@ -180,8 +180,10 @@ impl Daemon {
         Ok(out.trim().to_string())
     }
 
-    /// Poll `hearth status` until `check` holds, for at most 15 s (the daemon has no push
-    /// channel for tests, and what is awaited happens inside it).
+    /// Poll `hearth status` until `check` holds, for at most 15 s. Only for what nothing
+    /// announces: control requests that change something (`hearth privacy`, `hearth
+    /// simulate`) are answered once it has happened, so await their reply instead; but a tap
+    /// in the page or the box's own decoding tells the tests nothing.
     pub fn status_until(
         &self,
         what: &str,
@@ -221,17 +223,20 @@ pub fn cli(state_dir: &Path, args: &[&str]) -> (bool, String, String) {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SIGTERM first, so shutdown runs as in production.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        // SIGTERM first, so shutdown runs as in production; SIGKILL if it has not exited in 5 s.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let (exited, exit) = mpsc::channel();
+        std::thread::scope(|scope| {
+            let child = &mut self.child;
+            scope.spawn(move || {
+                let _ = child.wait();
+                let _ = exited.send(());
+            });
+            if exit.recv_timeout(Duration::from_secs(5)).is_err() {
+                // Not reaped (the waiting thread would have said so): the pid is still its own.
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        });
     }
 }
