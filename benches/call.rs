@@ -219,7 +219,7 @@ async fn box_with_two_phones() -> Result<()> {
     );
     println!(
         "  encoded frame -> last RTP packet on the socket: median {} us, p99 {} us over the last {} frames; goal < 5 ms",
-        latency["median"], latency["p99"], latency["frames"]
+        latency["median"], latency["p99"], latency["count"]
     );
     for phone in phones {
         phone.close().await?;
