@@ -75,7 +75,10 @@ async fn privacy_closes_the_devices_and_everyone_sees_it() -> Result<()> {
     // "Pause the box" from the phone: on at once; releasing it takes the switch, flipped
     // on and off again (a software pause is never undone by software).
     ann.click("pause-box").await?;
-    daemon.status_until("paused from the page", |s| s["privacy"]["on"] == true)?;
+    // The tap gets no answer, but the roster the daemon sends once privacy is on does.
+    ann.wait_for("m.text('p0').includes('Privacy on')", secs(5))
+        .await?;
+    assert_eq!(daemon.status()?["privacy"]["on"], true);
     // The switch settles off, and the answer says privacy stayed on.
     let (ok, _, err) = daemon.cli(&["privacy", "off"]);
     assert!(!ok, "the page's pause was undone without the switch");

@@ -182,8 +182,9 @@ impl Daemon {
 
     /// Poll `hearth status` until `check` holds, for at most 15 s. Only for what nothing
     /// announces: control requests that change something (`hearth privacy`, `hearth
-    /// simulate`) are answered once it has happened, so await their reply instead; but a tap
-    /// in the page or the box's own decoding tells the tests nothing.
+    /// simulate`) are answered once it has happened, so await their reply instead, and what
+    /// phones are told shows in their page; but the box's own decoding, for one, tells the
+    /// tests nothing.
     pub fn status_until(
         &self,
         what: &str,
