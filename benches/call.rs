@@ -3,54 +3,59 @@
 //! 1. Link click → first remote frame: a Chromium phone opens the join link, taps Join as
 //!    soon as the page is loaded, and we read the page clock (which starts at navigation)
 //!    when the first frame of the other participant is decoded. Median of 10.
-//! 2. SFU CPU per 1000 forwarded RTP packets: 4 Chromium phones, each publishing audio and
+//! 2. Late joiner → first frames, from the tap on Join (the SFU asks publishers for a
+//!    keyframe as soon as a subscriber connects): with a Chromium and a Firefox phone in the
+//!    call (VP8), until the late phone has decoded both; with the box and one phone in the
+//!    call, until it has decoded the box's video (its keyframe request reaches the box's
+//!    encoder). Median of 5 each.
+//! 3. SFU CPU per 1000 forwarded RTP packets: 4 Chromium phones, each publishing audio and
 //!    video and subscribing to the other 3; the daemon's CPU time from /proc over a fixed
 //!    window, divided by the packets it forwarded in that window.
+//! 4. The box in the call with two phones: daemon CPU and memory, encoder-to-socket latency.
+//! 5. The privacy switch flipped 100 times: switch edge to capture released and to phones told.
 //!
 //! Prints figures; asserts nothing about speed. Run it inside `tests/in-netns` so all traffic
 //! stays on loopback (the Makefile does).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use support::browser::{Browser, BrowserKind};
-use support::daemon::Daemon;
+use hearth_test_support::{temp_dir, BrowserKind, Daemon, Phone};
 
 const JOIN_RUNS: usize = 10;
+const LATE_RUNS: usize = 5;
 const CPU_WINDOW: Duration = Duration::from_secs(15);
-
-/// Ms since navigation when `videos` remote video tracks have decoded a frame, measured in the
-/// page; -1 after 10 s.
-fn first_frames_js(videos: u32) -> String {
-    format!(
-        r#"(async () => {{
-  const tap = performance.now();
-  document.getElementById('name').value = 'Bench';
-  document.getElementById('join').click();
-  while (performance.now() - tap < 10000) {{
-    const pc = window.hearth && window.hearth.pc;
-    if (pc) {{
-      let n = 0;
-      (await pc.getStats()).forEach(s => {{
-        if (s.type === 'inbound-rtp' && s.kind === 'video' && s.framesDecoded > 0) n++;
-      }});
-      if (n >= {videos}) return [performance.now(), performance.now() - tap];
-    }}
-    await new Promise(r => setTimeout(r, 10));
-  }}
-  return [-1, -1];
-}})()"#
-    )
-}
-
-const JOIN: &str = "(() => { document.getElementById('name').value = 'Phone'; document.getElementById('join').click(); return true; })()";
+/// How long phones get to join and decode one another before a measurement starts.
+const SETTLE: Duration = Duration::from_secs(30);
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
+}
+
+/// "median 420 ms (min 380, max 610) over 5 joins"
+fn spread(ms: &[f64]) -> String {
+    format!(
+        "median {:.0} ms (min {:.0}, max {:.0}) over {} joins",
+        median(&mut ms.to_vec()),
+        ms.iter().cloned().fold(f64::MAX, f64::min),
+        ms.iter().cloned().fold(0.0, f64::max),
+        ms.len()
+    )
+}
+
+/// `LATE_RUNS` times: `phone` opens the join link afresh and taps Join; milliseconds from the
+/// tap until `condition` (see `Phone::wait_for`) holds in its page.
+async fn late_joins(phone: &mut Phone, url: &str, condition: &str) -> Result<Vec<f64>> {
+    let mut taken = Vec::new();
+    for _ in 0..LATE_RUNS {
+        phone.open(url).await?;
+        let joined = phone
+            .join_and_wait("Late", condition, Duration::from_secs(10))
+            .await?;
+        taken.push(joined.since_tap.as_secs_f64() * 1000.0);
+    }
+    Ok(taken)
 }
 
 /// User + system CPU time of a process, from /proc/PID/stat.
@@ -73,54 +78,39 @@ fn packets_forwarded(daemon: &Daemon) -> Result<u64> {
         .context("no packets_forwarded in status")
 }
 
-async fn wait_until_all_decode(browsers: &mut [Browser], videos: u32) -> Result<()> {
-    for browser in browsers.iter_mut() {
-        let js = format!(
-            r#"(async () => {{
-  const t0 = performance.now();
-  while (performance.now() - t0 < 30000) {{
-    const pc = window.hearth && window.hearth.pc;
-    let n = 0;
-    if (pc) (await pc.getStats()).forEach(s => {{ if (s.type === 'inbound-rtp' && s.kind === 'video' && s.framesDecoded > 0) n++; }});
-    if (n >= {videos}) return true;
-    await new Promise(r => setTimeout(r, 50));
-  }}
-  return false;
-}})()"#
-        );
-        if browser.eval(&js).await? != serde_json::Value::Bool(true) {
-            bail!("a phone never decoded {videos} videos");
-        }
+/// `count` Chromium phones in the call, each decoding `videos` remote videos.
+async fn phones_in_call(daemon: &Daemon, count: usize, videos: u32) -> Result<Vec<Phone>> {
+    let mut phones = Vec::new();
+    for i in 0..count {
+        let name = format!("Phone {}", i + 1);
+        phones.push(Phone::join(BrowserKind::Chromium, &daemon.join_url, &name).await?);
     }
-    Ok(())
+    for phone in phones.iter_mut() {
+        phone
+            .wait_for(&format!("m.video >= {videos}"), SETTLE)
+            .await?;
+    }
+    Ok(phones)
 }
 
 async fn link_click_to_first_frame() -> Result<()> {
     let daemon = Daemon::start("bench-join")?;
-    let mut publisher = Browser::launch(BrowserKind::Chromium).await?;
-    publisher.goto(&daemon.join_url).await?;
-    publisher.eval(JOIN).await?;
-    let mut phone = Browser::launch(BrowserKind::Chromium).await?;
+    let publisher = Phone::join(BrowserKind::Chromium, &daemon.join_url, "Publisher").await?;
+    let mut phone = Phone::launch(BrowserKind::Chromium).await?;
     let mut from_link = Vec::new();
     let mut from_tap = Vec::new();
-    for run in 0..JOIN_RUNS {
+    for _ in 0..JOIN_RUNS {
         // A new navigation each time: the previous page's call ends, a new one starts.
-        phone.goto("about:blank").await?;
-        phone.goto(&daemon.join_url).await?;
-        let result = phone.eval(&first_frames_js(1)).await?;
-        let link = result[0].as_f64().unwrap_or(-1.0);
-        let tap = result[1].as_f64().unwrap_or(-1.0);
-        if link < 0.0 {
-            bail!("run {run}: no remote frame within 10 s");
-        }
-        from_link.push(link);
-        from_tap.push(tap);
+        phone.open(&daemon.join_url).await?;
+        let joined = phone
+            .join_and_wait("Bench", "m.video >= 1", Duration::from_secs(10))
+            .await?;
+        from_link.push(joined.since_navigation.as_secs_f64() * 1000.0);
+        from_tap.push(joined.since_tap.as_secs_f64() * 1000.0);
     }
     println!(
-        "link click -> first remote frame: median {:.0} ms (min {:.0}, max {:.0}) over {JOIN_RUNS} joins; goal < 700 ms",
-        median(&mut from_link.clone()),
-        from_link.iter().cloned().fold(f64::MAX, f64::min),
-        from_link.iter().cloned().fold(0.0, f64::max),
+        "link click -> first remote frame: {}; goal < 700 ms",
+        spread(&from_link)
     );
     println!(
         "  of which Join tap -> first remote frame: median {:.0} ms",
@@ -131,16 +121,47 @@ async fn link_click_to_first_frame() -> Result<()> {
     Ok(())
 }
 
+/// A Chromium and a Firefox phone in the call, then a late Chromium phone.
+async fn late_joiner_two_phones() -> Result<()> {
+    let daemon = Daemon::start("bench-late")?;
+    let url = &daemon.join_url;
+    let mut ann = Phone::join(BrowserKind::Chromium, url, "Ann").await?;
+    let mut fox = Phone::join(BrowserKind::Firefox, url, "Fox").await?;
+    for phone in [&mut ann, &mut fox] {
+        phone.wait_for("m.video >= 1", SETTLE).await?;
+    }
+    let mut late = Phone::launch(BrowserKind::Chromium).await?;
+    let taken = late_joins(&mut late, url, "m.video >= 2").await?;
+    println!(
+        "late joiner, Join tap -> first frames of both phones in the call (Chromium + Firefox, {}): {}; goal < 1 s",
+        daemon.status()?["video_codec"].as_str().unwrap_or("?"),
+        spread(&taken)
+    );
+    for phone in [ann, fox, late] {
+        phone.close().await?;
+    }
+    Ok(())
+}
+
+/// The box (dev board, 1280x720@30) and one phone in the call, then a late phone.
+async fn late_joiner_box() -> Result<()> {
+    let daemon = Daemon::start_with_box("bench-late-box")?;
+    let ann = phones_in_call(&daemon, 1, 1).await?;
+    let mut late = Phone::launch(BrowserKind::Chromium).await?;
+    let taken = late_joins(&mut late, &daemon.join_url, "m.frames('p0') > 0").await?;
+    println!(
+        "late joiner, Join tap -> first frame of the box's video (1280x720@30 x264): {}; goal < 1 s",
+        spread(&taken)
+    );
+    for phone in ann.into_iter().chain([late]) {
+        phone.close().await?;
+    }
+    Ok(())
+}
+
 async fn sfu_cpu_per_1000_packets() -> Result<()> {
     let daemon = Daemon::start("bench-cpu")?;
-    let mut phones = Vec::new();
-    for _ in 0..4 {
-        let mut phone = Browser::launch(BrowserKind::Chromium).await?;
-        phone.goto(&daemon.join_url).await?;
-        phone.eval(JOIN).await?;
-        phones.push(phone);
-    }
-    wait_until_all_decode(&mut phones, 3).await?;
+    let phones = phones_in_call(&daemon, 4, 3).await?;
     let cpu_before = cpu_time(daemon.pid())?;
     let packets_before = packets_forwarded(&daemon)?;
     let started = Instant::now();
@@ -181,15 +202,8 @@ fn rss_kib(pid: u32) -> Result<u64> {
 /// The box in the call at the dev board's 1280x720@30 (x264) with two phones.
 async fn box_with_two_phones() -> Result<()> {
     let daemon = Daemon::start_with_box("bench-box")?;
-    let mut phones = Vec::new();
-    for _ in 0..2 {
-        let mut phone = Browser::launch(BrowserKind::Chromium).await?;
-        phone.goto(&daemon.join_url).await?;
-        phone.eval(JOIN).await?;
-        phones.push(phone);
-    }
-    // The box's video and the other phone's.
-    wait_until_all_decode(&mut phones, 2).await?;
+    // Each decodes the box's video and the other phone's.
+    let phones = phones_in_call(&daemon, 2, 2).await?;
     let cpu_before = cpu_time(daemon.pid())?;
     let started = Instant::now();
     tokio::time::sleep(CPU_WINDOW).await; // a measurement window, not synchronisation
@@ -205,7 +219,7 @@ async fn box_with_two_phones() -> Result<()> {
     );
     println!(
         "  encoded frame -> last RTP packet on the socket: median {} us, p99 {} us over the last {} frames; goal < 5 ms",
-        latency["median"], latency["p99"], latency["frames"]
+        latency["median"], latency["p99"], latency["count"]
     );
     for phone in phones {
         phone.close().await?;
@@ -219,32 +233,24 @@ const TOGGLES: usize = 100;
 /// change from the reading's arrival to capture released and to the room told.
 async fn privacy_toggles() -> Result<()> {
     let daemon = Daemon::start_with(
-        &support::daemon::temp_dir("bench-privacy"),
+        &temp_dir("bench-privacy"),
         "[board.camera]\nwidth = 640\nheight = 360\n[board.display]\nwidth = 640\nheight = 360\n",
     )?;
-    let mut phone = Browser::launch(BrowserKind::Chromium).await?;
-    phone.goto(&daemon.join_url).await?;
-    phone.eval(JOIN).await?;
-    wait_until_all_decode(std::slice::from_mut(&mut phone), 1).await?;
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let phones = phones_in_call(&daemon, 1, 1).await?;
     for i in 0..TOGGLES * 2 {
         let on = i % 2 == 0;
+        // Answered once the flip has taken effect (on: capture closed; off: the switch has
+        // settled), so each flip starts from where the last one left things.
         let (ok, _, err) = daemon.cli(&["simulate", "switch", if on { "on" } else { "off" }]);
         if !ok {
-            bail!("flip failed: {err}");
-        }
-        // The next flip waits until this one has taken effect.
-        loop {
-            if daemon.status()?["privacy"]["on"] == on {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("toggles did not finish in 5 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            bail!("flip {i} failed: {err}");
         }
     }
-    let privacy = &daemon.status()?["privacy"];
+    let status = daemon.status()?;
+    let privacy = &status["privacy"];
+    if privacy["on"] != false {
+        bail!("privacy still on after the last flip: {privacy}");
+    }
     println!(
         "privacy switch edge -> capture released (pipeline NULL, device closed): median {} us, p99 {} us over {} closes ({TOGGLES} toggles, camera and mic each); goal < 50 ms",
         privacy["capture_release_us"]["median"], privacy["capture_release_us"]["p99"], privacy["capture_release_us"]["count"]
@@ -253,7 +259,9 @@ async fn privacy_toggles() -> Result<()> {
         "privacy switch edge -> every phone told: median {} us, p99 {} us over {} changes; goal < 200 ms",
         privacy["everyone_told_us"]["median"], privacy["everyone_told_us"]["p99"], privacy["everyone_told_us"]["count"]
     );
-    phone.close().await?;
+    for phone in phones {
+        phone.close().await?;
+    }
     Ok(())
 }
 
@@ -264,6 +272,8 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     link_click_to_first_frame().await?;
+    late_joiner_two_phones().await?;
+    late_joiner_box().await?;
     sfu_cpu_per_1000_packets().await?;
     box_with_two_phones().await?;
     privacy_toggles().await?;

@@ -1,10 +1,8 @@
 //! The owner's command line: config errors, port clashes, no daemon.
 
-mod support;
-
 use std::process::Command;
 
-use support::daemon::{cli, hearth_bin, temp_dir};
+use hearth_test_support::daemon::{cli, hearth_bin, temp_dir};
 
 #[test]
 fn default_config_checks_clean() {
@@ -120,4 +118,12 @@ fn check_passes_on_the_dev_board_and_fails_without_pi_hardware() {
     assert!(out.contains("v4l2h264enc: not available"), "{out}");
     assert!(out.contains("Camera: MISSING"), "{out}");
     assert!(err.contains("hardware is not all here"), "{err}");
+}
+
+#[test]
+fn support_runs_the_binary_cargo_built_for_these_tests() {
+    assert_eq!(
+        hearth_bin(),
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_hearth"))
+    );
 }

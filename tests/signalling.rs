@@ -1,11 +1,8 @@
 //! Invites at the door, over real TLS and WebSocket against the running daemon.
 
-mod support;
-
+use hearth_test_support::{temp_dir, wss, Daemon};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use support::daemon::{temp_dir, Daemon};
-use support::wss;
 
 fn token_of(url: &str) -> &str {
     url.split_once('#')

@@ -18,8 +18,26 @@ pub struct Daemon {
     pub join_url: String,
 }
 
+/// The `hearth` binary under test: the one Cargo built for the running test or bench. Cargo
+/// puts those in `target/<profile>/deps/` and the binary in `target/<profile>/`, and builds the
+/// binary whenever it builds the hearth package's integration tests or benches.
+/// (`env!("CARGO_BIN_EXE_hearth")` says the same, but only inside the hearth package itself,
+/// not in this crate; `tests/cli.rs` checks that the two agree.)
 pub fn hearth_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hearth"))
+    let exe = std::env::current_exe().expect("the running test's own path");
+    let profile_dir = exe
+        .parent()
+        .filter(|deps| deps.ends_with("deps"))
+        .and_then(Path::parent);
+    let bin = profile_dir.map(|dir| dir.join(format!("hearth{}", std::env::consts::EXE_SUFFIX)));
+    match bin {
+        Some(bin) if bin.is_file() => bin,
+        _ => panic!(
+            "no hearth binary next to {}: run the tests and the benchmark with `cargo test` and \
+             `cargo bench` in the hearth package",
+            exe.display()
+        ),
+    }
 }
 
 /// A unique empty directory under the system temp dir.
@@ -140,6 +158,19 @@ impl Daemon {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// The id ("p1", ...) of the participant in the call who joined as `name`.
+    pub fn participant_id(&self, name: &str) -> Result<String> {
+        let status = self.status()?;
+        let id = status["participants"]
+            .as_array()
+            .and_then(|list| list.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["id"].as_str());
+        match id {
+            Some(id) => Ok(id.to_string()),
+            None => bail!("nobody called {name} in the call: {status}"),
+        }
+    }
+
     /// A fresh join URL from `hearth invite`.
     pub fn invite(&self, name: &str) -> Result<String> {
         let (ok, out, err) = self.cli(&["invite", "--name", name]);
@@ -149,8 +180,11 @@ impl Daemon {
         Ok(out.trim().to_string())
     }
 
-    /// Poll `hearth status` until `check` holds, for at most 15 s (the daemon has no push
-    /// channel for tests, and what is awaited happens inside it).
+    /// Poll `hearth status` until `check` holds, for at most 15 s. Only for what nothing
+    /// announces: control requests that change something (`hearth privacy`, `hearth
+    /// simulate`) are answered once it has happened, so await their reply instead, and what
+    /// phones are told shows in their page; but the box's own decoding, for one, tells the
+    /// tests nothing.
     pub fn status_until(
         &self,
         what: &str,
@@ -190,17 +224,20 @@ pub fn cli(state_dir: &Path, args: &[&str]) -> (bool, String, String) {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SIGTERM first, so shutdown runs as in production.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        // SIGTERM first, so shutdown runs as in production; SIGKILL if it has not exited in 5 s.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let (exited, exit) = mpsc::channel();
+        std::thread::scope(|scope| {
+            let child = &mut self.child;
+            scope.spawn(move || {
+                let _ = child.wait();
+                let _ = exited.send(());
+            });
+            if exit.recv_timeout(Duration::from_secs(5)).is_err() {
+                // Not reaped (the waiting thread would have said so): the pid is still its own.
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        });
     }
 }

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout};
+use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Upper bound for any single protocol round trip, so a hung browser fails the test, not CI.
@@ -139,15 +139,25 @@ struct Proc {
     child: Child,
     dir: PathBuf,
     log: Arc<Mutex<VecDeque<String>>>,
-    /// The output readers. Every helper process the browser forks inherits these pipes, so both
-    /// readers finishing means the whole process tree is gone, not just the main process.
-    pumps: Vec<std::thread::JoinHandle<()>>,
+    /// Disconnected once both output readers have finished. Every helper process the browser
+    /// forks inherits its pipes, so that means the whole process tree is gone, not just the
+    /// main process.
+    gone: std::sync::mpsc::Receiver<()>,
 }
 
 impl Proc {
     fn tail(&self) -> String {
         let log = self.log.lock().unwrap();
         log.iter().map(|l| format!("  | {l}\n")).collect()
+    }
+
+    /// Wait (blocking) up to `limit` for the whole process tree to be gone; whether it is.
+    fn wait_gone(&self, limit: Duration) -> bool {
+        // The readers send nothing: their ends of the channel closing is the news.
+        matches!(
+            self.gone.recv_timeout(limit),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        )
     }
 }
 
@@ -158,10 +168,8 @@ impl Drop for Proc {
         }
         let _ = self.child.wait();
         // Chromium's helpers outlive the main process briefly and keep writing to the profile.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.pumps.iter().all(|p| p.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_gone(Duration::from_secs(5));
+        // Should a helper still be writing after that, removal can fail; try a few times.
         for _ in 0..10 {
             if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
                 break;
@@ -172,14 +180,17 @@ impl Drop for Proc {
 }
 
 /// Drains one output pipe on a plain thread (a browser blocks once a pipe fills up), keeps the
-/// last lines for error messages, and reports the line that starts with `marker`.
+/// last lines for error messages, and reports the line that starts with `marker`. Drops
+/// `gone` when the pipe closes.
 fn pump(
     out: impl Read + Send + 'static,
     marker: &'static str,
     tx: mpsc::UnboundedSender<String>,
     log: Arc<Mutex<VecDeque<String>>>,
-) -> std::thread::JoinHandle<()> {
+    gone: std::sync::mpsc::Sender<()>,
+) {
     std::thread::spawn(move || {
+        let _gone = gone;
         for line in BufReader::new(out).split(b'\n') {
             let Ok(line) = line else { break };
             let line = String::from_utf8_lossy(&line).trim_end().to_string();
@@ -192,7 +203,7 @@ fn pump(
             }
             log.push_back(line);
         }
-    })
+    });
 }
 
 impl Browser {
@@ -255,20 +266,21 @@ impl Browser {
         };
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let pumps = vec![
-            pump(
-                child.stdout.take().unwrap(),
-                marker,
-                tx.clone(),
-                log.clone(),
-            ),
-            pump(child.stderr.take().unwrap(), marker, tx, log.clone()),
-        ];
+        let (gone_tx, gone) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        pump(stdout, marker, tx.clone(), log.clone(), gone_tx.clone());
+        pump(
+            child.stderr.take().unwrap(),
+            marker,
+            tx,
+            log.clone(),
+            gone_tx,
+        );
         let mut proc = Proc {
             child,
             dir,
             log,
-            pumps,
+            gone,
         };
 
         let url = match timeout(LAUNCH_TIMEOUT, rx.recv()).await {
@@ -360,7 +372,8 @@ impl Browser {
                 // No loaderId means a same-document (#fragment) navigation: there is no load event.
                 if nav.get("loaderId").is_some() {
                     let load = |m: &Value| m["method"] == "Page.loadEventFired";
-                    self.read_until("Page.navigate's load event", load).await?;
+                    let what = "Page.navigate's load event";
+                    self.read_until(what, CALL_TIMEOUT, load).await?;
                 }
             }
             BrowserKind::Firefox => {
@@ -376,8 +389,13 @@ impl Browser {
     /// Evaluate a JS expression (may evaluate to a Promise, which is awaited) in the page and
     /// return its value as JSON; `undefined` becomes `Value::Null`. A thrown exception or a
     /// rejected promise becomes an `Err` carrying the JS error message. The whole evaluation
-    /// must finish within 30 s: poll from Rust for anything slower.
+    /// must finish within 30 s; see `eval_within` for longer ones.
     pub async fn eval(&mut self, expression: &str) -> Result<Value> {
+        self.eval_within(expression, CALL_TIMEOUT).await
+    }
+
+    /// `eval` for an expression that may take up to `limit` (a wait inside the page).
+    pub async fn eval_within(&mut self, expression: &str, limit: Duration) -> Result<Value> {
         // JSON.stringify in the page gives both protocols the same plain string to hand back.
         // The newlines keep a trailing `// comment` or `;` in `expression` from eating the tail.
         let wrapped = format!("(async () => JSON.stringify(await (\n{expression}\n)))()");
@@ -385,7 +403,9 @@ impl Browser {
             BrowserKind::Chromium => {
                 // userGesture: code run by a test stands in for a tap (autoplay, play(), AudioContext).
                 let params = json!({"expression": wrapped, "awaitPromise": true, "returnByValue": true, "userGesture": true});
-                let r = self.call("Runtime.evaluate", params, true).await?;
+                let r = self
+                    .call_within("Runtime.evaluate", params, true, limit)
+                    .await?;
                 // An Error has a description ("TypeError: x\n  at ..."); `throw "x"` only a value.
                 let error = r.get("exceptionDetails").map(|d| match &d["exception"] {
                     e if e["description"].is_string() => {
@@ -398,7 +418,9 @@ impl Browser {
             }
             BrowserKind::Firefox => {
                 let params = json!({"expression": wrapped, "target": {"context": self.target}, "awaitPromise": true, "resultOwnership": "none", "userActivation": true});
-                let r = self.call("script.evaluate", params, false).await?;
+                let r = self
+                    .call_within("script.evaluate", params, false, limit)
+                    .await?;
                 let error = (r["type"] == "exception").then(|| {
                     r["exceptionDetails"]["text"]
                         .as_str()
@@ -418,7 +440,8 @@ impl Browser {
         }
     }
 
-    /// Asks the browser to quit and waits up to 10 s for it; `Drop` kills it if it will not.
+    /// Asks the browser to quit and waits up to 10 s for all its processes to be gone; kills
+    /// what is left after that.
     pub async fn close(mut self) -> Result<()> {
         let method = match self.kind {
             BrowserKind::Chromium => "Browser.close",
@@ -426,18 +449,29 @@ impl Browser {
         };
         // The browser may drop the socket before it replies, so the reply is not required.
         let _ = timeout(Duration::from_secs(5), self.call(method, json!({}), false)).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.proc.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
+        let proc = self.proc;
+        tokio::task::spawn_blocking(move || {
+            proc.wait_gone(Duration::from_secs(10));
+            drop(proc); // kills what is left, removes the profile
+        })
+        .await?;
         Ok(())
     }
 
     /// One request/response round trip. `on_page` routes a CDP call to the attached page session.
     async fn call(&mut self, method: &str, params: Value, on_page: bool) -> Result<Value> {
+        self.call_within(method, params, on_page, CALL_TIMEOUT)
+            .await
+    }
+
+    /// `call`, with `limit` for the reply instead of `CALL_TIMEOUT`.
+    async fn call_within(
+        &mut self,
+        method: &str,
+        params: Value,
+        on_page: bool,
+        limit: Duration,
+    ) -> Result<Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -446,7 +480,7 @@ impl Browser {
         }
         let sent = timeout(CALL_TIMEOUT, self.ws.send(Message::text(msg.to_string()))).await;
         sent.map_err(|_| anyhow!("{:?}: sending {method} timed out", self.kind))??;
-        let reply = self.read_until(method, |m| m["id"] == id).await?;
+        let reply = self.read_until(method, limit, |m| m["id"] == id).await?;
         // CDP errors: {"error": {"code", "message"}}; BiDi: {"type": "error", "error", "message"}.
         let kind = self.kind;
         let message = |e: &Value| e["message"].as_str().map_or(e.to_string(), str::to_string);
@@ -459,7 +493,12 @@ impl Browser {
 
     /// Reads until a message matches `want` (or one already read did), keeping the others:
     /// events that arrive while a call is in flight are what `goto` waits for afterwards.
-    async fn read_until(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<Value> {
+    async fn read_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        want: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let kind = self.kind;
         let read = async {
             loop {
@@ -483,8 +522,8 @@ impl Browser {
                 self.inbox.push_back(serde_json::from_str(&text)?);
             }
         };
-        timeout(CALL_TIMEOUT, read)
+        timeout(limit, read)
             .await
-            .map_err(|_| anyhow!("{kind:?}: no reply to {what} within {CALL_TIMEOUT:?}"))?
+            .map_err(|_| anyhow!("{kind:?}: no reply to {what} within {limit:?}"))?
     }
 }

@@ -1,6 +1,0 @@
-// Each test binary uses a different part of the support code.
-#![allow(dead_code)]
-
-pub mod browser;
-pub mod daemon;
-pub mod wss;

@@ -1,0 +1,21 @@
+//! What Hearth's integration tests (`tests/*.rs`) and benchmark (`benches/call.rs`) share:
+//!
+//! - [`Daemon`]: the real `hearth` binary started on loopback with its own state dir, and its
+//!   command line (`hearth status`, `hearth privacy on`, ...).
+//! - [`Phone`]: a real headless browser on the join page: join, tap buttons, read tiles, and
+//!   read or wait for the media it receives (`RTCPeerConnection.getStats()`).
+//! - [`Browser`]: the browser underneath, Chromium over CDP or Firefox over WebDriver BiDi.
+//! - [`wss`]: a signalling client that trusts only the daemon's own CA.
+//!
+//! The `hearth` binary is the one Cargo built next to the running test or bench (see
+//! [`daemon::hearth_bin`]), so this crate works from the hearth package's tests and benches
+//! without being told where it is.
+
+pub mod browser;
+pub mod daemon;
+pub mod phone;
+pub mod wss;
+
+pub use browser::{Browser, BrowserKind};
+pub use daemon::{temp_dir, Daemon};
+pub use phone::{Joined, Media, Phone, Received};
