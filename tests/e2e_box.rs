@@ -97,7 +97,10 @@ async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
     }
 
     // The box decodes both phones' video and audio, and its speaker plays.
-    let phones = [daemon.participant_id("Ann")?, daemon.participant_id("Bob & Co")?];
+    let phones = [
+        daemon.participant_id("Ann")?,
+        daemon.participant_id("Bob & Co")?,
+    ];
     let status = daemon.status_until("box decodes both phones", |s| {
         let screen = &s["box"]["screen"];
         phones.iter().all(|p| {

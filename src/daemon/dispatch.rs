@@ -23,7 +23,10 @@ impl Hub {
     async fn dispatch(&mut self, output: Output) {
         match output {
             Output::Transmit(t) => {
-                if let Err(e) = self.socket.send_to(&t.contents, t.destination).await {
+                let sent = self
+                    .media_sockets
+                    .send(t.source, t.destination, &t.contents);
+                if let Err(e) = sent.await {
                     tracing::debug!("udp send: {e}");
                 }
             }

@@ -5,15 +5,14 @@
 //! (the control socket), `status` (what `hearth status` shows).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::box_media::BoxMedia;
 use super::control::Envelope;
 use super::invite_file::InviteWriter;
+use super::media_socket::{MediaSockets, Received};
 use super::metrics::Metrics;
 use super::requests::Waiter;
 use crate::call::{Call, ConnId};
@@ -62,9 +61,7 @@ pub struct Hub {
     /// The box's camera, mic, TV and speaker; None when the box only forwards.
     pub(super) media: Option<BoxMedia>,
     pub(super) privacy: PrivacyControl,
-    pub(super) socket: UdpSocket,
-    /// Accept datagrams only from loopback (dev board without `--lan`).
-    loopback_only: bool,
+    pub(super) media_sockets: MediaSockets,
     pub(super) links: JoinLinks,
     pub(super) invite_file: InviteWriter,
     /// Each signalling connection's way back.
@@ -84,8 +81,7 @@ impl Hub {
         call: Call,
         media: Option<BoxMedia>,
         privacy: PrivacyControl,
-        socket: UdpSocket,
-        loopback_only: bool,
+        media_sockets: MediaSockets,
         links: JoinLinks,
         invite_file: InviteWriter,
     ) -> Hub {
@@ -93,8 +89,7 @@ impl Hub {
             call,
             media,
             privacy,
-            socket,
-            loopback_only,
+            media_sockets,
             links,
             invite_file,
             conns: HashMap::new(),
@@ -113,8 +108,8 @@ impl Hub {
         loop {
             let deadline = self.next_deadline(Instant::now());
             tokio::select! {
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((n, source)) => self.handle_datagram(source, &buf[..n]),
+                received = self.media_sockets.recv(&mut buf) => match received {
+                    Ok(datagram) => self.handle_datagram(datagram, &buf),
                     Err(e) => tracing::debug!("udp receive: {e}"),
                 },
                 Some(event) = inputs.signalling.recv() => self.handle_signalling(event),
@@ -148,13 +143,17 @@ impl Hub {
         .unwrap_or(now + Duration::from_secs(1))
     }
 
-    fn handle_datagram(&mut self, source: SocketAddr, data: &[u8]) {
-        if self.loopback_only && !source.ip().is_loopback() {
+    fn handle_datagram(&mut self, datagram: Received, buf: &[u8]) {
+        if !self.media_sockets.accepts(datagram.source.ip()) {
             return;
         }
-        let destination = self.socket.local_addr().unwrap_or(source);
+        let Received {
+            len,
+            source,
+            destination,
+        } = datagram;
         self.call
-            .handle_datagram(Instant::now(), source, destination, data);
+            .handle_datagram(Instant::now(), source, destination, &buf[..len]);
     }
 
     fn handle_signalling(&mut self, event: WsEvent) {

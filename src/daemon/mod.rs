@@ -8,6 +8,7 @@ pub mod control;
 mod dispatch;
 pub mod hub;
 pub mod invite_file;
+pub mod media_socket;
 pub mod metrics;
 pub mod network;
 pub mod notify;
@@ -21,7 +22,7 @@ use anyhow::{anyhow, Context, Result};
 use tokio::sync::{mpsc, watch};
 
 use crate::call::room::Room;
-use crate::call::sfu::Sfu;
+use crate::call::sfu::{Candidates, Sfu};
 use crate::call::{Call, CallLimits};
 use crate::config::board::{Board, Profile};
 use crate::config::Config;
@@ -30,6 +31,7 @@ use crate::web::{self, tls::ServerIdentity, WebState};
 use box_media::BoxMedia;
 use hub::{Hub, HubInputs, JoinLinks};
 use invite_file::InviteWriter;
+use media_socket::MediaSockets;
 use network::{Addresses, Listeners};
 
 /// Signalling events and control requests waiting for the hub.
@@ -103,8 +105,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         &addresses.certificate_ips(),
         now,
     )?;
-    let Listeners { https, http, udp } = addresses.bind(&config)?;
-    let media_port = udp.local_addr()?.port();
+    let Listeners { https, http, media } = addresses.bind(&config)?;
+    let media_port = media.port();
     let control_listener = control::bind(&state_dir).await?;
 
     let link_host = match config.web.hostname.as_str() {
@@ -113,7 +115,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     };
     let base_url = format!("https://{link_host}:{}", config.web.https_port);
     let links = JoinLinks::new(base_url, config.call.invite_ttl);
-    let mut hub = build_hub(&state_dir, &config, board, udp, !addresses.lan, links)?;
+    let mut hub = build_hub(&state_dir, &config, board, media, links)?;
     // Like the TV's, the link printed at start is for the whole family (several windows).
     let family = Some(config.call.max_participants as u32);
     let (_, url) = hub.new_invite("Join link printed at start", config.call.invite_ttl, family);
@@ -158,8 +160,7 @@ fn build_hub(
     state_dir: &Path,
     config: &Config,
     board: Board,
-    udp: tokio::net::UdpSocket,
-    loopback_only: bool,
+    media_sockets: MediaSockets,
     links: JoinLinks,
 ) -> Result<Hub> {
     let invites = invite_file::load(state_dir)?;
@@ -168,7 +169,12 @@ fn build_hub(
     let log = state_dir.join("privacy.log");
     let privacy = PrivacyControl::start(&profile.gpio, log, board != Board::Dev);
     let mut room = Room::new(config.call.max_participants);
-    let mut sfu = Sfu::new(udp.local_addr()?);
+    let hosts = media_sockets.hosts();
+    let mut sfu = Sfu::new(hosts[0]);
+    sfu.set_candidates(Candidates {
+        hosts,
+        reflexive: Vec::new(),
+    });
     let media = if config.home.media {
         crate::media::init().map_err(|e| anyhow!(e))?;
         room.add_box(&config.home.name, std::time::Instant::now());
@@ -186,8 +192,7 @@ fn build_hub(
         call,
         media,
         privacy,
-        udp,
-        loopback_only,
+        media_sockets,
         links,
         invite_file,
     ))

@@ -1,40 +1,49 @@
 //! Which addresses Hearth serves on, and its listening sockets: HTTPS, the optional
-//! plain-HTTP redirect, the media UDP port. Bound before anything else starts, so a port in
-//! use is reported in one line.
+//! plain-HTTP redirect, the media UDP port (on every address of the machine). Bound before
+//! anything else starts, so a port in use is reported in one line.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{anyhow, Result};
 
+use super::media_socket::{media_addresses, own_addresses, Accept, MediaSockets};
 use crate::config::Config;
 
 pub struct Listeners {
     pub https: std::net::TcpListener,
     pub http: Option<std::net::TcpListener>,
-    pub udp: tokio::net::UdpSocket,
+    pub media: MediaSockets,
 }
 
-/// Where the web servers listen and which address phones send media to.
+/// Where the web servers listen and which addresses phones send media to.
 pub struct Addresses {
-    /// Serving the local network (else loopback only).
+    /// Serving the local network (else the page on loopback only: the dev board).
     pub lan: bool,
     listen: IpAddr,
-    media: IpAddr,
+    /// The media port's addresses: this machine's own (browsers never pair loopback, even
+    /// on the same machine).
+    media: Vec<IpAddr>,
 }
 
 impl Addresses {
     pub fn choose(config: &Config, lan: bool) -> Result<Addresses> {
+        let media = match config.web.lan_address {
+            Some(ip) => vec![ip],
+            None => media_addresses(),
+        };
         if !lan {
             let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
             return Ok(Addresses {
                 lan,
                 listen: loopback,
-                media: loopback,
+                media,
             });
         }
-        let media = config.web.lan_address.or_else(lan_ipv4).ok_or_else(|| {
-            anyhow!("--lan: this machine has no network address besides loopback")
-        })?;
+        if config.web.lan_address.is_none() && media.iter().all(|ip| ip.is_loopback()) {
+            return Err(anyhow!(
+                "--lan: this machine has no network address besides loopback"
+            ));
+        }
         let listen = config
             .web
             .lan_address
@@ -42,11 +51,18 @@ impl Addresses {
         Ok(Addresses { lan, listen, media })
     }
 
-    /// The host part of join links when no hostname is configured.
+    /// The host part of join links when no hostname is configured: the LAN's IPv4 address
+    /// (the page is on loopback on the dev board).
     pub fn link_host(&self) -> String {
-        match self.media {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            IpAddr::V4(v4) => v4.to_string(),
+        let lan = self
+            .media
+            .iter()
+            .find(|ip| ip.is_ipv4())
+            .or(self.media.first());
+        match (self.lan, lan) {
+            (true, Some(IpAddr::V4(v4))) => v4.to_string(),
+            (true, Some(IpAddr::V6(v6))) => format!("[{v6}]"),
+            _ => self.listen.to_string(),
         }
     }
 
@@ -80,32 +96,14 @@ impl Addresses {
                 "web.http_port",
             )?),
         };
-        let port = config.call.udp_port;
-        let udp =
-            std::net::UdpSocket::bind(SocketAddr::new(self.media, port)).map_err(|e| {
-                match e.kind() {
-                    std::io::ErrorKind::AddrInUse => {
-                        anyhow!("port {port} is already in use (call.udp_port)")
-                    }
-                    _ => anyhow!("cannot bind UDP {}:{port}: {e}", self.media),
-                }
-            })?;
-        udp.set_nonblocking(true)?;
-        Ok(Listeners {
-            https,
-            http,
-            udp: tokio::net::UdpSocket::from_std(udp)?,
-        })
+        let accept = if self.lan {
+            Accept::Anyone
+        } else {
+            Accept::Own(own_addresses())
+        };
+        let media = MediaSockets::bind(&self.media, config.call.udp_port, accept)?;
+        Ok(Listeners { https, http, media })
     }
-}
-
-/// The first non-loopback IPv4 address: what a phone on the LAN reaches.
-fn lan_ipv4() -> Option<IpAddr> {
-    if_addrs::get_if_addrs()
-        .ok()?
-        .into_iter()
-        .map(|i| i.ip())
-        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
 }
 
 fn bind_tcp(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener> {

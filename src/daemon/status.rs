@@ -18,7 +18,7 @@ impl Hub {
             "participants": self.participants(),
             "video_codec": self.call.room().publish_codec(),
             "media": self.call.sfu().counters(),
-            "udp": self.socket.local_addr().ok().map(|a| a.to_string()),
+            "udp": self.media_sockets.hosts().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         })
     }
 

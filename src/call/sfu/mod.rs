@@ -72,8 +72,33 @@ pub enum SfuOutput {
     Event(SfuEvent),
 }
 
+/// The media socket's addresses as phones are to reach them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Candidates {
+    /// Addresses of the media socket itself (LAN IPv4, global IPv6).
+    pub hosts: Vec<SocketAddr>,
+    /// (address on the router, host address it forwards to): a port mapping.
+    pub reflexive: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl Candidates {
+    fn to_ice(&self) -> Vec<Candidate> {
+        let hosts = self
+            .hosts
+            .iter()
+            .filter_map(|a| Candidate::host(*a, Protocol::Udp).ok());
+        let mapped = self
+            .reflexive
+            .iter()
+            .filter_map(|(a, base)| Candidate::server_reflexive(*a, *base, Protocol::Udp).ok());
+        hosts.chain(mapped).collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct Transmit {
+    /// Which of the media socket's addresses to send from.
+    pub source: SocketAddr,
     pub destination: SocketAddr,
     pub contents: Vec<u8>,
 }
@@ -135,8 +160,8 @@ pub struct PeerSummary {
 }
 
 pub struct Sfu {
-    /// The shared UDP socket's address, the one candidate every phone is given.
-    candidate: SocketAddr,
+    /// What every new phone is told to reach.
+    candidates: Candidates,
     peers: Vec<Peer>,
     counters: SfuCounters,
     /// Present when the box itself is in the call.
@@ -150,10 +175,14 @@ pub struct Sfu {
 }
 
 impl Sfu {
-    /// `candidate` is the address of the shared UDP socket that peers are told to reach.
-    pub fn new(candidate: SocketAddr) -> Self {
+    /// `host` is the address of the media socket that peers are told to reach (more can be
+    /// set with `set_candidates`).
+    pub fn new(host: SocketAddr) -> Self {
         Sfu {
-            candidate,
+            candidates: Candidates {
+                hosts: vec![host],
+                reflexive: Vec::new(),
+            },
             peers: Vec::new(),
             counters: SfuCounters::default(),
             box_leg: None,
@@ -173,6 +202,16 @@ impl Sfu {
         }
         self.box_leg = Some(leg);
         self.dirty = true;
+    }
+
+    /// The addresses offered to phones that join from now on: the media socket's own
+    /// addresses, and addresses on the router that forward to one of them.
+    pub fn set_candidates(&mut self, candidates: Candidates) {
+        self.candidates = candidates;
+    }
+
+    pub fn candidates(&self) -> &Candidates {
+        &self.candidates
     }
 
     pub fn counters(&self) -> SfuCounters {
@@ -234,9 +273,12 @@ impl Sfu {
         }
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let mut rtc = self.new_rtc(publish, now);
-        let candidate =
-            Candidate::host(self.candidate, Protocol::Udp).map_err(|_| SfuError::NoCandidate)?;
-        rtc.add_local_candidate(candidate);
+        for candidate in self.candidates.to_ice() {
+            rtc.add_local_candidate(candidate);
+        }
+        if self.candidates.hosts.is_empty() {
+            return Err(SfuError::NoCandidate);
+        }
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)

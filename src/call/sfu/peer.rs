@@ -217,6 +217,7 @@ impl Peer {
             match output {
                 Output::Timeout(t) => return t,
                 Output::Transmit(t) => transmits.push(Transmit {
+                    source: t.source,
                     destination: t.destination,
                     contents: t.contents.into(),
                 }),

@@ -41,11 +41,10 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-default-apps",
     "--no-first-run",
     "--ignore-certificate-errors", // Hearth serves a self-signed certificate
-    "--allow-loopback-in-peer-connection", // otherwise 127.0.0.1 is never an ICE candidate
-    // WebRtcHideLocalIpsWithMdns: plain host candidates, no .local names.
     // NetworkTimeServiceQuerying: secure-time pings to clients2.google.com, which
-    // --disable-background-networking does not stop.
-    "--disable-features=WebRtcHideLocalIpsWithMdns,NetworkTimeServiceQuerying",
+    // --disable-background-networking does not stop. (WebRTC stays at its defaults: ICE as
+    // a user's browser does it.)
+    "--disable-features=NetworkTimeServiceQuerying",
     // Even with --disable-component-update, Chromium fetches an on-device-AI model manifest "on
     // demand" at startup. Point the updater at a port Chromium refuses to dial, so it never does.
     "--component-updater=url-source=http://127.0.0.1:9/",
@@ -61,8 +60,6 @@ user_pref("media.navigator.permission.disabled", true);
 // unless the page has camera/mic permission, and fake devices alone do not count as that.
 user_pref("permissions.default.camera", 1);
 user_pref("permissions.default.microphone", 1);
-user_pref("media.peerconnection.ice.loopback", true);
-user_pref("media.peerconnection.ice.obfuscate_host_addresses", false);
 user_pref("media.autoplay.default", 0);
 // No background traffic: updates, studies, telemetry, safe browsing, captive portal and
 // connectivity checks, remote settings, add-on and codec (GMP) updates, push, geolocation.
