@@ -12,6 +12,8 @@
 //! - [`privacy`]: the switch's state machine and its GPIO backends (real and simulated).
 //! - [`media`]: the box's own camera and mic (`capture`), TV and speaker (`tv`), pipeline
 //!   plans, and what hardware the machine has (`probe`, `check`).
+//! - [`reach`]: family outside the home: the home router forwards the box's ports (PCP,
+//!   NAT-PMP, UPnP-IGD) and tells it the external address.
 //! - [`web`]: HTTPS (the join page, the signalling WebSocket, Hearth's own CA).
 //! - [`daemon`]: the wiring: start-up, the hub task that does the cores' I/O, the control
 //!   socket the CLI talks to, systemd notification.
@@ -25,4 +27,5 @@ pub mod config;
 pub mod daemon;
 pub mod media;
 pub mod privacy;
+pub mod reach;
 pub mod web;

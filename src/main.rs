@@ -190,8 +190,14 @@ fn invite(
         }
     };
     let value = ask(state_dir, &request)?;
-    match (&request, value.get("url").and_then(|u| u.as_str())) {
-        (Request::InviteCreate { .. }, Some(url)) => println!("{url}"),
+    let url = value.get("url").and_then(|u| u.as_str());
+    let at_home = value.get("at_home").and_then(|u| u.as_str());
+    match (&request, url, at_home) {
+        (Request::InviteCreate { .. }, Some(url), None) => println!("{url}"),
+        // The router cannot loop the outside link back into the home: two links.
+        (Request::InviteCreate { .. }, Some(url), Some(home)) => {
+            println!("{url}\nAt home (the router does not loop the link above back in): {home}")
+        }
         _ => println!("{}", serde_json::to_string_pretty(&value)?),
     }
     Ok(())

@@ -130,6 +130,11 @@ impl Call {
         &self.sfu
     }
 
+    /// The media addresses offered to phones that join from now on.
+    pub fn set_candidates(&mut self, candidates: sfu::Candidates) {
+        self.sfu.set_candidates(candidates);
+    }
+
     pub fn invites(&self) -> &[Invite] {
         self.invites.list()
     }

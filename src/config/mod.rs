@@ -17,8 +17,51 @@ pub struct Config {
     pub call: CallConfig,
     #[serde(rename = "box")]
     pub home: BoxConfig,
+    pub remote: RemoteConfig,
     /// Overrides for the board profile's fields (`board/<name>.toml`), e.g. `[board.camera]`.
     pub board: toml::Table,
+}
+
+/// Reaching the box from outside the home: the home router forwards its ports.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// Ask the home router to forward the HTTPS and media ports (PCP, NAT-PMP, UPnP).
+    pub port_mapping: PortMapping,
+    /// External HTTPS port to ask for first (the router may give another).
+    #[serde(deserialize_with = "port")]
+    pub https_port: u16,
+    /// External media port to ask for first; 0: the same as `call.udp_port`.
+    #[serde(deserialize_with = "port_or_zero")]
+    pub media_port: u16,
+    /// How long the router keeps a forwarding before it must be renewed.
+    #[serde(deserialize_with = "lease")]
+    pub lease: Duration,
+    /// How often the router is asked again (renewal; a router that restarted or changed
+    /// its address is noticed at the next check).
+    #[serde(deserialize_with = "check_every")]
+    pub check_every: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PortMapping {
+    /// On for the Pi boards, off for the dev board.
+    Auto,
+    On,
+    Off,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        RemoteConfig {
+            port_mapping: PortMapping::Auto,
+            https_port: 443,
+            media_port: 0,
+            lease: Duration::from_secs(3600),
+            check_every: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -126,6 +169,23 @@ invite_ttl = "24h"
 media = true
 # The box's name on everyone's screen.
 name = "Home"
+
+[remote]
+# Family outside the home reach the box through the home router: Hearth asks it (PCP, NAT-PMP
+# or UPnP-IGD, whichever it answers) to forward the HTTPS port and the media port to the box,
+# and learns the router's external address from it. This opens those two ports on the router
+# while Hearth runs (the forwarding is removed when it stops). "auto": on for the Pi boards,
+# off for the dev board; "off": the box is for the home network only.
+port_mapping = "auto"
+# External HTTPS port to ask the router for (it may give another if this one is taken).
+https_port = 443
+# External media port to ask for; 0: the same as call.udp_port.
+media_port = 0
+# How long the router keeps the forwarding unless renewed (30s to 24h).
+lease = "1h"
+# How often Hearth asks the router again: renewal, and noticing a router that restarted or
+# changed its address (1s to 1h).
+check_every = "60s"
 
 # Any field of the board profile (board/dev.toml, pi4.toml, pi5.toml) can be overridden:
 # [board.camera]
@@ -248,6 +308,42 @@ fn sessions_per_invite<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error>
             "{value} is out of range (1 to 16)"
         ))),
     }
+}
+
+fn lease<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    duration_between(
+        d,
+        Duration::from_secs(30),
+        Duration::from_secs(24 * 3600),
+        "30s to 24h",
+    )
+}
+
+fn check_every<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    duration_between(
+        d,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        "1s to 1h",
+    )
+}
+
+fn duration_between<'de, D: Deserializer<'de>>(
+    d: D,
+    min: Duration,
+    max: Duration,
+    range: &str,
+) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    let value = humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("`{text}` is not a duration like \"1h\": {e}"))
+    })?;
+    if value < min || value > max {
+        return Err(serde::de::Error::custom(format!(
+            "`{text}` is out of range ({range})"
+        )));
+    }
+    Ok(value)
 }
 
 fn invite_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

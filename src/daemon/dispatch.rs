@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::hub::Hub;
+use super::hub::{Hub, Links};
 use crate::call::invite::unix_seconds;
 use crate::call::protocol::ServerMsg;
 use crate::call::Output;
@@ -141,12 +141,11 @@ impl Hub {
         }
         let family = Some(self.call.room().max_phones() as u32);
         let ttl = self.links.default_ttl();
-        let (invite, token) =
-            self.call
-                .create_invite("TV screen", ttl, std::time::SystemTime::now(), family);
+        let now = std::time::SystemTime::now();
+        let (invite, token) = self.call.create_invite("TV screen", ttl, now, family);
         self.tv_invite = Some(invite.id);
-        let url = self.links.url(&token);
-        let status = self.box_status_line();
+        let url = self.links.for_tv(&token);
+        let status = format!("{}\n{}", self.box_status_line(), self.reach.tv_line());
         self.tv(tv::Command::Idle { url, status });
     }
 
@@ -165,16 +164,16 @@ impl Hub {
         }
     }
 
-    /// Make a new invite (saved by the invite file's task); returns its id and join URL.
+    /// Make a new invite (saved by the invite file's task); returns its id and links.
     /// `max_sessions`: devices at once with it, when not the call's default.
     pub(super) fn new_invite(
         &mut self,
         name: &str,
         ttl: std::time::Duration,
         max_sessions: Option<u32>,
-    ) -> (String, String) {
+    ) -> (String, Links) {
         let now = std::time::SystemTime::now();
         let (invite, token) = self.call.create_invite(name, ttl, now, max_sessions);
-        (invite.id, self.links.url(&token))
+        (invite.id, self.links.links(&token))
     }
 }

@@ -15,10 +15,12 @@ use super::invite_file::InviteWriter;
 use super::media_socket::{MediaSockets, Received};
 use super::metrics::Metrics;
 use super::requests::Waiter;
+use crate::call::sfu::Candidates;
 use crate::call::{Call, ConnId};
 use crate::media::{MediaEvent, MediaInput};
 use crate::privacy::machine::Reading;
 use crate::privacy::PrivacyControl;
+use crate::reach::Reach;
 use crate::web::signalling::{WsCommand, WsEvent};
 
 /// Largest datagram read from the media socket (a UDP payload on a 1500-byte link fits).
@@ -26,22 +28,59 @@ const MAX_DATAGRAM: usize = 2000;
 
 /// Where join links point and how long they last unless asked otherwise.
 pub struct JoinLinks {
-    /// `https://host:port`.
-    base_url: String,
+    /// `https://host:port` on the home network.
+    home: String,
+    /// `https://external-address:port` while the router forwards to the box.
+    outside: Option<String>,
+    /// Whether the outside link also opens from home (the router does hairpin NAT).
+    outside_works_at_home: bool,
     default_ttl: Duration,
 }
 
+/// A join link, and the link for the home network when that one is different.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Links {
+    /// The link to share: it opens from outside when the box is reachable from there.
+    pub url: String,
+    /// For phones at home when the router cannot loop the outside link back (no hairpin).
+    pub at_home: Option<String>,
+}
+
 impl JoinLinks {
-    pub fn new(base_url: String, default_ttl: Duration) -> JoinLinks {
+    pub fn new(home: String, default_ttl: Duration) -> JoinLinks {
         JoinLinks {
-            base_url,
+            home,
+            outside: None,
+            outside_works_at_home: false,
             default_ttl,
         }
     }
 
+    /// Follow the router: the outside link while it forwards, the home link otherwise.
+    pub fn set_outside(&mut self, outside: Option<(String, bool)>) {
+        self.outside_works_at_home = outside.as_ref().is_some_and(|(_, hairpin)| *hairpin);
+        self.outside = outside.map(|(base, _)| base);
+    }
+
     /// The token goes in the fragment, which browsers never send to a server.
-    pub fn url(&self, token: &str) -> String {
-        format!("{}/join#{token}", self.base_url)
+    pub fn links(&self, token: &str) -> Links {
+        let home = format!("{}/join#{token}", self.home);
+        match &self.outside {
+            Some(outside) => Links {
+                url: format!("{outside}/join#{token}"),
+                at_home: (!self.outside_works_at_home).then_some(home),
+            },
+            None => Links {
+                url: home,
+                at_home: None,
+            },
+        }
+    }
+
+    /// The link for the TV's screen: people scanning it are at home.
+    pub fn for_tv(&self, token: &str) -> String {
+        let links = self.links(token);
+        links.at_home.unwrap_or(links.url)
     }
 
     pub fn default_ttl(&self) -> Duration {
@@ -53,6 +92,8 @@ impl JoinLinks {
 pub struct HubInputs {
     pub signalling: mpsc::Receiver<WsEvent>,
     pub control: mpsc::Receiver<Envelope>,
+    /// What the router says (from `reach::mapper`).
+    pub reach: watch::Receiver<Reach>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -73,6 +114,8 @@ pub struct Hub {
     pub(super) tv_invite: Option<String>,
     /// The phone that paused the box, shown on the TV until privacy is off again.
     pub(super) paused_by: Option<String>,
+    /// Whether family outside can join.
+    pub(super) reach: Reach,
 }
 
 impl Hub {
@@ -97,6 +140,7 @@ impl Hub {
             waiters: Vec::new(),
             tv_invite: None,
             paused_by: None,
+            reach: Reach::Off,
         }
     }
 
@@ -104,6 +148,7 @@ impl Hub {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         // Pinging from this loop, not a separate task: if the loop hangs, systemd restarts us.
         let mut watchdog = super::notify::watchdog_interval().map(tokio::time::interval);
+        inputs.reach.borrow_and_update();
         self.show_idle_screen();
         loop {
             let deadline = self.next_deadline(Instant::now());
@@ -118,6 +163,10 @@ impl Hub {
                     self.handle_request(request, reply).await;
                 }
                 Some(reading) = self.privacy.next_reading() => self.handle_reading(reading),
+                Ok(()) = inputs.reach.changed() => {
+                    let reach = inputs.reach.borrow_and_update().clone();
+                    self.handle_reach(reach);
+                }
                 _ = tokio::time::sleep_until(deadline.into()) => self.handle_timeout(),
                 _ = tick(&mut watchdog) => super::notify::notify("WATCHDOG=1"),
                 _ = inputs.shutdown.changed() => break,
@@ -214,6 +263,43 @@ impl Hub {
     fn handle_reading(&mut self, reading: Reading) {
         let effects = self.privacy.handle_reading(reading, Instant::now());
         self.apply_privacy(effects);
+    }
+
+    /// The router's answer changed: new phones get the external address as a candidate,
+    /// links point outside, and the TV says whether family outside can join.
+    pub(super) fn handle_reach(&mut self, reach: Reach) {
+        let moved = self
+            .reach
+            .mapping()
+            .map(|m| (m.external_ip, m.media_port, m.https_port, m.hairpin))
+            != reach
+                .mapping()
+                .map(|m| (m.external_ip, m.media_port, m.https_port, m.hairpin));
+        let same_kind = std::mem::discriminant(&self.reach) == std::mem::discriminant(&reach);
+        let news = moved
+            || !same_kind
+            || matches!((&self.reach, &reach), (Reach::HomeOnly(a), Reach::HomeOnly(b)) if a != b);
+        self.reach = reach;
+        if !news {
+            return;
+        }
+        let hosts = self.media_sockets.hosts();
+        let mapping = self.reach.mapping();
+        let reflexive = mapping
+            .and_then(|m| {
+                let base = hosts
+                    .iter()
+                    .find(|h| h.ip() == m.lan_ip)
+                    .or(hosts.first())?;
+                Some(vec![(m.media(), *base)])
+            })
+            .unwrap_or_default();
+        self.call.set_candidates(Candidates { hosts, reflexive });
+        let outside = mapping.map(|m| (format!("https://{}", m.https()), m.hairpin));
+        self.links.set_outside(outside);
+        if self.call.room().phones().next().is_none() {
+            self.show_idle_screen();
+        }
     }
 
     fn handle_timeout(&mut self) {

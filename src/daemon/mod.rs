@@ -25,11 +25,13 @@ use crate::call::room::Room;
 use crate::call::sfu::{Candidates, Sfu};
 use crate::call::{Call, CallLimits};
 use crate::config::board::{Board, Profile};
-use crate::config::Config;
+use crate::config::{Config, PortMapping};
 use crate::privacy::PrivacyControl;
+use crate::reach::mapper::MapperConfig;
+use crate::reach::Reach;
 use crate::web::{self, tls::ServerIdentity, WebState};
 use box_media::BoxMedia;
-use hub::{Hub, HubInputs, JoinLinks};
+use hub::{Hub, HubInputs, JoinLinks, Links};
 use invite_file::InviteWriter;
 use media_socket::MediaSockets;
 use network::{Addresses, Listeners};
@@ -115,11 +117,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
     };
     let base_url = format!("https://{link_host}:{}", config.web.https_port);
     let links = JoinLinks::new(base_url, config.call.invite_ttl);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (reach, mapper) = start_port_mapping(&config, board, media_port, shutdown.clone()).await;
     let mut hub = build_hub(&state_dir, &config, board, media, links)?;
+    hub.handle_reach(reach.borrow().clone());
     // Like the TV's, the link printed at start is for the whole family (several windows).
     let family = Some(config.call.max_participants as u32);
-    let (_, url) = hub.new_invite("Join link printed at start", config.call.invite_ttl, family);
-    print_join_link(&url);
+    let (_, links) = hub.new_invite("Join link printed at start", config.call.invite_ttl, family);
+    print_join_link(&links);
     tracing::info!(
         "Hearth on board {board:?}: https port {}, media UDP port {media_port}, {}",
         config.web.https_port,
@@ -130,12 +135,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
         }
     );
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
     let (ws_tx, signalling) = mpsc::channel(SIGNALLING_QUEUE);
     let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
     let inputs = HubInputs {
         signalling,
         control,
+        reach,
         shutdown,
     };
     let hub_task = tokio::spawn(hub.run(inputs));
@@ -151,8 +156,48 @@ pub async fn run(options: RunOptions) -> Result<()> {
     handle.graceful_shutdown(Some(Duration::from_secs(2)));
     let _ = hub_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(3), web_task).await;
+    if let Some(mapper) = mapper {
+        // The router's forwarding is taken back before we go.
+        let _ = tokio::time::timeout(Duration::from_secs(3), mapper).await;
+    }
     let _ = std::fs::remove_file(control::socket_path(&state_dir));
     Ok(())
+}
+
+/// Ask the home router to forward our ports, unless the config (or the dev board) says not
+/// to. Waits a few seconds for the router's first answer, so the link printed at start is
+/// already the one that opens from outside.
+async fn start_port_mapping(
+    config: &Config,
+    board: Board,
+    media_port: u16,
+    shutdown: watch::Receiver<bool>,
+) -> (watch::Receiver<Reach>, Option<tokio::task::JoinHandle<()>>) {
+    let on = match config.remote.port_mapping {
+        PortMapping::Auto => board != Board::Dev,
+        PortMapping::On => true,
+        PortMapping::Off => false,
+    };
+    if !on {
+        let (_, reach) = watch::channel(Reach::Off);
+        return (reach, None);
+    }
+    let mapper_config = MapperConfig {
+        https_port: config.web.https_port,
+        media_port,
+        preferred_https: config.remote.https_port,
+        preferred_media: match config.remote.media_port {
+            0 => media_port,
+            port => port,
+        },
+        lease: config.remote.lease,
+        check_every: config.remote.check_every,
+    };
+    let (tx, mut reach) = watch::channel(Reach::Trying);
+    let task = tokio::spawn(crate::reach::mapper::run(mapper_config, tx, shutdown));
+    let first_answer = reach.wait_for(|r| *r != Reach::Trying);
+    let _ = tokio::time::timeout(Duration::from_secs(10), first_answer).await;
+    (reach, Some(task))
 }
 
 /// The call's cores, the privacy switch and (unless off) the box's own devices.
@@ -250,7 +295,8 @@ async fn serve_web(
 
 /// The join link is a secret: printed for the person at the terminal, never into systemd's
 /// journal (there the TV's idle screen and `hearth invite` give links).
-fn print_join_link(url: &str) {
+fn print_join_link(links: &Links) {
+    let url = links.url.as_str();
     use std::io::Write;
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         tracing::info!("started; a join link is on the TV, or run `hearth invite`");
@@ -258,6 +304,12 @@ fn print_join_link(url: &str) {
     }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "Join: {url}");
+    if let Some(home) = &links.at_home {
+        let _ = writeln!(
+            out,
+            "At home: {home} (the router does not loop the link above back in)"
+        );
+    }
     if let Ok(code) = qrcode::QrCode::new(url.as_bytes()) {
         let art = code
             .render::<qrcode::render::unicode::Dense1x2>()

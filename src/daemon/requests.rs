@@ -219,9 +219,10 @@ impl Hub {
                 return;
             }
         };
-        let (id, url) = self.new_invite(name, ttl, None);
+        let (id, links) = self.new_invite(name, ttl, None);
         self.carry_out().await;
-        self.reply_when_saved(reply, json!({ "id": id, "url": url }));
+        let answer = json!({ "id": id, "url": links.url, "at_home": links.at_home });
+        self.reply_when_saved(reply, answer);
     }
 
     /// Answer once the invites as they are now are on disk (off the hub's loop).

@@ -14,6 +14,7 @@ impl Hub {
     pub(super) fn status(&self) -> Value {
         json!({
             "privacy": self.privacy_status(),
+            "reach": self.reach.to_json(Instant::now()),
             "box": self.box_status(),
             "participants": self.participants(),
             "video_codec": self.call.room().publish_codec(),
