@@ -139,7 +139,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let hub_task = tokio::spawn(hub.run(inputs));
     tokio::spawn(control::serve(control_listener, control_tx));
     let web = WebState::new(ws_tx, &identity.ca_pem);
-    let (handle, web_task) = serve_web(https, http, identity, web, &config, host).await?;
+    let (handle, web_task) = serve_web(https, http, identity, web, &config, link_host).await?;
 
     notify::notify("READY=1");
     wait_for_signal().await?;
