@@ -50,19 +50,24 @@ impl Addresses {
         }
     }
 
-    /// The addresses Hearth's certificate must name.
+    /// The addresses Hearth's certificate names: loopback, with `--lan` the address join
+    /// links use and the machine's addresses on the home network. Global addresses other
+    /// than the join links' (public IPv4, global IPv6 whose privacy addresses change daily)
+    /// are left out: Hearth's CA permits only home-network ranges and the links' address
+    /// (see `web::tls::LOCAL_RANGES`).
     pub fn certificate_ips(&self) -> Vec<IpAddr> {
         let mut ips = vec![
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
         ];
         if self.lan {
+            ips.push(self.media);
             ips.extend(
                 if_addrs::get_if_addrs()
                     .unwrap_or_default()
                     .into_iter()
                     .map(|i| i.ip())
-                    .filter(|ip| !ip.is_loopback()),
+                    .filter(|ip| !ip.is_loopback() && crate::web::tls::is_local(*ip)),
             );
         }
         ips
