@@ -223,6 +223,7 @@ async fn serve_web(
     )
     .await
     .context("loading Hearth's certificate")?;
+    tokio::spawn(identity.renewal.keep_renewed(tls.clone()));
     let handle = axum_server::Handle::new();
     let web_server = axum_server::from_tcp_rustls(https, tls)
         .handle(handle.clone())

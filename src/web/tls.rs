@@ -5,6 +5,8 @@
 //! A phone that installs the CA trusts it for whatever the CA vouches for, so the CA carries
 //! name constraints (critical): it can vouch only for the box's own names and for addresses on
 //! a home network, never for a website. Which names, and why, is said at [`LOCAL_RANGES`].
+//! The server certificate is re-issued before it expires, at start and while running
+//! ([`Renewal`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -19,7 +21,10 @@ use time::{Duration, OffsetDateTime};
 const CA_DAYS: i64 = 3650;
 /// Short enough for browsers' leaf-lifetime rules, re-issued well before it ends.
 const SERVER_DAYS: i64 = 397;
-const RENEW_BEFORE_DAYS: i64 = 30;
+/// A server certificate this close to its end is re-issued.
+pub const RENEW_BEFORE_DAYS: i64 = 30;
+/// How often the running daemon asks whether its certificate is due.
+const RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 /// The address ranges Hearth's CA permits (besides the box's DNS names): loopback, private
 /// (RFC 1918), IPv4 link-local, IPv6 loopback, unique-local and link-local.
@@ -62,6 +67,8 @@ pub enum TlsError {
     Rcgen(#[from] rcgen::Error),
     #[error("{path} is damaged: {message}")]
     Damaged { path: PathBuf, message: String },
+    #[error("cannot load the renewed certificate: {0}")]
+    Reload(std::io::Error),
 }
 
 /// PEM text for the HTTPS server.
@@ -70,6 +77,8 @@ pub struct ServerIdentity {
     pub chain_pem: String,
     pub key_pem: String,
     pub ca_pem: String,
+    /// What it takes to re-issue the server certificate while the daemon runs.
+    pub renewal: Renewal,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -78,6 +87,11 @@ struct ServerMeta {
     not_after_unix: i64,
     /// SHA-256 of the CA certificate (PEM) that issued it.
     ca_sha256: String,
+}
+
+/// Whether a server certificate valid until `not_after` must be re-issued at `now`.
+pub fn renewal_due(not_after: OffsetDateTime, now: OffsetDateTime) -> bool {
+    now + Duration::days(RENEW_BEFORE_DAYS) >= not_after
 }
 
 /// The names a server certificate carries: DNS names and IP addresses, each once.
@@ -188,7 +202,7 @@ fn sha256_hex(text: &str) -> String {
 ///
 /// The CA is replaced when it has no name constraints (made by an older Hearth) or when they
 /// no longer cover these names (the hostname changed); the server certificate is re-issued
-/// when its names or its CA changed, or when it is near its end at `now`.
+/// when its names or its CA changed, or when it is due for renewal at `now`.
 pub fn ensure_identity(
     state_dir: &Path,
     dns_names: &[String],
@@ -203,22 +217,30 @@ pub fn ensure_identity(
     let names = BoxNames::new(dns_names, ips);
     let (ca_pem, ca_key_pem) = ensure_ca(&dir, &names, now)?;
     let ca_sha256 = sha256_hex(&ca_pem);
+    let renewal = |not_after| Renewal {
+        state_dir: state_dir.to_path_buf(),
+        dns_names: dns_names.to_vec(),
+        ips: ips.to_vec(),
+        not_after,
+    };
 
     let meta_path = dir.join("server.json");
     let cert_path = dir.join("server.pem");
     let key_path = dir.join("server.key");
     let meta: Option<ServerMeta> = read(&meta_path)?.and_then(|t| serde_json::from_str(&t).ok());
-    let fresh = meta.is_some_and(|m| {
-        m.names == names.all()
-            && m.ca_sha256 == ca_sha256
-            && m.not_after_unix > (now + Duration::days(RENEW_BEFORE_DAYS)).unix_timestamp()
+    let current = meta.and_then(|m| {
+        let not_after = OffsetDateTime::from_unix_timestamp(m.not_after_unix).ok()?;
+        let fresh =
+            m.names == names.all() && m.ca_sha256 == ca_sha256 && !renewal_due(not_after, now);
+        fresh.then_some(not_after)
     });
-    if fresh {
+    if let Some(not_after) = current {
         if let (Some(cert), Some(key)) = (read(&cert_path)?, read(&key_path)?) {
             return Ok(ServerIdentity {
                 chain_pem: format!("{cert}{ca_pem}"),
                 key_pem: key,
                 ca_pem,
+                renewal: renewal(not_after),
             });
         }
     }
@@ -264,6 +286,7 @@ pub fn ensure_identity(
         chain_pem: format!("{}{ca_pem}", cert.pem()),
         key_pem: key.serialize_pem(),
         ca_pem,
+        renewal: renewal(not_after),
     })
 }
 
@@ -422,6 +445,62 @@ impl Permitted {
                 .map(|ip| ip.to_string())
         };
         missing_dns.or_else(missing_ip)
+    }
+}
+
+/// Re-issues the server certificate before it expires, while the daemon runs, and hands it
+/// to the HTTPS server: phones never meet an expired certificate on a box that is never
+/// restarted.
+pub struct Renewal {
+    state_dir: PathBuf,
+    dns_names: Vec<String>,
+    ips: Vec<IpAddr>,
+    not_after: OffsetDateTime,
+}
+
+impl Renewal {
+    /// When the server certificate in use ends.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// If the certificate is due at `now`, re-issue it and load it into `tls`. True when it
+    /// did.
+    pub async fn renew_if_due(
+        &mut self,
+        tls: &axum_server::tls_rustls::RustlsConfig,
+        now: OffsetDateTime,
+    ) -> Result<bool, TlsError> {
+        if !renewal_due(self.not_after, now) {
+            return Ok(false);
+        }
+        let identity = ensure_identity(&self.state_dir, &self.dns_names, &self.ips, now)?;
+        tls.reload_from_pem(
+            identity.chain_pem.into_bytes(),
+            identity.key_pem.into_bytes(),
+        )
+        .await
+        .map_err(TlsError::Reload)?;
+        self.not_after = identity.renewal.not_after;
+        Ok(true)
+    }
+
+    /// Check twice a day, for ever (spawn it).
+    pub async fn keep_renewed(mut self, tls: axum_server::tls_rustls::RustlsConfig) {
+        let start = tokio::time::Instant::now() + RENEWAL_CHECK;
+        let mut checks = tokio::time::interval_at(start, RENEWAL_CHECK);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            checks.tick().await;
+            match self.renew_if_due(&tls, OffsetDateTime::now_utc()).await {
+                Ok(true) => tracing::info!(
+                    "renewed Hearth's server certificate; the new one is valid until {}",
+                    self.not_after.date()
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot renew Hearth's server certificate: {e}"),
+            }
+        }
     }
 }
 
@@ -598,6 +677,52 @@ mod tests {
         let covered = ensure_identity(&dir, &names, &ips, now).unwrap();
         assert_eq!(covered.ca_pem, renamed.ca_pem);
         assert_ne!(covered.chain_pem, renamed.chain_pem);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn renewal_is_due_thirty_days_before_the_end() {
+        let end = OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap();
+        assert!(!renewal_due(end, end - Duration::days(300)));
+        assert!(!renewal_due(
+            end,
+            end - Duration::days(RENEW_BEFORE_DAYS) - Duration::seconds(1)
+        ));
+        assert!(renewal_due(end, end - Duration::days(RENEW_BEFORE_DAYS)));
+        assert!(renewal_due(end, end - Duration::days(1)));
+        assert!(renewal_due(end, end + Duration::days(400)));
+    }
+
+    #[tokio::test]
+    async fn the_running_server_gets_a_renewed_certificate() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = temp_dir("renewal");
+        let start = OffsetDateTime::now_utc();
+        let names = box_names("hearth");
+        let identity = ensure_identity(&dir, &names, &loopback(), start).unwrap();
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+            identity.chain_pem.clone().into_bytes(),
+            identity.key_pem.clone().into_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut renewal = identity.renewal;
+        let first_end = renewal.not_after();
+        let served = tls.get_inner();
+
+        // A day later (a fake clock): not due, nothing changes.
+        let tomorrow = start + Duration::days(1);
+        assert!(!renewal.renew_if_due(&tls, tomorrow).await.unwrap());
+        assert!(Arc::ptr_eq(&served, &tls.get_inner()));
+
+        // Within RENEW_BEFORE_DAYS of the end: re-issued and loaded, the CA kept.
+        let due = first_end - Duration::days(RENEW_BEFORE_DAYS - 1);
+        assert!(renewal.renew_if_due(&tls, due).await.unwrap());
+        assert!(!Arc::ptr_eq(&served, &tls.get_inner()));
+        assert_eq!(renewal.not_after(), due + Duration::days(SERVER_DAYS));
+        let on_disk = ensure_identity(&dir, &names, &loopback(), due).unwrap();
+        assert_eq!(on_disk.ca_pem, identity.ca_pem);
+        assert!(!renewal.renew_if_due(&tls, due).await.unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
