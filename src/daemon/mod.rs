@@ -146,7 +146,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let hub_task = tokio::spawn(hub.run(inputs));
     tokio::spawn(control::serve(control_listener, control_tx));
     let web = WebState::new(ws_tx, &identity.ca_pem);
-    let (handle, web_task) = serve_web(https, http, identity, web, &config, host).await?;
+    let (handle, web_task) = serve_web(https, http, identity, web, &config, link_host).await?;
 
     notify::notify("READY=1");
     wait_for_signal().await?;
@@ -273,6 +273,7 @@ async fn serve_web(
     )
     .await
     .context("loading Hearth's certificate")?;
+    tokio::spawn(identity.renewal.keep_renewed(tls.clone()));
     let handle = axum_server::Handle::new();
     let web_server = axum_server::from_tcp_rustls(https, tls)
         .handle(handle.clone())

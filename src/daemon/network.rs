@@ -54,31 +54,37 @@ impl Addresses {
     /// The host part of join links when no hostname is configured: the LAN's IPv4 address
     /// (the page is on loopback on the dev board).
     pub fn link_host(&self) -> String {
-        let lan = self
-            .media
-            .iter()
-            .find(|ip| ip.is_ipv4())
-            .or(self.media.first());
-        match (self.lan, lan) {
+        match (self.lan, self.link_ip()) {
             (true, Some(IpAddr::V4(v4))) => v4.to_string(),
             (true, Some(IpAddr::V6(v6))) => format!("[{v6}]"),
             _ => self.listen.to_string(),
         }
     }
 
-    /// The addresses Hearth's certificate must name.
+    /// The LAN address join links carry: IPv4 first (every phone has it).
+    fn link_ip(&self) -> Option<IpAddr> {
+        let v4 = self.media.iter().find(|ip| ip.is_ipv4());
+        v4.or(self.media.first()).copied()
+    }
+
+    /// The addresses Hearth's certificate names: loopback, with `--lan` the address join
+    /// links use and the machine's addresses on the home network. Global addresses other
+    /// than the join links' (public IPv4, global IPv6 whose privacy addresses change daily)
+    /// are left out: Hearth's CA permits only home-network ranges and the links' address
+    /// (see `web::tls::LOCAL_RANGES`).
     pub fn certificate_ips(&self) -> Vec<IpAddr> {
         let mut ips = vec![
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
         ];
         if self.lan {
+            ips.extend(self.link_ip());
             ips.extend(
                 if_addrs::get_if_addrs()
                     .unwrap_or_default()
                     .into_iter()
                     .map(|i| i.ip())
-                    .filter(|ip| !ip.is_loopback()),
+                    .filter(|ip| !ip.is_loopback() && crate::web::tls::is_local(*ip)),
             );
         }
         ips
