@@ -3,4 +3,5 @@
 
 pub mod browser;
 pub mod daemon;
+pub mod netns;
 pub mod wss;
