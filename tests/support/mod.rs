@@ -3,5 +3,6 @@
 
 pub mod browser;
 pub mod daemon;
+pub mod home;
 pub mod netns;
 pub mod wss;
