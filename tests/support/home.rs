@@ -269,13 +269,19 @@ impl Home {
                 bail!("`{tool}` is missing: `make deps` installs {package}");
             }
         }
-        let dir = super::daemon::temp_dir("home");
+        let namespaces = [
+            Netns::new("home")?,
+            Netns::new("wifi")?,
+            Netns::new("router")?,
+            Netns::new("internet")?,
+        ];
+        let [home, wifi, router, internet] = namespaces;
         let mut home = Home {
-            home: Netns::new("home")?,
-            wifi: Netns::new("wifi")?,
-            router: Netns::new("router")?,
-            internet: Netns::new("internet")?,
-            dir,
+            home,
+            wifi,
+            router,
+            internet,
+            dir: super::daemon::temp_dir("home"),
             options: options.clone(),
             upnp: None,
             miniupnpd: None,
