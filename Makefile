@@ -2,11 +2,16 @@
 
 # System packages: build tools, GStreamer (the box's camera, mic, encoder, screen, speaker),
 # and the browsers the end-to-end tests drive. No -dev package of plugins-bad: it pulls Qt.
+# The simulated home network (tests/support/home.rs) needs nftables and the router's
+# miniupnpd: only its nftables binary package, `miniupnpd-nftables` (/usr/sbin/miniupnpd and
+# nothing else). The `miniupnpd` package is the host service around it (init script, systemd
+# unit, debconf questions) and is deliberately not installed: the tests start their own
+# miniupnpd inside a network namespace, and no router daemon may ever run on the host.
 DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fonts-dejavu-core \
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-alsa gstreamer1.0-x \
-	chromium firefox-esr
+	chromium firefox-esr nftables miniupnpd-nftables
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 

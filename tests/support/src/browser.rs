@@ -205,6 +205,16 @@ fn pump(
 
 impl Browser {
     pub async fn launch(kind: BrowserKind) -> Result<Browser> {
+        Self::launch_in(kind, None).await
+    }
+
+    /// Launch inside a network namespace (a phone in the simulated home, see home.rs). The
+    /// browser's protocol port is on that namespace's 127.0.0.1, so the connection to it is
+    /// made from inside (a socket keeps its namespace) and then used from here as usual.
+    pub async fn launch_in(
+        kind: BrowserKind,
+        netns: Option<&super::netns::Netns>,
+    ) -> Result<Browser> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -253,6 +263,9 @@ impl Browser {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(netns) = netns {
+            netns.enter(&mut cmd);
+        }
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -294,10 +307,25 @@ impl Browser {
         } else {
             url
         };
-        let (ws, _) = timeout(CALL_TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
-            .await
-            .map_err(|_| anyhow!("connecting to {url} timed out"))?
-            .with_context(|| format!("connecting to {url}"))?;
+        let (ws, _) = match netns {
+            None => timeout(CALL_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())).await,
+            Some(netns) => {
+                let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse()?;
+                let (host, port) = (uri.host().unwrap_or("127.0.0.1"), uri.port_u16());
+                let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port.unwrap_or(80)))?
+                    .next()
+                    .with_context(|| format!("no address for {url}"))?;
+                let tcp = netns.tokio_tcp_connect(addr, Duration::from_secs(5))?;
+                let tcp = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+                timeout(
+                    CALL_TIMEOUT,
+                    tokio_tungstenite::client_async(url.as_str(), tcp),
+                )
+                .await
+            }
+        }
+        .map_err(|_| anyhow!("connecting to {url} timed out"))?
+        .with_context(|| format!("connecting to {url}"))?;
         let mut b = Browser {
             kind,
             ws,

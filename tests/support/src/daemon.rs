@@ -92,6 +92,20 @@ impl Daemon {
 
     /// Start a board profile other than dev (its hardware overridden in `extra_config`).
     pub fn start_on_board(state_dir: &Path, board: &str, extra_config: &str) -> Result<Daemon> {
+        Self::start_wrapped(state_dir, board, extra_config, &[], &[])
+    }
+
+    /// Start with `prefix` before the command line (e.g. `Netns::nsenter_prefix()`, so the
+    /// daemon runs in that network namespace; the prefix must exec the daemon, keeping its
+    /// process id) and `run_args` after `hearth run` (e.g. `--lan`). The CLI still works from
+    /// anywhere: it talks over the state dir's Unix socket.
+    pub fn start_wrapped(
+        state_dir: &Path,
+        board: &str,
+        extra_config: &str,
+        prefix: &[std::ffi::OsString],
+        run_args: &[&str],
+    ) -> Result<Daemon> {
         let https_port = free_tcp_port();
         let udp_port = free_udp_port();
         let config = state_dir.join("test.toml");
@@ -102,11 +116,20 @@ impl Daemon {
             None => format!("[web]\n{ports}[call]\nudp_port = {udp_port}\n{extra_config}"),
         };
         std::fs::write(&config, text)?;
-        let mut child = Command::new(hearth_bin())
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(hearth_bin());
+                command
+            }
+            None => Command::new(hearth_bin()),
+        };
+        let mut child = command
             .arg("--state-dir")
             .arg(state_dir)
             .args(["run", "--board", board, "--config"])
             .arg(&config)
+            .args(run_args)
             .env("HEARTH_LOG", "hearth=debug")
             // Tests never open windows on a developer's desktop.
             .env_remove("DISPLAY")

@@ -6,6 +6,8 @@
 //!   read or wait for the media it receives (`RTCPeerConnection.getStats()`).
 //! - [`Browser`]: the browser underneath, Chromium over CDP or Firefox over WebDriver BiDi.
 //! - [`wss`]: a signalling client that trusts only the daemon's own CA.
+//! - [`home`]: a simulated home network (box, phones at home and outside, a NAT router with
+//!   miniupnpd) in network namespaces the test makes, entered through [`netns`].
 //!
 //! The `hearth` binary is the one Cargo built next to the running test or bench (see
 //! [`daemon::hearth_bin`]), so this crate works from the hearth package's tests and benches
@@ -13,6 +15,8 @@
 
 pub mod browser;
 pub mod daemon;
+pub mod home;
+pub mod netns;
 pub mod phone;
 pub mod wss;
 
