@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use hearth::config::board::Board;
 use hearth::daemon::control::{OnOff, Request, Response, Simulation};
 use hearth::daemon::{self, control};
+use hearth::reach::mapper::{probe, MapperConfig};
 use hearth::{config, media};
 
 #[derive(Parser)]
@@ -129,7 +130,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(())
         }
-        Command::Check { config, board } => check(config.as_deref(), board),
+        Command::Check { config, board } => check(&state_dir, config.as_deref(), board),
         Command::Snapshot { file } => {
             // The daemon writes the file, so it needs an absolute path.
             let path = std::path::absolute(&file)?;
@@ -203,16 +204,44 @@ fn invite(
     Ok(())
 }
 
-fn check(config: Option<&Path>, board: Board) -> Result<()> {
+fn check(state_dir: &Path, config: Option<&Path>, board: Board) -> Result<()> {
     let config = load_config(config)?;
     let profile = board.profile(&config.board)?;
     media::init().map_err(|e| anyhow::anyhow!(e))?;
-    let (report, ok) = media::check::report(&profile);
+    let (report, mut ok) = media::check::report(&profile);
     print!("{report}");
+    if config.remote.port_mapping.is_on(board) {
+        let (report, reachable) = runtime()?.block_on(reach_check(state_dir, &config));
+        print!("{report}");
+        ok &= reachable;
+    }
     if !ok {
-        anyhow::bail!("the {board:?} profile's hardware is not all here");
+        anyhow::bail!("the {board:?} profile's hardware or network is not all here");
     }
     Ok(())
+}
+
+/// Whether the router forwards to the box: the running daemon's view if it runs (a second
+/// request for the same ports would disturb its forwarding), else one look at the router.
+async fn reach_check(state_dir: &Path, config: &config::Config) -> (String, bool) {
+    if let Ok(Response::Ok(status)) = control::request(state_dir, &Request::Status {}).await {
+        let reach = &status["reach"];
+        let text = format!(
+            "\nFamily outside the home (as the running Hearth sees it): {}\n",
+            serde_json::to_string(reach).unwrap_or_default()
+        );
+        return (text, reach["outside"] == true);
+    }
+    let mapper = MapperConfig::new(config, config.call.udp_port);
+    let reach = probe(&mapper).await;
+    let mut text = format!("\nFamily outside the home: {}\n", reach.tv_line());
+    if let Some(m) = reach.mapping() {
+        text += &format!(
+            "  the router answers {}: external address {}, HTTPS port {}, media port {}\n",
+            m.via, m.external_ip, m.https_port, m.media_port
+        );
+    }
+    (text, reach.mapping().is_some())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

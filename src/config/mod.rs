@@ -52,6 +52,16 @@ pub enum PortMapping {
     Off,
 }
 
+impl PortMapping {
+    pub fn is_on(self, board: board::Board) -> bool {
+        match self {
+            PortMapping::Auto => board != board::Board::Dev,
+            PortMapping::On => true,
+            PortMapping::Off => false,
+        }
+    }
+}
+
 impl Default for RemoteConfig {
     fn default() -> Self {
         RemoteConfig {

@@ -25,7 +25,7 @@ use crate::call::room::Room;
 use crate::call::sfu::{Candidates, Sfu};
 use crate::call::{Call, CallLimits};
 use crate::config::board::{Board, Profile};
-use crate::config::{Config, PortMapping};
+use crate::config::Config;
 use crate::privacy::PrivacyControl;
 use crate::reach::mapper::MapperConfig;
 use crate::reach::Reach;
@@ -173,26 +173,11 @@ async fn start_port_mapping(
     media_port: u16,
     shutdown: watch::Receiver<bool>,
 ) -> (watch::Receiver<Reach>, Option<tokio::task::JoinHandle<()>>) {
-    let on = match config.remote.port_mapping {
-        PortMapping::Auto => board != Board::Dev,
-        PortMapping::On => true,
-        PortMapping::Off => false,
-    };
-    if !on {
+    if !config.remote.port_mapping.is_on(board) {
         let (_, reach) = watch::channel(Reach::Off);
         return (reach, None);
     }
-    let mapper_config = MapperConfig {
-        https_port: config.web.https_port,
-        media_port,
-        preferred_https: config.remote.https_port,
-        preferred_media: match config.remote.media_port {
-            0 => media_port,
-            port => port,
-        },
-        lease: config.remote.lease,
-        check_every: config.remote.check_every,
-    };
+    let mapper_config = MapperConfig::new(config, media_port);
     let (tx, mut reach) = watch::channel(Reach::Trying);
     let task = tokio::spawn(crate::reach::mapper::run(mapper_config, tx, shutdown));
     let first_answer = reach.wait_for(|r| *r != Reach::Trying);

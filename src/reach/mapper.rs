@@ -29,6 +29,39 @@ pub struct MapperConfig {
     pub check_every: Duration,
 }
 
+impl MapperConfig {
+    /// From the owner's config; `media_port` is the port the media socket got.
+    pub fn new(config: &crate::config::Config, media_port: u16) -> MapperConfig {
+        MapperConfig {
+            https_port: config.web.https_port,
+            media_port,
+            preferred_https: config.remote.https_port,
+            preferred_media: match config.remote.media_port {
+                0 => media_port,
+                port => port,
+            },
+            lease: config.remote.lease,
+            check_every: config.remote.check_every,
+        }
+    }
+}
+
+/// One look at the router (`hearth check`): forward the ports, say what came of it, and take
+/// the forwarding back.
+pub async fn probe(config: &MapperConfig) -> Reach {
+    match Forwarding::establish(config).await {
+        Ok(forwarding) => {
+            let reach = match classify_external(forwarding.mapping.external_ip) {
+                Ok(()) => Reach::Outside(forwarding.mapping.clone()),
+                Err(why) => Reach::HomeOnly(why),
+            };
+            forwarding.remove().await;
+            reach
+        }
+        Err(why) => Reach::HomeOnly(why),
+    }
+}
+
 /// Waiting before asking a silent router again: doubles up to a minute.
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
