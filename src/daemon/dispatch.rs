@@ -9,7 +9,11 @@ use crate::call::protocol::ServerMsg;
 use crate::call::Output;
 use crate::media::tv;
 use crate::privacy::BoxEffect;
+use crate::web::rate::Occasional;
 use crate::web::signalling::WsCommand;
+
+/// Connections closed for not reading, logged once a minute at most.
+static UNREAD: Occasional = Occasional::new(std::time::Duration::from_secs(60));
 
 impl Hub {
     /// Everything the call has to do, until it has nothing more (carrying out may make more:
@@ -36,7 +40,13 @@ impl Hub {
                 };
                 if tx.try_send(WsCommand::Send(msg)).is_err() {
                     // A phone that does not read its messages is let go, not buffered for.
-                    tracing::info!("closing a connection whose messages pile up unread");
+                    tracing::debug!("{conn:?}: closing, its messages pile up unread");
+                    if let Some(n) = UNREAD.note(Instant::now()) {
+                        tracing::info!(
+                            "{n} signalling connection(s) closed since the last report: \
+                             their messages piled up unread"
+                        );
+                    }
                     self.conns.remove(&conn);
                     self.call.handle_closed(conn);
                 }

@@ -3,22 +3,35 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
+use super::rate::{Admit, Occasional, TokenBucket};
 use super::WebState;
 use crate::call::protocol::{ServerMsg, MAX_CLIENT_MESSAGE_BYTES};
+use crate::call::throttle::redacted;
 use crate::call::ConnId;
 
 /// Messages waiting to be written to one connection. A phone that does not read them is
 /// closed when this fills, rather than buffered without end.
 pub const OUTBOUND_QUEUE: usize = 32;
+/// The server pings every connection this often...
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+/// ...and closes one from which nothing at all, not even a pong, came for this long.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// A message the phone does not take within this ends the session: it stopped reading.
+pub const WRITE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Sockets closed for sending too fast, logged once a minute at most.
+static OVER_RATE: Occasional = Occasional::new(Duration::from_secs(60));
 
 /// What a WebSocket task tells the hub.
 #[derive(Debug)]
@@ -78,7 +91,7 @@ pub(super) async fn websocket(
 
 async fn signalling(socket: WebSocket, state: WebState, from: IpAddr) {
     let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
-    let (tx, mut commands) = mpsc::channel(OUTBOUND_QUEUE);
+    let (tx, commands) = mpsc::channel(OUTBOUND_QUEUE);
     let open = WsEvent::Open {
         conn,
         from,
@@ -87,47 +100,198 @@ async fn signalling(socket: WebSocket, state: WebState, from: IpAddr) {
     if state.hub.send(open).await.is_err() {
         return;
     }
-    let (mut sink, mut stream) = socket.split();
-    let writer = tokio::spawn(async move {
-        while let Some(command) = commands.recv().await {
-            match command {
-                WsCommand::Send(msg) => {
-                    let Ok(text) = serde_json::to_string(&msg) else {
-                        continue;
-                    };
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
-                    }
-                }
-                WsCommand::Close => {
-                    let _ = sink.send(Message::Close(None)).await;
-                    break;
-                }
-            }
-        }
-    });
-    let hub = state.hub.clone();
-    let reader = async {
-        while let Some(Ok(message)) = stream.next().await {
-            match message {
-                Message::Text(text)
-                    if hub
-                        .send(WsEvent::Text(conn, text.to_string()))
-                        .await
-                        .is_err() =>
-                {
-                    break
-                }
-                Message::Close(_) => break,
-                _ => {}
-            }
-        }
-    };
-    // Whichever ends first (client gone, or hub closed us) ends the session.
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write(sink, commands));
+    let reader = read(stream, state.hub.clone(), conn, from);
+    // Whichever ends first (client gone, silent or too fast, or hub closed us) ends the
+    // session.
     tokio::pin!(writer);
     tokio::select! {
         _ = reader => writer.abort(),
         _ = &mut writer => {}
     }
     let _ = state.hub.send(WsEvent::Closed(conn)).await;
+}
+
+/// The hub's messages to the phone, rosters coalesced, and a ping every [`PING_EVERY`].
+/// Ends when the hub closes the session or the phone stops taking what is sent.
+async fn write(mut sink: SplitSink<WebSocket, Message>, mut commands: mpsc::Receiver<WsCommand>) {
+    let start = tokio::time::Instant::now() + PING_EVERY;
+    let mut ping = tokio::time::interval_at(start, PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(OUTBOUND_QUEUE);
+    loop {
+        let first = tokio::select! {
+            command = commands.recv() => match command {
+                Some(command) => command,
+                None => return,
+            },
+            _ = ping.tick() => {
+                if !deliver(&mut sink, Message::Ping(Default::default())).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        // Everything queued meanwhile goes in one batch, so a run of rosters is one roster.
+        batch.push(first);
+        while batch.len() < OUTBOUND_QUEUE {
+            match commands.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        for command in coalesce_rosters(std::mem::take(&mut batch)) {
+            match command {
+                WsCommand::Send(msg) => {
+                    let Ok(text) = serde_json::to_string(&msg) else {
+                        continue;
+                    };
+                    if !deliver(&mut sink, Message::Text(text.into())).await {
+                        return;
+                    }
+                }
+                WsCommand::Close => {
+                    let _ = deliver(&mut sink, Message::Close(None)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Send one message; false when the socket failed or the phone did not take it within
+/// [`WRITE_LIMIT`].
+async fn deliver(sink: &mut SplitSink<WebSocket, Message>, message: Message) -> bool {
+    match tokio::time::timeout(WRITE_LIMIT, sink.send(message)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::debug!("a signalling connection stopped taking its messages");
+            false
+        }
+    }
+}
+
+/// Of each run of consecutive rosters only the last: a roster is the whole room, so the
+/// latest says all the earlier ones did.
+fn coalesce_rosters(commands: Vec<WsCommand>) -> Vec<WsCommand> {
+    let is_roster = |c: &WsCommand| matches!(c, WsCommand::Send(ServerMsg::Roster { .. }));
+    let mut out: Vec<WsCommand> = Vec::with_capacity(commands.len());
+    for command in commands {
+        if is_roster(&command) && out.last().is_some_and(is_roster) {
+            out.pop();
+        }
+        out.push(command);
+    }
+    out
+}
+
+/// The phone's messages to the hub, at most [`super::rate::MESSAGES_PER_SECOND`] (after a
+/// burst): over that, the socket is not read until the next message's turn, so TCP slows
+/// the sender; a socket over the rate for [`super::rate::OVER_RATE_LIMIT`] is closed. Ends
+/// when the phone closes, is silent for [`SILENCE_LIMIT`], or the hub is gone.
+async fn read(
+    mut stream: SplitStream<WebSocket>,
+    hub: mpsc::Sender<WsEvent>,
+    conn: ConnId,
+    from: IpAddr,
+) {
+    let mut bucket = TokenBucket::for_signalling(Instant::now());
+    loop {
+        let message = match tokio::time::timeout(SILENCE_LIMIT, stream.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(_) => return,
+            Err(_) => {
+                tracing::debug!("{conn:?}: nothing heard for {SILENCE_LIMIT:?}, closing");
+                return;
+            }
+        };
+        // Every frame counts, pings and pongs too.
+        loop {
+            match bucket.admit(Instant::now()) {
+                Admit::Now => break,
+                Admit::After(wait) => tokio::time::sleep(wait).await,
+                Admit::Close => {
+                    tracing::debug!("{conn:?}: over the message rate for too long, closing");
+                    if let Some(n) = OVER_RATE.note(Instant::now()) {
+                        tracing::info!(
+                            "{n} signalling connection(s) closed for sending too fast since \
+                             the last report; the latest from {}",
+                            redacted(from)
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+        let text = match message {
+            Message::Text(text) => text.to_string(),
+            Message::Close(_) => return,
+            _ => continue,
+        };
+        if hub.send(WsEvent::Text(conn, text)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::protocol::RosterEntry;
+
+    fn roster(name: &str) -> WsCommand {
+        let entry = RosterEntry {
+            id: "p1".into(),
+            name: name.into(),
+            audio: true,
+            video: true,
+            note: None,
+            privacy_since: None,
+        };
+        WsCommand::Send(ServerMsg::Roster {
+            participants: vec![entry],
+        })
+    }
+
+    fn error(text: &str) -> WsCommand {
+        WsCommand::Send(ServerMsg::Error {
+            message: text.into(),
+        })
+    }
+
+    fn describe(commands: &[WsCommand]) -> Vec<String> {
+        commands
+            .iter()
+            .map(|c| match c {
+                WsCommand::Send(ServerMsg::Roster { participants }) => {
+                    format!("roster {}", participants[0].name)
+                }
+                WsCommand::Send(ServerMsg::Error { message }) => format!("error {message}"),
+                WsCommand::Send(other) => format!("{other:?}"),
+                WsCommand::Close => "close".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_of_rosters_become_their_last_and_order_is_kept() {
+        let batch = vec![
+            roster("a"),
+            roster("b"),
+            roster("c"),
+            error("x"),
+            roster("d"),
+            error("y"),
+            roster("e"),
+            roster("f"),
+            WsCommand::Close,
+        ];
+        assert_eq!(
+            describe(&coalesce_rosters(batch)),
+            ["roster c", "error x", "roster d", "error y", "roster f", "close"]
+        );
+        assert!(coalesce_rosters(Vec::new()).is_empty());
+    }
 }
