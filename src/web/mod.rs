@@ -1,7 +1,9 @@
 //! HTTPS: the join page (`page`), the signalling WebSocket (`signalling`), Hearth's own
 //! certificate authority (`tls`), and the plain-HTTP listener that redirects (`redirect`);
-//! signalling messages rate-limited and over-limit events logged now and then (`rate`).
+//! connections counted, capped and timed out (`limits`), signalling messages rate-limited
+//! (`rate`).
 
+pub mod limits;
 mod page;
 pub mod rate;
 pub mod redirect;

@@ -10,10 +10,12 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
+use super::limits::{BusyGuard, ConnActivity};
 use super::rate::{Admit, Occasional, TokenBucket};
 use super::WebState;
 use crate::call::protocol::{ServerMsg, MAX_CLIENT_MESSAGE_BYTES};
@@ -73,6 +75,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 pub(super) async fn websocket(
     State(state): State<WebState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    activity: Option<Extension<ConnActivity>>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -83,13 +86,17 @@ pub(super) async fn websocket(
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
+    // The connection stays busy (never idle, never chosen to make room) while the socket is
+    // open.
+    let busy = activity.map(|Extension(activity)| activity.busy());
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
         .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
-        .on_upgrade(move |socket| signalling(socket, state, peer.ip()))
+        .on_upgrade(move |socket| signalling(socket, state, peer.ip(), busy))
 }
 
-async fn signalling(socket: WebSocket, state: WebState, from: IpAddr) {
+async fn signalling(socket: WebSocket, state: WebState, from: IpAddr, busy: Option<BusyGuard>) {
+    let _busy = busy;
     let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
     let (tx, commands) = mpsc::channel(OUTBOUND_QUEUE);
     let open = WsEvent::Open {
