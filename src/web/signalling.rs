@@ -11,8 +11,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::limits::{BusyGuard, ConnActivity};
@@ -31,6 +30,20 @@ pub const PING_EVERY: Duration = Duration::from_secs(10);
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 /// A message the phone does not take within this ends the session: it stopped reading.
 pub const WRITE_LIMIT: Duration = Duration::from_secs(10);
+
+/// A session's time limits (unit tests use shorter ones).
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    ping_every: Duration,
+    silence: Duration,
+    write_limit: Duration,
+}
+
+const TIMING: Timing = Timing {
+    ping_every: PING_EVERY,
+    silence: SILENCE_LIMIT,
+    write_limit: WRITE_LIMIT,
+};
 
 /// Sockets closed for sending too fast, logged once a minute at most.
 static OVER_RATE: Occasional = Occasional::new(Duration::from_secs(60));
@@ -108,8 +121,8 @@ async fn signalling(socket: WebSocket, state: WebState, from: IpAddr, busy: Opti
         return;
     }
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write(sink, commands));
-    let reader = read(stream, state.hub.clone(), conn, from);
+    let writer = tokio::spawn(write(sink, commands, TIMING));
+    let reader = read(stream, state.hub.clone(), conn, from, TIMING);
     // Whichever ends first (client gone, silent or too fast, or hub closed us) ends the
     // session.
     tokio::pin!(writer);
@@ -122,9 +135,12 @@ async fn signalling(socket: WebSocket, state: WebState, from: IpAddr, busy: Opti
 
 /// The hub's messages to the phone, rosters coalesced, and a ping every [`PING_EVERY`].
 /// Ends when the hub closes the session or the phone stops taking what is sent.
-async fn write(mut sink: SplitSink<WebSocket, Message>, mut commands: mpsc::Receiver<WsCommand>) {
-    let start = tokio::time::Instant::now() + PING_EVERY;
-    let mut ping = tokio::time::interval_at(start, PING_EVERY);
+async fn write<K>(mut sink: K, mut commands: mpsc::Receiver<WsCommand>, timing: Timing)
+where
+    K: Sink<Message> + Unpin,
+{
+    let every = timing.ping_every;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(OUTBOUND_QUEUE);
     loop {
@@ -134,7 +150,7 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, mut commands: mpsc::Rece
                 None => return,
             },
             _ = ping.tick() => {
-                if !deliver(&mut sink, Message::Ping(Default::default())).await {
+                if !deliver(&mut sink, Message::Ping(Default::default()), timing).await {
                     return;
                 }
                 continue;
@@ -154,12 +170,12 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, mut commands: mpsc::Rece
                     let Ok(text) = serde_json::to_string(&msg) else {
                         continue;
                     };
-                    if !deliver(&mut sink, Message::Text(text.into())).await {
+                    if !deliver(&mut sink, Message::Text(text.into()), timing).await {
                         return;
                     }
                 }
                 WsCommand::Close => {
-                    let _ = deliver(&mut sink, Message::Close(None)).await;
+                    let _ = deliver(&mut sink, Message::Close(None), timing).await;
                     return;
                 }
             }
@@ -169,8 +185,8 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, mut commands: mpsc::Rece
 
 /// Send one message; false when the socket failed or the phone did not take it within
 /// [`WRITE_LIMIT`].
-async fn deliver(sink: &mut SplitSink<WebSocket, Message>, message: Message) -> bool {
-    match tokio::time::timeout(WRITE_LIMIT, sink.send(message)).await {
+async fn deliver<K: Sink<Message> + Unpin>(sink: &mut K, message: Message, timing: Timing) -> bool {
+    match tokio::time::timeout(timing.write_limit, sink.send(message)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
@@ -198,19 +214,22 @@ fn coalesce_rosters(commands: Vec<WsCommand>) -> Vec<WsCommand> {
 /// burst): over that, the socket is not read until the next message's turn, so TCP slows
 /// the sender; a socket over the rate for [`super::rate::OVER_RATE_LIMIT`] is closed. Ends
 /// when the phone closes, is silent for [`SILENCE_LIMIT`], or the hub is gone.
-async fn read(
-    mut stream: SplitStream<WebSocket>,
+async fn read<S, E>(
+    mut stream: S,
     hub: mpsc::Sender<WsEvent>,
     conn: ConnId,
     from: IpAddr,
-) {
+    timing: Timing,
+) where
+    S: Stream<Item = Result<Message, E>> + Unpin,
+{
     let mut bucket = TokenBucket::for_signalling(Instant::now());
     loop {
-        let message = match tokio::time::timeout(SILENCE_LIMIT, stream.next()).await {
+        let message = match tokio::time::timeout(timing.silence, stream.next()).await {
             Ok(Some(Ok(message))) => message,
             Ok(_) => return,
             Err(_) => {
-                tracing::debug!("{conn:?}: nothing heard for {SILENCE_LIMIT:?}, closing");
+                tracing::debug!("{conn:?}: nothing heard for {:?}, closing", timing.silence);
                 return;
             }
         };
@@ -280,6 +299,111 @@ mod tests {
                 WsCommand::Close => "close".into(),
             })
             .collect()
+    }
+
+    const QUICK: Timing = Timing {
+        ping_every: Duration::from_millis(100),
+        silence: Duration::from_secs(1),
+        write_limit: Duration::from_millis(200),
+    };
+
+    /// A sink that keeps what it is given.
+    fn recorder() -> (
+        impl Sink<Message, Error = ()> + Unpin,
+        std::sync::Arc<std::sync::Mutex<Vec<Message>>>,
+    ) {
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = futures_util::sink::unfold(kept.clone(), |kept, message| async move {
+            kept.lock().unwrap().push(message);
+            Ok::<_, ()>(kept)
+        });
+        (Box::pin(sink), kept)
+    }
+
+    #[tokio::test]
+    async fn the_writer_pings_coalesces_and_closes() {
+        let (sink, kept) = recorder();
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        for name in ["a", "b", "c"] {
+            tx.try_send(roster(name)).unwrap();
+        }
+        let writer = tokio::spawn(write(sink, rx, QUICK));
+        // Two pings' time, then the hub closes the session.
+        tokio::time::sleep(QUICK.ping_every * 5 / 2).await;
+        tx.try_send(WsCommand::Close).unwrap();
+        writer.await.unwrap();
+        let kept = kept.lock().unwrap();
+        let kinds: Vec<&str> = kept
+            .iter()
+            .map(|m| match m {
+                Message::Text(t) if t.contains("\"c\"") => "roster c",
+                Message::Text(_) => "other text",
+                Message::Ping(_) => "ping",
+                Message::Close(_) => "close",
+                _ => "other",
+            })
+            .collect();
+        // The three rosters as one, pings (two, or more on a slow machine), the close.
+        assert_eq!(kinds.first(), Some(&"roster c"), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&"close"), "{kinds:?}");
+        let pings = &kinds[1..kinds.len() - 1];
+        assert!(
+            pings.len() >= 2 && pings.iter().all(|k| *k == "ping"),
+            "{kinds:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_phone_that_takes_nothing_is_let_go() {
+        let stuck = Box::pin(futures_util::sink::unfold((), |_, _: Message| {
+            std::future::pending::<Result<(), ()>>()
+        }));
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        tx.try_send(roster("a")).unwrap();
+        let started = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(5), write(stuck, rx, QUICK)).await;
+        assert!(ended.is_ok(), "the writer waited on");
+        assert!(started.elapsed() >= QUICK.write_limit);
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_socket_is_closed_after_its_silence_not_while_it_talks() {
+        let (phone, frames) = mpsc::channel::<Message>(8);
+        let stream = Box::pin(futures_util::stream::unfold(
+            frames,
+            |mut frames| async move {
+                let frame = frames.recv().await?;
+                Some((Ok::<_, ()>(frame), frames))
+            },
+        ));
+        let (hub, mut events) = mpsc::channel(8);
+        let from = IpAddr::from([192, 0, 2, 1]);
+        let reader = tokio::spawn(read(stream, hub, ConnId(1), from, QUICK));
+        // Pongs and a text every 100 ms for 1.5 s: longer than the silence limit.
+        let started = Instant::now();
+        for i in 0..15 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let frame = match i {
+                5 => Message::Text("hello".into()),
+                _ => Message::Pong(Default::default()),
+            };
+            phone.send(frame).await.unwrap();
+        }
+        assert!(!reader.is_finished(), "closed while the phone talked");
+        let talked = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("never closed")
+            .unwrap();
+        let silent = talked.elapsed();
+        assert!(silent >= QUICK.silence, "{silent:?}");
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+        match events.try_recv() {
+            Ok(WsEvent::Text(ConnId(1), text)) => assert_eq!(text, "hello"),
+            other => panic!("{other:?}"),
+        }
+        drop(phone);
     }
 
     #[test]
