@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use tokio::sync::mpsc::error::TrySendError;
+
 use super::hub::Hub;
 use crate::call::invite::unix_seconds;
 use crate::call::protocol::ServerMsg;
@@ -38,17 +40,25 @@ impl Hub {
                 let Some(tx) = self.conns.get(&conn) else {
                     return;
                 };
-                if tx.try_send(WsCommand::Send(msg)).is_err() {
+                match tx.try_send(WsCommand::Send(msg)) {
+                    Ok(()) => {}
                     // A phone that does not read its messages is let go, not buffered for.
-                    tracing::debug!("{conn:?}: closing, its messages pile up unread");
-                    if let Some(n) = UNREAD.note(Instant::now()) {
-                        tracing::info!(
-                            "{n} signalling connection(s) closed since the last report: \
-                             their messages piled up unread"
-                        );
+                    Err(TrySendError::Full(_)) => {
+                        tracing::debug!("{conn:?}: closing, its messages pile up unread");
+                        if let Some(n) = UNREAD.note(Instant::now()) {
+                            tracing::info!(
+                                "{n} signalling connection(s) closed since the last report: \
+                                 their messages piled up unread"
+                            );
+                        }
+                        self.conns.remove(&conn);
+                        self.call.handle_closed(conn);
                     }
-                    self.conns.remove(&conn);
-                    self.call.handle_closed(conn);
+                    // The session just ended; its `Closed` is on the way.
+                    Err(TrySendError::Closed(_)) => {
+                        self.conns.remove(&conn);
+                        self.call.handle_closed(conn);
+                    }
                 }
             }
             Output::Close(conn) => {
