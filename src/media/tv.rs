@@ -940,6 +940,48 @@ mod tests {
     use crate::config::board::Board;
 
     #[test]
+    fn frames_beyond_the_queue_are_dropped_and_commands_never_are() {
+        let (tx, rx) = std_mpsc::channel();
+        let frames_queued = Arc::new(AtomicUsize::new(0));
+        let screen = Screen {
+            commands: tx,
+            frames_queued: frames_queued.clone(),
+            counters: Arc::new(Counters::default()),
+            thread: None,
+        };
+        let inbox = Inbox {
+            commands: rx,
+            frames_queued,
+        };
+        let frame = || {
+            Command::Frame(PhoneFrame {
+                from: ParticipantId(1),
+                codec: PhoneCodec::Opus,
+                data: Arc::from(&[0u8; 8][..]),
+            })
+        };
+        // The screen's thread is behind: nothing is taken.
+        for _ in 0..FRAME_QUEUE + 50 {
+            screen.send(frame());
+        }
+        screen.send(Command::Roster(Vec::new()));
+        assert_eq!(screen.counters.frames_dropped.load(Ordering::Relaxed), 50);
+        let waiting: Vec<Command> = inbox.commands.try_iter().collect();
+        assert_eq!(waiting.len(), FRAME_QUEUE + 1);
+        assert!(matches!(waiting.last(), Some(Command::Roster(_))));
+        // Once the thread takes frames, there is room again.
+        for command in &waiting {
+            inbox.taken(command);
+        }
+        screen.send(frame());
+        assert!(matches!(
+            inbox.recv_timeout(Duration::ZERO),
+            Ok(Command::Frame(_))
+        ));
+        assert_eq!(screen.counters.frames_dropped.load(Ordering::Relaxed), 50);
+    }
+
+    #[test]
     fn qr_code_has_dark_modules_and_a_white_quiet_zone() {
         let code = qrcode::QrCode::new(b"https://hearth.local:8443/join#abc").unwrap();
         let image = qr_gray8(&code, 120);
@@ -1148,6 +1190,10 @@ mod tests {
             ]
         );
         let video = branch_parts(PhoneCodec::Vp8, "Ann").unwrap();
+        // A decoder that falls behind drops its oldest input.
+        assert_eq!(video.src.property::<u64>("max-bytes"), PHONE_QUEUE_BYTES);
+        let leaky = video.src.property_value("leaky-type");
+        assert!(format!("{leaky:?}").contains("DOWNSTREAM"), "{leaky:?}");
         let label = video.label.unwrap();
         assert_eq!(label.property::<String>("text"), "Ann");
         assert!(branch_parts(PhoneCodec::Opus, "Ann")
