@@ -99,17 +99,19 @@ pub(super) async fn websocket(
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
-    // The connection stays busy (never idle, never chosen to make room) while the socket is
-    // open.
-    let busy = activity.map(|Extension(activity)| activity.busy());
+    let activity = activity.map(|Extension(activity)| activity);
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
         .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
-        .on_upgrade(move |socket| signalling(socket, state, peer.ip(), busy))
+        .on_upgrade(move |socket| signalling(socket, state, peer.ip(), activity))
 }
 
-async fn signalling(socket: WebSocket, state: WebState, from: IpAddr, busy: Option<BusyGuard>) {
-    let _busy = busy;
+async fn signalling(
+    socket: WebSocket,
+    state: WebState,
+    from: IpAddr,
+    activity: Option<ConnActivity>,
+) {
     let conn = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
     let (tx, commands) = mpsc::channel(OUTBOUND_QUEUE);
     let open = WsEvent::Open {
@@ -121,7 +123,7 @@ async fn signalling(socket: WebSocket, state: WebState, from: IpAddr, busy: Opti
         return;
     }
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write(sink, commands, TIMING));
+    let writer = tokio::spawn(write(sink, commands, TIMING, activity));
     let reader = read(stream, state.hub.clone(), conn, from, TIMING);
     // Whichever ends first (client gone, silent or too fast, or hub closed us) ends the
     // session.
@@ -135,10 +137,18 @@ async fn signalling(socket: WebSocket, state: WebState, from: IpAddr, busy: Opti
 
 /// The hub's messages to the phone, rosters coalesced, and a ping every [`PING_EVERY`].
 /// Ends when the hub closes the session or the phone stops taking what is sent.
-async fn write<K>(mut sink: K, mut commands: mpsc::Receiver<WsCommand>, timing: Timing)
-where
+///
+/// From its `welcome` on, a phone in the call keeps its connection busy: never idle, never
+/// closed to make room for another. A socket that has not joined (yet) is neither.
+async fn write<K>(
+    mut sink: K,
+    mut commands: mpsc::Receiver<WsCommand>,
+    timing: Timing,
+    activity: Option<ConnActivity>,
+) where
     K: Sink<Message> + Unpin,
 {
+    let mut _in_call: Option<BusyGuard> = None;
     let every = timing.ping_every;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,6 +177,9 @@ where
         for command in coalesce_rosters(std::mem::take(&mut batch)) {
             match command {
                 WsCommand::Send(msg) => {
+                    if matches!(msg, ServerMsg::Welcome { .. }) {
+                        _in_call = activity.as_ref().map(ConnActivity::busy);
+                    }
                     let Ok(text) = serde_json::to_string(&msg) else {
                         continue;
                     };
@@ -327,7 +340,7 @@ mod tests {
         for name in ["a", "b", "c"] {
             tx.try_send(roster(name)).unwrap();
         }
-        let writer = tokio::spawn(write(sink, rx, QUICK));
+        let writer = tokio::spawn(write(sink, rx, QUICK, None));
         // Two pings' time, then the hub closes the session.
         tokio::time::sleep(QUICK.ping_every * 5 / 2).await;
         tx.try_send(WsCommand::Close).unwrap();
@@ -361,7 +374,8 @@ mod tests {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         tx.try_send(roster("a")).unwrap();
         let started = Instant::now();
-        let ended = tokio::time::timeout(Duration::from_secs(5), write(stuck, rx, QUICK)).await;
+        let ended =
+            tokio::time::timeout(Duration::from_secs(5), write(stuck, rx, QUICK, None)).await;
         assert!(ended.is_ok(), "the writer waited on");
         assert!(started.elapsed() >= QUICK.write_limit);
         drop(tx);
