@@ -137,27 +137,42 @@ async fn eight_joiners_that_never_offer_are_gone_within_20_s_and_a_phone_gets_in
 /// Idle TLS connections the attacker opens, from 127.0.0.2 on (25 per address, under the
 /// per-address cap, so the cap in total is what holds); phones come from 127.0.0.1.
 const IDLE_CONNECTIONS: usize = 1_100;
+/// A second wave while a phone is in the call, from further addresses.
+const SECOND_WAVE: usize = 300;
 const PER_ATTACKER_ADDRESS: usize = 25;
 const HOLD: Duration = Duration::from_secs(40);
 
 fn attacker_address(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(
-        127,
-        0,
-        0,
-        2 + (i / PER_ATTACKER_ADDRESS) as u8,
-    ))
+    let host = 2 + i / PER_ATTACKER_ADDRESS;
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, host as u8))
 }
 
-/// A phone from 127.0.0.1: loads the join page and joins; the time that took.
-async fn phone_joins(daemon: &Daemon, name: &str) -> Result<Duration> {
+/// Open idle TLS connections number `range` (each from its attacker address).
+async fn open_idle(
+    daemon: &Daemon,
+    range: std::ops::Range<usize>,
+    held: &mut Vec<attack::IdleTls>,
+) -> Result<usize> {
+    let config = attack::tls_config(daemon)?;
+    let mut failed = 0;
+    for i in range {
+        match attack::idle_tls(attacker_address(i), daemon, config.clone()).await {
+            Ok(conn) => held.push(conn),
+            Err(_) => failed += 1,
+        }
+    }
+    Ok(failed)
+}
+
+/// A phone from 127.0.0.1: loads the join page and joins; its socket and the time that took.
+async fn phone_joins(daemon: &Daemon, name: &str) -> Result<(wss::Socket, Duration)> {
     let start = Instant::now();
     let page = attack::https_get(daemon, "/join").await?;
     assert!(page.contains(" 200 "), "{name}: join page: {page}");
     let url = daemon.invite(name)?;
-    let (_socket, welcome) = attack::join(daemon, &url, name, Duration::from_secs(5)).await?;
+    let (socket, welcome) = attack::join(daemon, &url, name, Duration::from_secs(5)).await?;
     assert_eq!(welcome["type"], "welcome", "{name}: {welcome}");
-    Ok(start.elapsed())
+    Ok((socket, start.elapsed()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,10 +183,10 @@ async fn idle_tls_connections_by_the_thousand_do_not_keep_a_phone_out() -> Resul
     let fds = Sampler::start(Duration::from_millis(100), move || {
         attack::open_fds(pid).ok().map(|n| n as f64)
     });
-    let config = attack::tls_config(&daemon)?;
 
     // One address gets the per-address cap's worth, no more.
     let one = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 250));
+    let config = attack::tls_config(&daemon)?;
     let mut from_one = Vec::new();
     for _ in 0..40 {
         if let Ok(conn) = attack::idle_tls(one, &daemon, config.clone()).await {
@@ -183,33 +198,33 @@ async fn idle_tls_connections_by_the_thousand_do_not_keep_a_phone_out() -> Resul
     // The attack: 1,100 idle TLS connections, held 40 s.
     let started = Instant::now();
     let mut held = Vec::new();
-    let mut failed = 0;
-    for i in 0..IDLE_CONNECTIONS {
-        match attack::idle_tls(attacker_address(i), &daemon, config.clone()).await {
-            Ok(conn) => held.push(conn),
-            Err(_) => failed += 1,
-        }
-    }
-    eprintln!(
-        "{} idle TLS connections opened ({failed} failed) in {:.1} s",
-        held.len(),
-        started.elapsed().as_secs_f64()
-    );
+    let failed = open_idle(&daemon, 0..IDLE_CONNECTIONS, &mut held).await?;
+    let opening = started.elapsed();
     assert!(
         held.len() > 1_000,
         "the attack itself failed: {failed} failed"
     );
 
-    // With every connection slot taken, phones still get in at once...
-    let first = phone_joins(&daemon, "First").await?;
-    eprintln!(
-        "a phone joined {:.0} ms into the held attack",
-        first.as_secs_f64() * 1000.0
-    );
+    // With every connection slot taken, a phone still gets in at once...
+    let (mut phone, first) = phone_joins(&daemon, "First").await?;
     assert!(first < Duration::from_secs(5), "{first:?}");
-    // ...and again later in the attack.
+    // ...and stays in while more idle connections push the older ones out.
+    let more = IDLE_CONNECTIONS..IDLE_CONNECTIONS + SECOND_WAVE;
+    let failed_more = open_idle(&daemon, more, &mut held).await?;
+    let mute = serde_json::json!({"type": "mute", "audio": false, "video": true});
+    wss::send(&mut phone, mute).await?;
+    let roster = loop {
+        match wss::next(&mut phone).await? {
+            Some(m) if m["type"] == "roster" && m["participants"][0]["audio"] == false => break m,
+            Some(_) => continue,
+            None => bail!("the phone in the call was closed to make room"),
+        }
+    };
+    assert_eq!(participants(&daemon.status()?), 1, "{roster}");
+    drop(phone);
+    // A phone joins again later in the attack.
     tokio::time::sleep_until((started + HOLD / 3).into()).await; // the attack's schedule
-    let second = phone_joins(&daemon, "Second").await?;
+    let (_, second) = phone_joins(&daemon, "Second").await?;
     assert!(second < Duration::from_secs(5), "{second:?}");
 
     tokio::time::sleep_until((started + HOLD).into()).await; // holding is the attack
@@ -220,8 +235,13 @@ async fn idle_tls_connections_by_the_thousand_do_not_keep_a_phone_out() -> Resul
         .count();
     let peak = fds.max().await;
     eprintln!(
-        "after {HOLD:?}: {closed} of {} held connections closed by the daemon; its fds peaked at {peak} (limit {nofile}); phones joined in {first:?} and {second:?}",
-        held.len()
+        "{} + {} idle TLS connections opened ({failed} + {failed_more} failed), the first {} in {:.1} s; \
+         after {HOLD:?} the daemon had closed {closed} of them; its fds peaked at {peak} (limit {nofile}); \
+         phones joined in {first:?} and {second:?}",
+        IDLE_CONNECTIONS,
+        SECOND_WAVE,
+        IDLE_CONNECTIONS,
+        opening.as_secs_f64()
     );
     assert!(
         peak < nofile as f64,
@@ -232,7 +252,7 @@ async fn idle_tls_connections_by_the_thousand_do_not_keep_a_phone_out() -> Resul
         held.len(),
         "idle connections outlived the idle limit"
     );
-    let third = phone_joins(&daemon, "Third").await?;
+    let (_, third) = phone_joins(&daemon, "Third").await?;
     assert!(third < Duration::from_secs(5), "{third:?}");
     Ok(())
 }
