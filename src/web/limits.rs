@@ -4,9 +4,9 @@
 //! Every accepted TCP connection (HTTPS and the plain-HTTP redirect alike) is registered
 //! before its TLS handshake and unregistered when it closes. Beyond the cap per source
 //! address a new connection is closed at once. At the cap in total, the connection that has
-//! been idle longest is closed to make room (idle: no request in flight and no WebSocket
-//! open; a phone in the call holds its WebSocket and is never chosen); if every connection is
-//! busy, the new one is closed. A connection that stays idle for [`IDLE_LIMIT`] is closed,
+//! been idle longest is closed to make room (idle: no request in flight and no phone in the
+//! call on it; a phone's WebSocket is busy from its `welcome` on and is never chosen); if
+//! every connection is busy, the new one is closed. A connection that stays idle for [`IDLE_LIMIT`] is closed,
 //! so a TLS connection that never sends a request does not live on.
 //!
 //! Over-limit events are logged once a minute at most, with addresses redacted.
@@ -71,7 +71,7 @@ pub fn configure_http(builder: &mut Builder<TokioExecutor>) {
 struct ConnState {
     id: u64,
     source: Source,
-    /// Requests in flight plus WebSockets open.
+    /// Requests in flight plus phones in the call.
     busy: AtomicUsize,
     /// When `busy` last fell to zero (or the connection was accepted).
     idle_since: Mutex<Instant>,
@@ -282,8 +282,8 @@ impl Drop for BusyGuard {
     }
 }
 
-/// The connection a request came on, in the request's extensions: a WebSocket handler
-/// keeps its connection busy for as long as the socket is open.
+/// The connection a request came on, in the request's extensions: a WebSocket keeps its
+/// connection busy while its phone is in the call.
 #[derive(Debug, Clone)]
 pub struct ConnActivity(Arc<ConnState>);
 
