@@ -106,6 +106,13 @@ pub struct WebConfig {
     /// Address to listen on with `--lan`; empty means every address.
     #[serde(deserialize_with = "optional_ip")]
     pub lan_address: Option<IpAddr>,
+    /// Web connections open at once (HTTPS and the redirect together). At the cap the
+    /// longest idle one is closed to make room.
+    #[serde(deserialize_with = "max_connections")]
+    pub max_connections: usize,
+    /// Web connections open at once from one address (an IPv6 /64 counts as one).
+    #[serde(deserialize_with = "max_connections_per_address")]
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -132,6 +139,8 @@ impl Default for WebConfig {
             http_port: 8080,
             hostname: String::new(),
             lan_address: None,
+            max_connections: 256,
+            max_connections_per_address: 32,
         }
     }
 }
@@ -161,6 +170,11 @@ http_port = 8080
 hostname = ""
 # With --lan: the address to listen on. Empty: all addresses.
 lan_address = ""
+# Web connections open at once (16 to 4096), and from one address (2 to 1024; an IPv6 /64
+# counts as one address). At the cap the longest idle connection is closed to make room; a
+# phone in the call is never idle. Keep max_connections well under the service's LimitNOFILE.
+max_connections = 256
+max_connections_per_address = 32
 
 [call]
 # The single UDP port that carries every phone's audio and video.
@@ -310,6 +324,24 @@ fn max_participants<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> 
     }
 }
 
+fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    in_range(d, 16, 4096)
+}
+
+fn max_connections_per_address<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    in_range(d, 2, 1024)
+}
+
+fn in_range<'de, D: Deserializer<'de>>(d: D, min: usize, max: usize) -> Result<usize, D::Error> {
+    let value = i64::deserialize(d)?;
+    match usize::try_from(value) {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(serde::de::Error::custom(format!(
+            "{value} is out of range ({min} to {max})"
+        ))),
+    }
+}
+
 fn sessions_per_invite<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let value = i64::deserialize(d)?;
     match u32::try_from(value) {
@@ -423,6 +455,10 @@ mod tests {
             (
                 "\n[web]\nhttps_port = 70000\n",
                 "hearth.toml:3:14: key `web.https_port`: port 70000 is out of range",
+            ),
+            (
+                "[web]\nmax_connections = 100000\n",
+                "hearth.toml:2:19: key `web.max_connections`: 100000 is out of range (16 to 4096)",
             ),
             (
                 "[call]\ninvite_ttl = \"forever\"\n",

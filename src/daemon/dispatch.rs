@@ -3,13 +3,19 @@
 
 use std::time::Instant;
 
+use tokio::sync::mpsc::error::TrySendError;
+
 use super::hub::{Hub, Links};
 use crate::call::invite::unix_seconds;
 use crate::call::protocol::ServerMsg;
 use crate::call::Output;
 use crate::media::tv;
 use crate::privacy::BoxEffect;
+use crate::web::rate::Occasional;
 use crate::web::signalling::WsCommand;
+
+/// Connections closed for not reading, logged once a minute at most.
+static UNREAD: Occasional = Occasional::new(std::time::Duration::from_secs(60));
 
 impl Hub {
     /// Everything the call has to do, until it has nothing more (carrying out may make more:
@@ -37,11 +43,25 @@ impl Hub {
                 let Some(tx) = self.conns.get(&conn) else {
                     return;
                 };
-                if tx.try_send(WsCommand::Send(msg)).is_err() {
+                match tx.try_send(WsCommand::Send(msg)) {
+                    Ok(()) => {}
                     // A phone that does not read its messages is let go, not buffered for.
-                    tracing::info!("closing a connection whose messages pile up unread");
-                    self.conns.remove(&conn);
-                    self.call.handle_closed(conn);
+                    Err(TrySendError::Full(_)) => {
+                        tracing::debug!("{conn:?}: closing, its messages pile up unread");
+                        if let Some(n) = UNREAD.note(Instant::now()) {
+                            tracing::info!(
+                                "{n} signalling connection(s) closed since the last report: \
+                                 their messages piled up unread"
+                            );
+                        }
+                        self.conns.remove(&conn);
+                        self.call.handle_closed(conn);
+                    }
+                    // The session just ended; its `Closed` is on the way.
+                    Err(TrySendError::Closed(_)) => {
+                        self.conns.remove(&conn);
+                        self.call.handle_closed(conn);
+                    }
                 }
             }
             Output::Close(conn) => {

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::privacy::PrivacyControl;
 use crate::reach::mapper::MapperConfig;
 use crate::reach::Reach;
+use crate::web::limits::{self, ConnCaps, Limiter, Registry};
 use crate::web::{self, tls::ServerIdentity, WebState};
 use box_media::BoxMedia;
 use hub::{Hub, HubInputs, JoinLinks, Links};
@@ -260,18 +261,28 @@ async fn serve_web(
     .context("loading Hearth's certificate")?;
     tokio::spawn(identity.renewal.keep_renewed(tls.clone()));
     let handle = axum_server::Handle::new();
-    let web_server = axum_server::from_tcp_rustls(https, tls)
-        .handle(handle.clone())
-        .serve(web::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>());
-    let web_task = tokio::spawn(web_server);
+    // One count of connections for both servers: they spend the same file descriptors.
+    let registry = Registry::new(ConnCaps {
+        total: config.web.max_connections,
+        per_address: config.web.max_connections_per_address,
+    });
+    let limiter = Limiter::new(registry);
+    let mut web_server = axum_server::from_tcp_rustls(https, tls)
+        .map(|tls| {
+            tls.handshake_timeout(limits::TLS_HANDSHAKE_LIMIT)
+                .acceptor(limiter.clone())
+        })
+        .handle(handle.clone());
+    limits::configure_http(web_server.http_builder());
+    let app = web::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let web_task = tokio::spawn(web_server.serve(app));
     if let Some(http) = http {
         let redirect = web::redirect::redirect_app(config.web.https_port, host);
         let handle = handle.clone();
+        let mut server = axum_server::from_tcp(http).acceptor(limiter).handle(handle);
+        limits::configure_http(server.http_builder());
         tokio::spawn(async move {
-            let server = axum_server::from_tcp(http)
-                .handle(handle)
-                .serve(redirect.into_make_service());
-            if let Err(e) = server.await {
+            if let Err(e) = server.serve(redirect.into_make_service()).await {
                 tracing::error!("http redirect server: {e}");
             }
         });

@@ -62,6 +62,7 @@ impl Hub {
             "camera": media.problem(MediaKindTag::Video).unwrap_or("running"),
             "mic": media.problem(MediaKindTag::Audio).unwrap_or("running"),
             "screen": per_phone,
+            "screen_frames_dropped": counters.frames_dropped.load(Ordering::Relaxed),
             "speaker_samples": counters.speaker_samples.load(Ordering::Relaxed),
             "send_latency_us": self.metrics.send.summary(),
         }))

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -36,16 +36,26 @@ pub enum Command {
     Stop,
 }
 
+/// Phones' frames waiting for the screen's thread; more are dropped (like the box's own
+/// capture does), while commands (roster, idle screen, snapshot, stop) always get through.
+pub const FRAME_QUEUE: usize = 128;
+/// Bytes waiting in one phone's decoder input before the oldest are dropped.
+const PHONE_QUEUE_BYTES: u64 = 1_000_000;
+
 /// What the screen has shown and played, for `hearth status` and tests.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub speaker_samples: AtomicU64,
+    /// Phones' frames dropped because the screen's thread was behind.
+    pub frames_dropped: AtomicU64,
     /// Per phone: (video frames decoded, audio buffers decoded).
     pub per_phone: Mutex<HashMap<ParticipantId, (u64, u64)>>,
 }
 
 pub struct Screen {
     commands: std_mpsc::Sender<Command>,
+    /// Frames in `commands` not yet taken by the thread (at most [`FRAME_QUEUE`]).
+    frames_queued: Arc<AtomicUsize>,
     pub counters: Arc<Counters>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -57,15 +67,20 @@ impl Screen {
         let counters = Arc::new(Counters::default());
         let state = State::build(display, audio, counters.clone());
         let (tx, rx) = std_mpsc::channel();
+        let frames_queued = Arc::new(AtomicUsize::new(0));
+        let inbox = Inbox {
+            commands: rx,
+            frames_queued: frames_queued.clone(),
+        };
         let thread = thread::Builder::new()
             .name("hearth-screen".into())
             .spawn(move || match state {
-                Ok(state) => state.run(rx),
+                Ok(state) => state.run(inbox),
                 Err(why) => {
                     tracing::error!(
                         "screen and speaker unavailable: {why}; the call goes on without them"
                     );
-                    while let Ok(command) = rx.recv() {
+                    while let Ok(command) = inbox.recv() {
                         match command {
                             Command::Stop => break,
                             Command::Snapshot(_, reply) => {
@@ -80,13 +95,44 @@ impl Screen {
             .ok();
         Screen {
             commands: tx,
+            frames_queued,
             counters,
             thread,
         }
     }
 
+    /// Never waits: a frame is dropped when [`FRAME_QUEUE`] frames are waiting already.
     pub fn send(&self, command: Command) {
+        if matches!(command, Command::Frame(_)) {
+            if self.frames_queued.load(Ordering::Acquire) >= FRAME_QUEUE {
+                self.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.frames_queued.fetch_add(1, Ordering::AcqRel);
+        }
         let _ = self.commands.send(command);
+    }
+}
+
+/// The screen thread's end of the channel, which keeps the count of waiting frames.
+struct Inbox {
+    commands: std_mpsc::Receiver<Command>,
+    frames_queued: Arc<AtomicUsize>,
+}
+
+impl Inbox {
+    fn recv(&self) -> Result<Command, std_mpsc::RecvError> {
+        self.commands.recv().inspect(|c| self.taken(c))
+    }
+
+    fn recv_timeout(&self, wait: Duration) -> Result<Command, std_mpsc::RecvTimeoutError> {
+        self.commands.recv_timeout(wait).inspect(|c| self.taken(c))
+    }
+
+    fn taken(&self, command: &Command) {
+        if matches!(command, Command::Frame(_)) {
+            self.frames_queued.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -413,6 +459,9 @@ fn branch_parts(codec: PhoneCodec, name: &str) -> Result<BranchParts, String> {
             .build(),
     };
     let src = appsrc("src", caps)?;
+    // A decoder that falls behind loses the oldest frames, not the box its memory.
+    src.set_property("max-bytes", PHONE_QUEUE_BYTES);
+    src.set_property_from_str("leaky-type", "downstream");
     let mut chain = vec![src.clone().upcast()];
     let label = match codec {
         PhoneCodec::H264 | PhoneCodec::Vp8 => {
@@ -591,7 +640,7 @@ impl State {
         })
     }
 
-    fn run(mut self, commands: std_mpsc::Receiver<Command>) {
+    fn run(mut self, commands: Inbox) {
         let every = Duration::from_millis(1000 / BACKGROUND_FPS as u64);
         let mut next_background = std::time::Instant::now();
         loop {
@@ -891,6 +940,48 @@ mod tests {
     use crate::config::board::Board;
 
     #[test]
+    fn frames_beyond_the_queue_are_dropped_and_commands_never_are() {
+        let (tx, rx) = std_mpsc::channel();
+        let frames_queued = Arc::new(AtomicUsize::new(0));
+        let screen = Screen {
+            commands: tx,
+            frames_queued: frames_queued.clone(),
+            counters: Arc::new(Counters::default()),
+            thread: None,
+        };
+        let inbox = Inbox {
+            commands: rx,
+            frames_queued,
+        };
+        let frame = || {
+            Command::Frame(PhoneFrame {
+                from: ParticipantId(1),
+                codec: PhoneCodec::Opus,
+                data: Arc::from(&[0u8; 8][..]),
+            })
+        };
+        // The screen's thread is behind: nothing is taken.
+        for _ in 0..FRAME_QUEUE + 50 {
+            screen.send(frame());
+        }
+        screen.send(Command::Roster(Vec::new()));
+        assert_eq!(screen.counters.frames_dropped.load(Ordering::Relaxed), 50);
+        let waiting: Vec<Command> = inbox.commands.try_iter().collect();
+        assert_eq!(waiting.len(), FRAME_QUEUE + 1);
+        assert!(matches!(waiting.last(), Some(Command::Roster(_))));
+        // Once the thread takes frames, there is room again.
+        for command in &waiting {
+            inbox.taken(command);
+        }
+        screen.send(frame());
+        assert!(matches!(
+            inbox.recv_timeout(Duration::ZERO),
+            Ok(Command::Frame(_))
+        ));
+        assert_eq!(screen.counters.frames_dropped.load(Ordering::Relaxed), 50);
+    }
+
+    #[test]
     fn qr_code_has_dark_modules_and_a_white_quiet_zone() {
         let code = qrcode::QrCode::new(b"https://hearth.local:8443/join#abc").unwrap();
         let image = qr_gray8(&code, 120);
@@ -1099,6 +1190,10 @@ mod tests {
             ]
         );
         let video = branch_parts(PhoneCodec::Vp8, "Ann").unwrap();
+        // A decoder that falls behind drops its oldest input.
+        assert_eq!(video.src.property::<u64>("max-bytes"), PHONE_QUEUE_BYTES);
+        let leaky = video.src.property_value("leaky-type");
+        assert!(format!("{leaky:?}").contains("DOWNSTREAM"), "{leaky:?}");
         let label = video.label.unwrap();
         assert_eq!(label.property::<String>("text"), "Ann");
         assert!(branch_parts(PhoneCodec::Opus, "Ann")

@@ -1,7 +1,11 @@
 //! HTTPS: the join page (`page`), the signalling WebSocket (`signalling`), Hearth's own
-//! certificate authority (`tls`), and the plain-HTTP listener that redirects (`redirect`).
+//! certificate authority (`tls`), and the plain-HTTP listener that redirects (`redirect`);
+//! connections counted, capped and timed out (`limits`), signalling messages rate-limited
+//! (`rate`).
 
+pub mod limits;
 mod page;
+pub mod rate;
 pub mod redirect;
 pub mod signalling;
 pub mod tls;

@@ -13,6 +13,7 @@
 //! [`daemon::hearth_bin`]), so this crate works from the hearth package's tests and benches
 //! without being told where it is.
 
+pub mod attack;
 pub mod browser;
 pub mod daemon;
 pub mod home;
@@ -21,5 +22,7 @@ pub mod phone;
 pub mod wss;
 
 pub use browser::{Browser, BrowserKind};
+// Tests that speak WebSocket frames themselves use the same version as `wss`.
 pub use daemon::{temp_dir, Daemon};
 pub use phone::{Joined, Media, Phone, Received};
+pub use tokio_tungstenite;
