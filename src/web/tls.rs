@@ -245,7 +245,35 @@ pub fn ensure_identity(
         }
     }
 
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| TlsError::Damaged {
+    let (cert_pem, key_pem, not_after) = issue_server(&dir, &names, &ca_key_pem, now)?;
+    write(&key_path, &key_pem, true)?;
+    write(&cert_path, &cert_pem, false)?;
+    let meta = ServerMeta {
+        names: names.all(),
+        not_after_unix: not_after.unix_timestamp(),
+        ca_sha256,
+    };
+    let meta_text = serde_json::to_string(&meta).map_err(|e| TlsError::Damaged {
+        path: meta_path.clone(),
+        message: e.to_string(),
+    })?;
+    write(&meta_path, &meta_text, false)?;
+    Ok(ServerIdentity {
+        chain_pem: format!("{cert_pem}{ca_pem}"),
+        key_pem,
+        ca_pem,
+        renewal: renewal(not_after),
+    })
+}
+
+/// A new server certificate for `names`, signed by the CA: (certificate, key, not after).
+fn issue_server(
+    dir: &Path,
+    names: &BoxNames,
+    ca_key_pem: &str,
+    now: OffsetDateTime,
+) -> Result<(String, String, OffsetDateTime), TlsError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(|e| TlsError::Damaged {
         path: dir.join("ca.key"),
         message: e.to_string(),
     })?;
@@ -270,24 +298,7 @@ pub fn ensure_identity(
     params.not_after = not_after;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    write(&key_path, &key.serialize_pem(), true)?;
-    write(&cert_path, &cert.pem(), false)?;
-    let meta = ServerMeta {
-        names: names.all(),
-        not_after_unix: not_after.unix_timestamp(),
-        ca_sha256,
-    };
-    let meta_text = serde_json::to_string(&meta).map_err(|e| TlsError::Damaged {
-        path: meta_path.clone(),
-        message: e.to_string(),
-    })?;
-    write(&meta_path, &meta_text, false)?;
-    Ok(ServerIdentity {
-        chain_pem: format!("{}{ca_pem}", cert.pem()),
-        key_pem: key.serialize_pem(),
-        ca_pem,
-        renewal: renewal(not_after),
-    })
+    Ok((cert.pem(), key.serialize_pem(), not_after))
 }
 
 /// The CA's certificate and key (PEM): the existing ones if the CA vouches for `names` and for
