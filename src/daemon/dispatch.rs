@@ -125,6 +125,12 @@ impl Hub {
                     if !on {
                         self.paused_by = None;
                     }
+                    let banner = if on {
+                        self.box_status_line()
+                    } else {
+                        String::new()
+                    };
+                    self.tv(tv::Command::Banner(banner));
                     self.metrics.privacy_changed(on, Instant::now());
                     self.tell_box_state();
                     if self.call.room().phones().next().is_none() {

@@ -32,6 +32,9 @@ pub enum Command {
         url: String,
         status: String,
     },
+    /// A line across the top of the screen over the call (privacy on, who paused the box);
+    /// empty: none.
+    Banner(String),
     Snapshot(PathBuf, oneshot::Sender<Result<(), String>>),
     Stop,
 }
@@ -268,8 +271,8 @@ fn leaky_queue() -> Result<gst::Element, String> {
     )
 }
 
-/// compositor `mix` → the screen's format, size and rate → tee `screen` (to the display
-/// and the snapshot). The format is fixed: left free, the compositor takes the format of
+/// compositor `mix` → the screen's format, size and rate → the `banner` line over it → tee
+/// `screen` (to the display and the snapshot). The format is fixed: left free, the compositor takes the format of
 /// its inputs with the most pixels, and a grey background would make every phone grey.
 fn video_chain(plan: &ScreenPlan) -> Result<Vec<gst::Element>, String> {
     let caps = gst::Caps::builder("video/x-raw")
@@ -285,6 +288,14 @@ fn video_chain(plan: &ScreenPlan) -> Result<Vec<gst::Element>, String> {
                 .property_from_str("background", "black"),
         )?,
         capsfilter(caps)?,
+        build(
+            gst::ElementFactory::make("textoverlay")
+                .name("banner")
+                .property_from_str("valignment", "top")
+                .property_from_str("halignment", "center")
+                .property("font-desc", "Sans 24")
+                .property("text", ""),
+        )?,
         make("videoconvert")?,
         build(gst::ElementFactory::make("tee").name("screen"))?,
     ])
@@ -552,6 +563,8 @@ fn count_samples(speaker: &gst_app::AppSink, counters: Arc<Counters>) {
 struct State {
     pipeline: gst::Pipeline,
     compositor: gst::Element,
+    /// The line over the call (privacy, who paused the box).
+    banner: gst::Element,
     mixer: gst::Element,
     idle_text: gst::Element,
     /// The screen behind the tiles: black, with a QR code when nobody is in the call. Pushed
@@ -588,6 +601,7 @@ impl State {
         let compositor = get("mix")?;
         let mixer = get("amix")?;
         let idle_text = get("idle_text")?;
+        let banner = get("banner")?;
         let background_src = get("background")?
             .downcast::<gst_app::AppSrc>()
             .map_err(|_| "background is not an appsrc")?;
@@ -623,6 +637,7 @@ impl State {
         Ok(State {
             pipeline,
             compositor,
+            banner,
             mixer,
             idle_text,
             background_src,
@@ -660,6 +675,7 @@ impl State {
                 Command::Frame(frame) => self.frame(frame),
                 Command::Roster(names) => self.roster(names),
                 Command::Idle { url, status } => self.idle(&url, &status),
+                Command::Banner(text) => self.banner.set_property("text", markup(&text)),
                 Command::Snapshot(path, reply) => {
                     let _ = reply.send(self.snapshot(&path));
                 }
@@ -1071,6 +1087,7 @@ mod tests {
                 "videoconvert",
                 "compositor mix",
                 "capsfilter",
+                "textoverlay banner",
                 "videoconvert",
                 "tee screen"
             ]
