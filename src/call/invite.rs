@@ -1,6 +1,6 @@
 //! Join links: capability tokens with 128 random bits, stored only as SHA-256 hashes, with a
 //! name, an expiry and revocation. Pure (token + now → verdict); the daemon keeps the file
-//! (`daemon::invite_file`).
+//! (`daemon::state_file`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -11,10 +11,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::box_media::BoxMedia;
 use super::control::Envelope;
-use super::invite_file::InviteWriter;
 use super::media_socket::{MediaSockets, Received};
 use super::metrics::Metrics;
 use super::requests::Waiter;
+use super::state_file::StateWriter;
+use crate::call::invite::InviteStore;
 use crate::call::sfu::Candidates;
 use crate::call::{Call, ConnId};
 use crate::media::{MediaEvent, MediaInput};
@@ -104,7 +105,7 @@ pub struct Hub {
     pub(super) privacy: PrivacyControl,
     pub(super) media_sockets: MediaSockets,
     pub(super) links: JoinLinks,
-    pub(super) invite_file: InviteWriter,
+    pub(super) invite_file: StateWriter<InviteStore>,
     /// Each signalling connection's way back.
     pub(super) conns: HashMap<ConnId, mpsc::Sender<WsCommand>>,
     pub(super) metrics: Metrics,
@@ -126,7 +127,7 @@ impl Hub {
         privacy: PrivacyControl,
         media_sockets: MediaSockets,
         links: JoinLinks,
-        invite_file: InviteWriter,
+        invite_file: StateWriter<InviteStore>,
     ) -> Hub {
         Hub {
             call,

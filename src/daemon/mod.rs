@@ -1,18 +1,18 @@
 //! The daemon: start-up wiring (`run`), the hub task that does the pure cores' I/O (`hub`,
 //! with `dispatch`, `requests` and `status`), the box's devices (`box_media`), the control
-//! socket the CLI talks to (`control`), the invites file (`invite_file`), timing figures
+//! socket the CLI talks to (`control`), the invites and owners files (`state_file`), timing figures
 //! (`metrics`), sockets (`network`) and systemd notification (`notify`).
 
 pub mod box_media;
 pub mod control;
 mod dispatch;
 pub mod hub;
-pub mod invite_file;
 pub mod media_socket;
 pub mod metrics;
 pub mod network;
 pub mod notify;
 mod requests;
+pub mod state_file;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -33,9 +33,12 @@ use crate::web::limits::{self, ConnCaps, Limiter, Registry};
 use crate::web::{self, tls::ServerIdentity, WebState};
 use box_media::BoxMedia;
 use hub::{Hub, HubInputs, JoinLinks, Links};
-use invite_file::InviteWriter;
 use media_socket::MediaSockets;
 use network::{Addresses, Listeners};
+use state_file::StateWriter;
+
+/// Join links, as hashes, in the state dir.
+const INVITES_FILE: &str = "invites.json";
 
 /// Signalling events and control requests waiting for the hub.
 const SIGNALLING_QUEUE: usize = 256;
@@ -194,7 +197,7 @@ fn build_hub(
     media_sockets: MediaSockets,
     links: JoinLinks,
 ) -> Result<Hub> {
-    let invites = invite_file::load(state_dir)?;
+    let invites = state_file::load(state_dir, INVITES_FILE)?;
     let profile = board.profile(&config.board)?;
     // Privacy first: nothing is captured until the switch has been read.
     let log = state_dir.join("privacy.log");
@@ -218,7 +221,7 @@ fn build_hub(
         sessions_per_invite: config.call.sessions_per_invite,
     };
     let call = Call::new(room, sfu, invites, limits);
-    let invite_file = InviteWriter::start(state_dir);
+    let invite_file = StateWriter::start(state_dir, INVITES_FILE);
     Ok(Hub::new(
         call,
         media,

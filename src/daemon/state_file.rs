@@ -1,17 +1,16 @@
-//! `invites.json` in the state dir: read once at start; written by its own task whenever the
-//! call says the invites changed, so the hub's loop never waits for the disk. Writes are
-//! coalesced (only the newest copy matters) and atomic (temp file + rename, mode 0600).
+//! JSON files in the state dir (`invites.json`, `owners.json`): read once at start; written
+//! by a task of their own whenever the cores say they changed, so the hub's loop never waits
+//! for the disk. Writes are coalesced (only the newest copy matters) and atomic (temp file +
+//! rename, mode 0600: they hold hashes of capabilities).
 
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::call::invite::InviteStore;
-
-const FILE_NAME: &str = "invites.json";
-
 #[derive(Debug, thiserror::Error)]
-pub enum InviteFileError {
+pub enum StateFileError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -24,31 +23,34 @@ pub enum InviteFileError {
     },
 }
 
-/// The invites kept in `state_dir`; a missing file is none.
-pub fn load(state_dir: &Path) -> Result<InviteStore, InviteFileError> {
-    let path = state_dir.join(FILE_NAME);
+/// The file `name` in `state_dir`; a missing file is the default (empty).
+pub fn load<T: DeserializeOwned + Default>(
+    state_dir: &Path,
+    name: &str,
+) -> Result<T, StateFileError> {
+    let path = state_dir.join(name);
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|source| InviteFileError::Parse {
+        Ok(text) => serde_json::from_str(&text).map_err(|source| StateFileError::Parse {
             path: path.clone(),
             source,
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(InviteStore::default()),
-        Err(source) => Err(InviteFileError::Read { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(source) => Err(StateFileError::Read { path, source }),
     }
 }
 
-/// Hands copies of the invites to the writer task; says which copy is on disk.
-pub struct InviteWriter {
-    latest: watch::Sender<(u64, InviteStore)>,
+/// Hands copies to the writer task; says which copy is on disk.
+pub struct StateWriter<T> {
+    latest: watch::Sender<(u64, T)>,
     written: watch::Receiver<u64>,
     version: u64,
 }
 
-impl InviteWriter {
-    pub fn start(state_dir: &Path) -> InviteWriter {
-        let (latest, mut to_write) = watch::channel((0, InviteStore::default()));
+impl<T: Serialize + Default + Clone + Send + Sync + 'static> StateWriter<T> {
+    pub fn start(state_dir: &Path, name: &'static str) -> StateWriter<T> {
+        let (latest, mut to_write) = watch::channel((0, T::default()));
         let (written_tx, written) = watch::channel(0);
-        let path = state_dir.join(FILE_NAME);
+        let path = state_dir.join(name);
         tokio::spawn(async move {
             while to_write.changed().await.is_ok() {
                 let (version, store) = to_write.borrow_and_update().clone();
@@ -61,11 +63,11 @@ impl InviteWriter {
                     Ok(()) => {
                         let _ = written_tx.send(version);
                     }
-                    Err(e) => tracing::error!("cannot write {FILE_NAME}: {e}"),
+                    Err(e) => tracing::error!("cannot write {name}: {e}"),
                 }
             }
         });
-        InviteWriter {
+        StateWriter {
             latest,
             written,
             version: 0,
@@ -73,7 +75,7 @@ impl InviteWriter {
     }
 
     /// Queue this copy for writing; returns its version for `written`.
-    pub fn save(&mut self, store: InviteStore) -> u64 {
+    pub fn save(&mut self, store: T) -> u64 {
         self.version += 1;
         let _ = self.latest.send((self.version, store));
         self.version
@@ -91,7 +93,7 @@ impl InviteWriter {
     }
 }
 
-fn write_atomically(path: &Path, store: &InviteStore) -> std::io::Result<()> {
+fn write_atomically<T: Serialize>(path: &Path, store: &T) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("json.tmp");
@@ -110,18 +112,21 @@ fn write_atomically(path: &Path, store: &InviteStore) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::invite::InviteStore;
     use std::time::{Duration, SystemTime};
+
+    const FILE_NAME: &str = "invites.json";
 
     #[tokio::test]
     async fn written_copies_survive_a_restart_and_damage_is_an_error() {
         let dir = std::env::temp_dir().join(format!("hearth-invite-file-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut store = load(&dir).unwrap();
+        let mut store: InviteStore = load(&dir, FILE_NAME).unwrap();
         let (_, token) = store.create("Gran", Duration::from_secs(3600), SystemTime::now());
-        let mut writer = InviteWriter::start(&dir);
+        let mut writer = StateWriter::start(&dir, FILE_NAME);
         let version = writer.save(store);
         assert!(writer.written(version).await);
-        let mut again = load(&dir).unwrap();
+        let mut again: InviteStore = load(&dir, FILE_NAME).unwrap();
         assert!(again.check(&token, SystemTime::now()).is_ok());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.join(FILE_NAME))
@@ -130,7 +135,8 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.join(FILE_NAME), "{broken").unwrap();
-        assert!(matches!(load(&dir), Err(InviteFileError::Parse { .. })));
+        let damaged = load::<InviteStore>(&dir, FILE_NAME);
+        assert!(matches!(damaged, Err(StateFileError::Parse { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
