@@ -9,6 +9,8 @@
 //!   - [`call::invite`]: join links (128-bit tokens, stored hashed, expiry, revocation);
 //!   - [`call::protocol`]: the signalling messages on the WebSocket;
 //!   - [`call::sfu`]: the media plane on str0m (one `Rtc` per phone, forwarding, the box's leg).
+//! - [`owner`]: the box's owners (phones paired by a switch pattern at the box), their
+//!   credentials hashed like join links.
 //! - [`privacy`]: the switch's state machine and its GPIO backends (real and simulated).
 //! - [`media`]: the box's own camera and mic (`capture`), TV and speaker (`tv`), pipeline
 //!   plans, and what hardware the machine has (`probe`, `check`).
@@ -26,6 +28,7 @@ pub mod call;
 pub mod config;
 pub mod daemon;
 pub mod media;
+pub mod owner;
 pub mod privacy;
 pub mod reach;
 pub mod web;

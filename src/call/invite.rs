@@ -46,6 +46,9 @@ pub struct Invite {
     /// default (`call.sessions_per_invite`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<u32>,
+    /// Knock first: whoever comes with this link waits until someone at home lets them in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub knock: bool,
 }
 
 /// Every invite, as kept in `invites.json`.
@@ -97,6 +100,7 @@ impl InviteStore {
             last_used: None,
             revoked: false,
             max_sessions,
+            knock: false,
         };
         self.invites.push(invite.clone());
         (invite, token)
@@ -119,6 +123,17 @@ impl InviteStore {
         }
         invite.last_used = Some(now);
         Ok(invite)
+    }
+
+    /// Make an invite knock-first (or not).
+    pub fn set_knock(&mut self, id: &str, knock: bool) -> Result<(), InviteError> {
+        let invite = self
+            .invites
+            .iter_mut()
+            .find(|i| i.id == id)
+            .ok_or_else(|| InviteError::UnknownId(id.to_string()))?;
+        invite.knock = knock;
+        Ok(())
     }
 
     pub fn revoke(&mut self, id: &str) -> Result<(), InviteError> {

@@ -24,6 +24,8 @@ use throttle::{redacted, GuessThrottle};
 
 /// A connection that has not presented a token within this is closed.
 const JOIN_LIMIT: Duration = Duration::from_secs(10);
+/// A knock nobody answers is declined after this.
+pub const KNOCK_LIMIT: Duration = Duration::from_secs(120);
 /// A participant that has not offered its media within this is removed: it holds a place
 /// in the call without being in it.
 const OFFER_LIMIT: Duration = Duration::from_secs(15);
@@ -63,6 +65,19 @@ pub enum Output {
     ScreenRoster(Vec<(ParticipantId, String)>),
     /// A phone asked to pause the box (privacy on).
     PauseBox(Pauser),
+    /// Who is knocking changed (for the TV and the owners).
+    Knocks(Vec<Knock>),
+}
+
+/// Someone with a knock-first link, waiting to be let in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Knock {
+    /// Names the knock in `handle_knock_answer`.
+    pub id: u64,
+    pub name: String,
+    /// The invite's name ("Grandma's link").
+    pub link: String,
+    pub waiting_secs: u64,
 }
 
 /// Who paused the box from a phone, for the privacy log and the TV.
@@ -86,6 +101,14 @@ enum Conn {
     AwaitingJoin {
         since: Instant,
         from: IpAddr,
+    },
+    /// Came with a knock-first link: waits, with no media and no roster, until someone at
+    /// home lets them in (or not).
+    Knocking {
+        since: Instant,
+        invite: String,
+        name: String,
+        video_codecs: Vec<String>,
     },
     Joined {
         id: ParticipantId,
@@ -154,6 +177,13 @@ impl Call {
         made
     }
 
+    /// Knock first with this invite (or not).
+    pub fn set_invite_knock(&mut self, id: &str, knock: bool) -> Result<(), InviteError> {
+        self.invites.set_knock(id, knock)?;
+        self.save_invites();
+        Ok(())
+    }
+
     pub fn revoke_invite(&mut self, id: &str) -> Result<(), InviteError> {
         self.invites.revoke(id)?;
         self.save_invites();
@@ -194,9 +224,11 @@ impl Call {
             .insert(conn, Conn::AwaitingJoin { since: now, from });
     }
 
-    pub fn handle_closed(&mut self, conn: ConnId) {
-        if let Some(Conn::Joined { id, .. }) = self.conns.remove(&conn) {
-            self.leave(id);
+    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        match self.conns.remove(&conn) {
+            Some(Conn::Joined { id, .. }) => self.leave(id),
+            Some(Conn::Knocking { .. }) => self.tell_knocks(now),
+            _ => {}
         }
     }
 
@@ -209,6 +241,7 @@ impl Call {
             Err(e) => {
                 tracing::debug!("{conn:?}: unreadable message: {e}");
                 match state {
+                    Conn::Knocking { .. } => {}
                     Conn::AwaitingJoin { .. } => self.refuse(conn, "That was not a join request."),
                     Conn::Joined { .. } => self.outputs.push_back(Output::Send(
                         conn,
@@ -232,6 +265,13 @@ impl Call {
             (Conn::AwaitingJoin { .. }, _) => {
                 self.refuse(conn, "Join first, with the invite link.")
             }
+            (Conn::Knocking { .. }, ClientMsg::Leave) => {
+                self.conns.remove(&conn);
+                self.outputs.push_back(Output::Close(conn));
+                self.tell_knocks(now);
+            }
+            // Nothing else means anything before someone at home lets them in.
+            (Conn::Knocking { .. }, _) => {}
             (Conn::Joined { id, .. }, msg) => self.joined_message(conn, id, msg, now),
         }
     }
@@ -256,6 +296,11 @@ impl Call {
             .map(|(conn, state)| (*conn, state.participant()))
             .collect();
         for (conn, participant) in stale {
+            if matches!(self.conns.get(&conn), Some(Conn::Knocking { .. })) {
+                self.refuse(conn, DECLINED);
+                self.tell_knocks(now);
+                continue;
+            }
             self.conns.remove(&conn);
             if let Some(id) = participant {
                 tracing::info!("{id} offered no media within {} s", OFFER_LIMIT.as_secs());
@@ -325,12 +370,39 @@ impl Call {
                 "This link is already in use on {allowed} devices. Ask the family for a link of your own."
             ));
         }
+        if invite.knock {
+            let knocking = Conn::Knocking {
+                since: now,
+                invite: invite.id,
+                name: protocol::clean_name(name),
+                video_codecs: video_codecs.to_vec(),
+            };
+            self.conns.insert(conn, knocking);
+            let waiting = ServerMsg::Waiting {
+                message: "Waiting for someone at home to let you in…".into(),
+            };
+            self.outputs.push_back(Output::Send(conn, waiting));
+            self.tell_knocks(now);
+            return;
+        }
+        self.enter(conn, invite.id, name, video_codecs, now);
+    }
+
+    /// Into the room: welcome, roster, and the phone may offer its media.
+    fn enter(
+        &mut self,
+        conn: ConnId,
+        invite: String,
+        name: &str,
+        video_codecs: &[String],
+        now: Instant,
+    ) {
         match self.room.join(name, video_codecs, now) {
             Ok((id, messages)) => {
-                tracing::info!("{id} joined with invite {} ({})", invite.id, invite.name);
+                tracing::info!("{id} joined with invite {invite}");
                 let joined = Conn::Joined {
                     id,
-                    invite: invite.id,
+                    invite,
                     since: now,
                     offered: false,
                 };
@@ -342,10 +414,91 @@ impl Call {
         }
     }
 
+    /// Someone at home answered a knock (the owner page, or the switch flicked at the box).
+    /// False when there is no such knock (answered already, or gone).
+    pub fn handle_knock_answer(&mut self, knock: u64, let_in: bool, now: Instant) -> bool {
+        let conn = ConnId(knock);
+        let Some(Conn::Knocking {
+            invite,
+            name,
+            video_codecs,
+            ..
+        }) = self.conns.get(&conn).cloned()
+        else {
+            return false;
+        };
+        if let_in {
+            self.enter(conn, invite, &name, &video_codecs, now);
+        } else {
+            self.refuse(conn, DECLINED);
+        }
+        self.tell_knocks(now);
+        true
+    }
+
+    /// The knocks waiting, oldest first.
+    pub fn knocks(&self, now: Instant) -> Vec<Knock> {
+        let mut knocks: Vec<Knock> = self
+            .conns
+            .iter()
+            .filter_map(|(conn, state)| match state {
+                Conn::Knocking {
+                    since,
+                    invite,
+                    name,
+                    ..
+                } => Some(Knock {
+                    id: conn.0,
+                    name: name.clone(),
+                    link: self
+                        .invites
+                        .list()
+                        .iter()
+                        .find(|i| i.id == *invite)
+                        .map(|i| i.name.clone())
+                        .unwrap_or_default(),
+                    waiting_secs: now.saturating_duration_since(*since).as_secs(),
+                }),
+                _ => None,
+            })
+            .collect();
+        knocks.sort_by_key(|k| std::cmp::Reverse(k.waiting_secs));
+        knocks
+    }
+
+    fn tell_knocks(&mut self, now: Instant) {
+        let knocks = self.knocks(now);
+        self.outputs.push_back(Output::Knocks(knocks));
+    }
+
+    /// An owner removes someone from the call. False when there is no such participant.
+    pub fn remove_participant(&mut self, id: ParticipantId) -> bool {
+        let Some(conn) = self.conn_of(id) else {
+            return false;
+        };
+        self.conns.remove(&conn);
+        self.leave(id);
+        let removed = ServerMsg::Refused {
+            reason: "Someone at home ended your part in the call.".into(),
+        };
+        self.outputs.push_back(Output::Send(conn, removed));
+        self.outputs.push_back(Output::Close(conn));
+        true
+    }
+
+    /// The box's new name, on everyone's roster.
+    pub fn rename_box(&mut self, name: &str) {
+        let messages = self.room.rename_box(name);
+        self.send_all(messages);
+    }
+
     fn sessions_of(&self, invite_id: &str) -> usize {
         self.conns
             .values()
-            .filter(|c| matches!(c, Conn::Joined { invite, .. } if invite == invite_id))
+            .filter(|c| match c {
+                Conn::Joined { invite, .. } | Conn::Knocking { invite, .. } => invite == invite_id,
+                Conn::AwaitingJoin { .. } => false,
+            })
             .count()
     }
 
@@ -500,11 +653,15 @@ impl Call {
 const TOO_MANY_ATTEMPTS: &str =
     "Too many attempts with links that do not work. Wait a minute, then try your link again.";
 
+/// What a knock that nobody let in is told.
+const DECLINED: &str =
+    "Nobody at home let you in this time. You can try the link again later.";
+
 impl Conn {
     fn participant(&self) -> Option<ParticipantId> {
         match self {
             Conn::Joined { id, .. } => Some(*id),
-            Conn::AwaitingJoin { .. } => None,
+            Conn::AwaitingJoin { .. } | Conn::Knocking { .. } => None,
         }
     }
 
@@ -512,6 +669,7 @@ impl Conn {
     fn deadline(&self) -> Option<Instant> {
         match self {
             Conn::AwaitingJoin { since, .. } => Some(*since + JOIN_LIMIT),
+            Conn::Knocking { since, .. } => Some(*since + KNOCK_LIMIT),
             Conn::Joined {
                 since,
                 offered: false,

@@ -52,6 +52,11 @@ pub enum ServerMsg {
     Refused {
         reason: String,
     },
+    /// A knock-first link: wait until someone at home lets you in (then `welcome` comes), or
+    /// not (then `refused`).
+    Waiting {
+        message: String,
+    },
     Welcome {
         /// This participant's id; the `msid` stream id of its forwarded tracks.
         you: String,

@@ -97,6 +97,22 @@ impl Room {
             .filter(|p| p.id != ParticipantId::BOX)
     }
 
+    /// The box was renamed: everyone sees the new name.
+    pub fn rename_box(&mut self, name: &str) -> Vec<Outgoing> {
+        let name = crate::call::protocol::clean_name(name);
+        match self
+            .participants
+            .iter_mut()
+            .find(|p| p.id == ParticipantId::BOX)
+        {
+            Some(p) if p.name != name => {
+                p.name = name;
+                self.roster_for_all()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The box's camera/mic state and note changed (device trouble, privacy).
     pub fn set_box_state(
         &mut self,

@@ -10,6 +10,7 @@ use crate::call::invite::unix_seconds;
 use crate::call::protocol::ServerMsg;
 use crate::call::Output;
 use crate::media::tv;
+use crate::privacy::machine::Gesture;
 use crate::privacy::BoxEffect;
 use crate::web::rate::Occasional;
 use crate::web::signalling::WsCommand;
@@ -55,12 +56,12 @@ impl Hub {
                             );
                         }
                         self.conns.remove(&conn);
-                        self.call.handle_closed(conn);
+                        self.call.handle_closed(conn, Instant::now());
                     }
                     // The session just ended; its `Closed` is on the way.
                     Err(TrySendError::Closed(_)) => {
                         self.conns.remove(&conn);
-                        self.call.handle_closed(conn);
+                        self.call.handle_closed(conn, Instant::now());
                     }
                 }
             }
@@ -92,6 +93,10 @@ impl Hub {
                     self.show_idle_screen();
                 }
             }
+            Output::Knocks(knocks) => {
+                self.knocking = knocks.first().map(|k| k.name.clone());
+                self.tv(tv::Command::Banner(self.banner()));
+            }
             Output::PauseBox(who) => {
                 self.paused_by = Some(who.name.clone());
                 let effects = self
@@ -121,6 +126,14 @@ impl Hub {
                         media.open_capture();
                     }
                 }
+                BoxEffect::Gesture(Gesture::Flick) => {
+                    let now = Instant::now();
+                    if let Some(first) = self.call.knocks(now).first() {
+                        tracing::info!("let in at the box by the switch");
+                        self.call.handle_knock_answer(first.id, true, now);
+                    }
+                }
+                BoxEffect::Gesture(Gesture::OwnerPattern) => self.show_owner_code(),
                 BoxEffect::Changed { on } => {
                     if !on {
                         self.paused_by = None;
@@ -173,6 +186,29 @@ impl Hub {
         let url = self.links.for_tv(&token);
         let status = format!("{}\n{}", self.box_status_line(), self.reach.tv_line());
         self.tv(tv::Command::Idle { url, status });
+    }
+
+    /// The switch pattern was made at the box: for a minute the TV shows a code that makes
+    /// the phone scanning it an owner.
+    fn show_owner_code(&mut self) {
+        let token = self.owners.open_pairing(Instant::now());
+        tracing::info!("owner pairing open for a minute (switch pattern at the box)");
+        let url = self.links.owner_pairing(&token);
+        let status = "Scan this with your phone to become an owner of this box.\n\
+                      The code works once, for one minute."
+            .to_string();
+        self.tv(tv::Command::Idle { url, status });
+    }
+
+    /// The line over the call: someone at the door first, then privacy.
+    fn banner(&self) -> String {
+        match (&self.knocking, self.privacy.is_on()) {
+            (Some(name), _) => format!(
+                "{name} is at the door: let them in on an owner's phone, or flick the switch on and off"
+            ),
+            (None, true) => self.box_status_line(),
+            (None, false) => String::new(),
+        }
     }
 
     fn box_status_line(&self) -> String {

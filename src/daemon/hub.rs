@@ -21,6 +21,7 @@ use crate::call::{Call, ConnId};
 use crate::media::{MediaEvent, MediaInput};
 use crate::privacy::machine::Reading;
 use crate::privacy::PrivacyControl;
+use crate::owner::OwnerStore;
 use crate::reach::Reach;
 use crate::web::signalling::{WsCommand, WsEvent};
 
@@ -78,6 +79,11 @@ impl JoinLinks {
         }
     }
 
+    /// The owner page with a pairing token, on the home network (the owner is at the box).
+    pub fn owner_pairing(&self, token: &str) -> String {
+        format!("{}/owner#pair={token}", self.home)
+    }
+
     /// The link for the TV's screen: people scanning it are at home.
     pub fn for_tv(&self, token: &str) -> String {
         let links = self.links(token);
@@ -117,6 +123,11 @@ pub struct Hub {
     pub(super) paused_by: Option<String>,
     /// Whether family outside can join.
     pub(super) reach: Reach,
+    /// The first of those knocking, for the TV.
+    pub(super) knocking: Option<String>,
+    /// Owners' credentials (hashed) and the pairing window.
+    pub(super) owners: OwnerStore,
+    pub(super) owners_file: StateWriter<OwnerStore>,
 }
 
 impl Hub {
@@ -128,6 +139,7 @@ impl Hub {
         media_sockets: MediaSockets,
         links: JoinLinks,
         invite_file: StateWriter<InviteStore>,
+        (owners, owners_file): (OwnerStore, StateWriter<OwnerStore>),
     ) -> Hub {
         Hub {
             call,
@@ -142,6 +154,9 @@ impl Hub {
             tv_invite: None,
             paused_by: None,
             reach: Reach::Off,
+            knocking: None,
+            owners,
+            owners_file,
         }
     }
 
@@ -186,6 +201,7 @@ impl Hub {
             self.call.poll_timeout(),
             self.privacy.poll_timeout(),
             self.waiters.iter().map(Waiter::deadline).min(),
+            self.owners.pairing_until(),
         ]
         .into_iter()
         .flatten()
@@ -223,7 +239,7 @@ impl Hub {
             }
             WsEvent::Closed(conn) => {
                 self.conns.remove(&conn);
-                self.call.handle_closed(conn);
+                self.call.handle_closed(conn, Instant::now());
             }
         }
     }
@@ -305,6 +321,10 @@ impl Hub {
 
     fn handle_timeout(&mut self) {
         let now = Instant::now();
+        if self.owners.pairing_until().is_some_and(|until| now >= until) {
+            self.owners.close_pairing();
+            self.show_idle_screen();
+        }
         let effects = self.privacy.handle_timeout(now);
         self.apply_privacy(effects);
         self.call.handle_timeout(now);

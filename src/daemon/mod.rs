@@ -39,6 +39,8 @@ use state_file::StateWriter;
 
 /// Join links, as hashes, in the state dir.
 const INVITES_FILE: &str = "invites.json";
+/// Owners' credentials, as hashes.
+const OWNERS_FILE: &str = "owners.json";
 
 /// Signalling events and control requests waiting for the hub.
 const SIGNALLING_QUEUE: usize = 256;
@@ -222,6 +224,8 @@ fn build_hub(
     };
     let call = Call::new(room, sfu, invites, limits);
     let invite_file = StateWriter::start(state_dir, INVITES_FILE);
+    let owners = state_file::load(state_dir, OWNERS_FILE)?;
+    let owners_file = StateWriter::start(state_dir, OWNERS_FILE);
     Ok(Hub::new(
         call,
         media,
@@ -229,6 +233,7 @@ fn build_hub(
         media_sockets,
         links,
         invite_file,
+        (owners, owners_file),
     ))
 }
 

@@ -21,6 +21,8 @@ pub enum BoxEffect {
     Changed {
         on: bool,
     },
+    /// A sign made with the switch at the box.
+    Gesture(super::machine::Gesture),
 }
 
 pub struct PrivacyControl {
@@ -109,6 +111,7 @@ impl PrivacyControl {
             match action {
                 Action::StopCapture => effects.push(BoxEffect::CloseCapture),
                 Action::StartCapture => effects.push(BoxEffect::OpenCapture),
+                Action::Gesture(gesture) => effects.push(BoxEffect::Gesture(gesture)),
                 Action::Led(on) => {
                     let _ = self.lines.led.send(on);
                 }

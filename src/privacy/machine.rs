@@ -51,7 +51,23 @@ pub enum Action {
         on: bool,
         cause: Cause,
     },
+    /// A hand at the box made a sign with the switch.
+    Gesture(Gesture),
 }
+
+/// Signs made with the switch: physical, so only someone at the box can make them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gesture {
+    /// On, then off again within `FLICK`: let in whoever is knocking.
+    Flick,
+    /// On, off, on within `PATTERN`: show the owner pairing code on the TV.
+    OwnerPattern,
+}
+
+/// The longest "on" that still counts as a flick.
+pub const FLICK: Duration = Duration::from_secs(3);
+/// The on-off-on pattern must fit in this.
+pub const PATTERN: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Privacy {
@@ -65,6 +81,8 @@ pub struct Privacy {
     known_once: bool,
     /// The effective state; starts on (nothing is captured until the switch is known).
     on: bool,
+    /// The switch's last few settled positions and when it moved to them, for gestures.
+    moves: std::collections::VecDeque<(bool, Instant)>,
 }
 
 impl Privacy {
@@ -76,6 +94,7 @@ impl Privacy {
             software_on: false,
             known_once: false,
             on: true,
+            moves: Default::default(),
         }
     }
 
@@ -106,8 +125,12 @@ impl Privacy {
         }
         match reading {
             Reading::On => {
-                self.switch_on = Some(true);
-                self.settle(Cause::Switch)
+                let moved = self.switch_on.replace(true) != Some(true);
+                let mut actions = self.settle(Cause::Switch);
+                if moved {
+                    actions.extend(self.moved(true, now));
+                }
+                actions
             }
             Reading::Unreadable(why) => {
                 self.switch_on = None;
@@ -135,10 +158,38 @@ impl Privacy {
                     Cause::StartUp
                 };
                 self.known_once = true;
-                return self.settle(cause);
+                let mut actions = self.settle(cause);
+                if let Some((_, since)) = &self.reading {
+                    let since = *since;
+                    actions.extend(self.moved(false, since));
+                }
+                return actions;
             }
         }
         Vec::new()
+    }
+
+    /// The switch settled in a new position at `at`: did that finish a gesture?
+    fn moved(&mut self, on: bool, at: Instant) -> Option<Action> {
+        if self.moves.len() == 3 {
+            self.moves.pop_front();
+        }
+        self.moves.push_back((on, at));
+        let moves: Vec<(bool, Instant)> = self.moves.iter().copied().collect();
+        match moves.as_slice() {
+            [.., (true, first), (false, _), (true, last)]
+                if last.saturating_duration_since(*first) <= PATTERN =>
+            {
+                self.moves.clear();
+                Some(Action::Gesture(Gesture::OwnerPattern))
+            }
+            [.., (true, went_on), (false, went_off)]
+                if went_off.saturating_duration_since(*went_on) <= FLICK =>
+            {
+                Some(Action::Gesture(Gesture::Flick))
+            }
+            _ => None,
+        }
     }
 
     /// When the next `handle_timeout` could change something.
@@ -329,5 +380,36 @@ mod tests {
             .handle_timeout(t + ms(3020))
             .contains(&Action::StartCapture));
         assert!(!p.is_on() && !p.paused_by_software());
+    }
+
+    #[test]
+    fn the_switch_makes_signs_only_when_quick() {
+        let t = Instant::now();
+        let mut p = started(t);
+        let gestures = |actions: Vec<Action>| -> Vec<Gesture> {
+            actions
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Gesture(g) => Some(g),
+                    _ => None,
+                })
+                .collect()
+        };
+        // A flick: on, off within 3 s.
+        assert!(gestures(p.handle_reading(Reading::On, t + ms(1000))).is_empty());
+        p.handle_reading(Reading::Off, t + ms(2000));
+        assert_eq!(gestures(p.handle_timeout(t + ms(2020))), [Gesture::Flick]);
+        // On again within 5 s of the first on: the owner pattern.
+        assert_eq!(
+            gestures(p.handle_reading(Reading::On, t + ms(4000))),
+            [Gesture::OwnerPattern]
+        );
+        // Slow moves are no sign.
+        p.handle_reading(Reading::Off, t + ms(20_000));
+        assert!(gestures(p.handle_timeout(t + ms(20_020))).is_empty(), "on for 16 s");
+        p.handle_reading(Reading::On, t + ms(30_000));
+        p.handle_reading(Reading::Off, t + ms(40_000));
+        assert!(gestures(p.handle_timeout(t + ms(40_020))).is_empty());
+        assert!(gestures(p.handle_reading(Reading::On, t + ms(41_000))).is_empty());
     }
 }
