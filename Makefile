@@ -15,7 +15,7 @@ DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fon
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
-.PHONY: deps build run test bench cross deb deb-arm64
+.PHONY: deps build run test bench fuzz cross deb deb-arm64
 
 SYSROOT := $(CURDIR)/target/sysroot-arm64
 ARM64 := aarch64-unknown-linux-gnu
@@ -57,6 +57,37 @@ test: deps
 bench: deps
 	$(CARGO) build --release --locked --all-targets
 	./tests/in-netns $(CARGO) bench --locked --offline
+
+# Coverage-guided fuzzing on stable Rust: AFL++ through cargo-afl, over the targets in
+# fuzz/targets/ (signalling messages, the config file, invite tokens, the SFU's datagrams),
+# FUZZ_SECONDS each, one at a time. Not part of `make test`. Findings stay in fuzz/out/
+# (ignored by git); an input that fails belongs in fuzz/regressions/TARGET/, which the normal
+# suite replays with every seed (tests/fuzz_inputs.rs).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= signalling config invite sfu
+CARGO_AFL_VERSION := 0.18.2
+FUZZ_ENV := AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
+
+fuzz: deps
+	@$(CARGO) afl --version 2>/dev/null | grep -q 'cargo-afl $(CARGO_AFL_VERSION)' || \
+		$(CARGO) install cargo-afl --locked --version $(CARGO_AFL_VERSION)
+	@out=$$($(CARGO) afl config --build 2>&1) || echo "$$out" | grep -q 'already built' || \
+		{ echo "$$out"; exit 1; }
+	cd fuzz && $(CARGO) afl build --release --locked
+	@found=0; for t in $(FUZZ_TARGETS); do \
+		rm -rf fuzz/out/$$t; mkdir -p fuzz/out/$$t; \
+		dict=""; [ -f fuzz/dict/$$t.dict ] && dict="-x fuzz/dict/$$t.dict"; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s (log: fuzz/out/$$t.log)"; \
+		$(FUZZ_ENV) $(CARGO) afl fuzz -V $(FUZZ_SECONDS) $$dict -i fuzz/seeds/$$t -o fuzz/out/$$t \
+			fuzz/target/release/$$t > fuzz/out/$$t.log 2>&1 || { tail -30 fuzz/out/$$t.log; exit 1; }; \
+		stats=fuzz/out/$$t/default/fuzzer_stats; \
+		printf '  %s: ' $$t; \
+		for k in run_time execs_done execs_per_sec corpus_count bitmap_cvg saved_crashes saved_hangs; do \
+			printf '%s=%s ' $$k "$$(sed -n "s/^$$k *: //p" $$stats)"; done; echo; \
+		for f in fuzz/out/$$t/default/crashes/id:* fuzz/out/$$t/default/hangs/id:*; do \
+			[ -e "$$f" ] && { echo "  found: $$f"; found=1; }; done; \
+	done; \
+	if [ $$found = 1 ]; then echo "fuzz: inputs that crash or hang above; add each to fuzz/regressions/TARGET/"; exit 1; fi
 
 # The Pi's binary, built on this x86 machine against an extracted arm64 sysroot.
 cross: deps

@@ -159,7 +159,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Config {
             action: ConfigAction::Check { file },
         } => {
-            config::load(&file)?;
+            let config = config::load(&file)?;
+            // `[board]` overrides fields of the board's profile; every profile has the same
+            // fields, so a misspelt or mistyped override is wrong on every board.
+            for board in [Board::Dev, Board::Pi4, Board::Pi5] {
+                board
+                    .profile(&config.board)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            }
             println!("{}: ok", file.display());
             Ok(())
         }

@@ -136,7 +136,11 @@ pub fn parse_client_msg(text: &str) -> Result<ClientMsg, ProtocolError> {
 /// "Guest". (Escaping for a particular screen is that screen's business.)
 pub fn clean_name(raw: &str) -> String {
     let mut cleaned = String::new();
-    for c in raw.chars().filter(|c| !is_hidden(*c)) {
+    // Tabs and newlines are control characters, but between two words they are a space.
+    let spaced = raw
+        .chars()
+        .map(|c| if c.is_ascii_whitespace() { ' ' } else { c });
+    for c in spaced.filter(|c| !is_hidden(*c)) {
         let c = if c.is_whitespace() { ' ' } else { c };
         if c == ' ' && (cleaned.is_empty() || cleaned.ends_with(' ')) {
             continue;
@@ -215,6 +219,7 @@ mod tests {
         assert_eq!(clean_name("Ann\u{202E}nmot\u{202C}"), "Annnmot");
         assert_eq!(clean_name("A\u{200B}n\u{FEFF}n\u{2066}"), "Ann");
         assert_eq!(clean_name("Gran\u{2028}ny\u{2029}  Smith"), "Granny Smith");
+        assert_eq!(clean_name("Ann\n\tSmith\r\n"), "Ann Smith", "not AnnSmith");
         assert_eq!(clean_name("\u{200B}\u{200D}"), "Guest");
         assert_eq!(
             clean_name("<b>&amp;</b>"),

@@ -102,6 +102,7 @@ pub struct WebConfig {
     #[serde(deserialize_with = "port_or_zero")]
     pub http_port: u16,
     /// Name in join links and the certificate; empty means the machine's hostname.
+    #[serde(deserialize_with = "hostname")]
     pub hostname: String,
     /// Address to listen on with `--lan`; empty means every address.
     #[serde(deserialize_with = "optional_ip")]
@@ -403,6 +404,33 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+/// Empty, or a DNS host name: dot-separated labels of letters, digits and hyphens (1 to 63
+/// each, no hyphen at either end), 253 characters at most. It goes into every join link and
+/// the certificate, so nothing else may pass.
+fn hostname<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() || is_host_name(&text) {
+        return Ok(text);
+    }
+    let shown: String = text.chars().take(64).collect();
+    Err(serde::de::Error::custom(format!(
+        "`{}` is not a host name (letters, digits, hyphens and dots)",
+        shown.escape_debug()
+    )))
+}
+
+fn is_host_name(text: &str) -> bool {
+    text.len() <= 253
+        && text.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 fn optional_ip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
     let text = String::deserialize(d)?;
     if text.is_empty() {
@@ -466,11 +494,44 @@ mod tests {
             ),
             // unknown table
             ("[cal]\nudp_port = 1\n", "hearth.toml:1:"),
+            // a host name that would break every join link
+            (
+                "[web]\nhostname = \"box/../x y\"\n",
+                "hearth.toml:2:12: key `web.hostname`: `box/../x y` is not a host name",
+            ),
         ];
         for (text, expected) in cases {
             let message = error(text);
             assert!(message.starts_with(expected), "{text:?} gave {message:?}");
             assert!(!message.contains('\n'), "one line: {message:?}");
+        }
+    }
+
+    #[test]
+    fn host_names() {
+        for good in [
+            "hearth",
+            "hearth.local",
+            "my-box.example.org",
+            "192.168.1.5",
+            "",
+        ] {
+            let text = format!("[web]\nhostname = \"{good}\"\n");
+            assert_eq!(parse(&text, "t").unwrap().web.hostname, good);
+        }
+        let long = format!("{}.local", "a".repeat(64));
+        for bad in [
+            "a b",
+            "x/y",
+            "-box",
+            "box-",
+            "a..b",
+            "box.",
+            "\u{202E}box",
+            &long,
+        ] {
+            let text = format!("[web]\nhostname = \"{bad}\"\n");
+            assert!(error(&text).contains("is not a host name"), "{bad:?}");
         }
     }
 

@@ -167,7 +167,7 @@ pub fn video_capture(
             &[("max-size-buffers", "2"), ("leaky", "downstream")],
         ));
     // A keyframe every two seconds at most, so a lost one is soon replaced.
-    let key_interval = camera.framerate * 2;
+    let key_interval = camera.framerate.saturating_mul(2);
     chain.0.extend(h264_encoder(encoder, kbps, key_interval).0);
     chain
         .push(Stage::element("h264parse", &[("config-interval", "-1")]))
@@ -223,7 +223,7 @@ fn camera_source(camera: &CameraProfile, found: &CameraFound) -> Option<Chain> {
 
 /// The encoder element with its bitrate and keyframe interval, and its output caps.
 fn h264_encoder(encoder: &str, kbps: u32, key_interval: u32) -> Chain {
-    let bits = (kbps * 1000).to_string();
+    let bits = kbps.saturating_mul(1000).to_string();
     let key_interval = key_interval.to_string();
     let baseline = || Stage::Caps("video/x-h264,profile=constrained-baseline".into());
     let mut chain = Chain::default();
@@ -417,6 +417,20 @@ mod tests {
         assert!(chain
             .to_string()
             .contains("openh264enc bitrate=800000 gop-size=60"));
+    }
+
+    #[test]
+    fn huge_rates_from_the_config_saturate_instead_of_wrapping() {
+        // Found by the fuzzer (fuzz/seeds/config/board_overrides): `framerate * 2` and
+        // `kbps * 1000` overflowed, a panic in a debug build and a nonsense pipeline in release.
+        let mut p = profile(Board::Pi5);
+        p.camera.framerate = u32::MAX;
+        let chain = video_capture(&p.camera, &CameraFound::Test, "openh264enc", u32::MAX);
+        let text = chain.to_string();
+        assert!(
+            text.contains(&format!("bitrate={} gop-size={}", u32::MAX, u32::MAX)),
+            "{text}"
+        );
     }
 
     #[test]

@@ -16,6 +16,58 @@ use crate::daemon::Daemon;
 pub type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub async fn connect(daemon: &Daemon) -> Result<Socket> {
+    let request = daemon.ws_url().into_client_request()?;
+    let origin = format!("https://127.0.0.1:{}", daemon.https_port);
+    let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+        with_origin(request, &origin)?,
+        None,
+        false,
+        Some(connector(daemon)?),
+    )
+    .await
+    .context("connecting to signalling")?;
+    Ok(socket)
+}
+
+/// Connect from a loopback address of the test's choosing (each its own guesser, as far as
+/// the daemon's per-address limits go), with the page's own origin or `origin`. A refused
+/// handshake is the `tungstenite::Error::Http` in the error chain.
+pub async fn connect_from(
+    daemon: &Daemon,
+    from: std::net::Ipv4Addr,
+    origin: Option<&str>,
+) -> Result<Socket> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((from, 0).into())?;
+    let stream = socket
+        .connect(([127, 0, 0, 1], daemon.https_port).into())
+        .await
+        .with_context(|| format!("connecting from {from}"))?;
+    let own = format!("https://127.0.0.1:{}", daemon.https_port);
+    let request = with_origin(
+        daemon.ws_url().into_client_request()?,
+        origin.unwrap_or(&own),
+    )?;
+    let (socket, _) = tokio_tungstenite::client_async_tls_with_config(
+        request,
+        stream,
+        None,
+        Some(connector(daemon)?),
+    )
+    .await?;
+    Ok(socket)
+}
+
+fn with_origin(
+    mut request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    origin: &str,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+    request.headers_mut().insert("origin", origin.parse()?);
+    Ok(request)
+}
+
+/// TLS that trusts only the daemon's own CA.
+fn connector(daemon: &Daemon) -> Result<Connector> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     let ca = daemon.state_dir.join("tls/ca.pem");
@@ -25,18 +77,7 @@ pub async fn connect(daemon: &Daemon) -> Result<Socket> {
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut request = daemon.ws_url().into_client_request()?;
-    let origin = format!("https://127.0.0.1:{}", daemon.https_port);
-    request.headers_mut().insert("origin", origin.parse()?);
-    let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        None,
-        false,
-        Some(Connector::Rustls(Arc::new(config))),
-    )
-    .await
-    .context("connecting to signalling")?;
-    Ok(socket)
+    Ok(Connector::Rustls(Arc::new(config)))
 }
 
 pub async fn send(socket: &mut Socket, value: serde_json::Value) -> Result<()> {
