@@ -50,6 +50,26 @@ enum Command {
         list: bool,
         #[arg(long, value_name = "ID")]
         revoke: Option<String>,
+        /// Knock first: whoever comes with the link waits until someone at home lets them in.
+        #[arg(long)]
+        knock: bool,
+    },
+    /// Let in (or turn away) someone knocking; `hearth status` lists the knocks.
+    Knock {
+        id: u64,
+        #[arg(value_enum)]
+        answer: KnockAnswer,
+    },
+    /// End someone's part in the call (an id from `hearth status`, like p3).
+    Remove { participant: String },
+    /// The privacy log's latest lines.
+    PrivacyLog,
+    /// The box's name on everyone's screen.
+    Rename { name: String },
+    /// The phones that own the box (paired by the switch pattern at the box).
+    Owners {
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
     },
     /// Who is in the call, as JSON.
     Status,
@@ -78,6 +98,12 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KnockAnswer {
+    LetIn,
+    Decline,
 }
 
 #[derive(Subcommand)]
@@ -124,7 +150,30 @@ fn run(cli: Cli) -> Result<()> {
             ttl,
             list,
             revoke,
-        } => invite(&state_dir, name, ttl, list, revoke),
+            knock,
+        } => invite(&state_dir, name, ttl, list, revoke, knock),
+        Command::Knock { id, answer } => print_answer(
+            &state_dir,
+            &Request::KnockAnswer {
+                knock: id,
+                let_in: matches!(answer, KnockAnswer::LetIn),
+            },
+        ),
+        Command::Remove { participant } => {
+            print_answer(&state_dir, &Request::Remove { participant })
+        }
+        Command::PrivacyLog => {
+            let lines = ask(&state_dir, &Request::PrivacyLog {})?;
+            for line in lines.as_array().into_iter().flatten() {
+                println!("{}", line.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Rename { name } => print_answer(&state_dir, &Request::Rename { name }),
+        Command::Owners { revoke: None } => print_answer(&state_dir, &Request::Owners {}),
+        Command::Owners { revoke: Some(id) } => {
+            print_answer(&state_dir, &Request::OwnerRevoke { id })
+        }
         Command::Status => {
             let value = ask(&state_dir, &Request::Status {})?;
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -186,6 +235,7 @@ fn invite(
     ttl: Option<std::time::Duration>,
     list: bool,
     revoke: Option<String>,
+    knock: bool,
 ) -> Result<()> {
     let request = if list {
         Request::InviteList {}
@@ -195,6 +245,7 @@ fn invite(
         Request::InviteCreate {
             name,
             ttl_secs: ttl.map(|t| t.as_secs()),
+            knock,
         }
     };
     let value = ask(state_dir, &request)?;
@@ -249,6 +300,13 @@ async fn reach_check(state_dir: &Path, config: &config::Config) -> (String, bool
         );
     }
     (text, reach.mapping().is_some())
+}
+
+/// Ask the daemon and print its answer as JSON.
+fn print_answer(state_dir: &Path, request: &Request) -> Result<()> {
+    let value = ask(state_dir, request)?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -39,7 +39,9 @@ pub enum OwnerRefusal {
     NotOwner,
     #[error("This phone's owner access was withdrawn.")]
     Revoked,
-    #[error("That owner code has expired or was used. Flip the switch on, off, on to show a new one.")]
+    #[error(
+        "That owner code has expired or was used. Flip the switch on, off, on to show a new one."
+    )]
     PairingClosed,
 }
 

@@ -7,18 +7,16 @@
 //! No answer may carry parser internals (`0x…`, `Offset`, `line 3 column 7`, …): a phone is
 //! told what went wrong, never how.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use hearth_test_support::daemon::{hearth_bin, temp_dir, Daemon};
+use hearth_test_support::tokio_tungstenite::tungstenite::{self, Message};
+use hearth_test_support::wss::{self, Socket};
 use serde_json::{json, Value};
-use support::daemon::{hearth_bin, temp_dir, Daemon};
-use support::wss::{self, Socket};
-use tokio_tungstenite::tungstenite::{self, Message};
 
 /// What a phone (or the owner) sends.
 enum Input {

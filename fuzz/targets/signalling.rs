@@ -124,7 +124,7 @@ impl Harness {
                 }
             }
             Some('x') if self.open.remove(&self.conn) => {
-                self.call.handle_closed(self.conn);
+                self.call.handle_closed(self.conn, self.now);
                 self.drain();
             }
             Some('t') => {
@@ -203,7 +203,7 @@ impl Harness {
         assert!(self.call.room().phones().count() <= MAX_PHONES);
         // The socket tasks end, and tell the call, as in the daemon.
         for conn in closed {
-            self.call.handle_closed(conn);
+            self.call.handle_closed(conn, self.now);
             outputs.extend(self.drain());
         }
         outputs

@@ -654,8 +654,7 @@ const TOO_MANY_ATTEMPTS: &str =
     "Too many attempts with links that do not work. Wait a minute, then try your link again.";
 
 /// What a knock that nobody let in is told.
-const DECLINED: &str =
-    "Nobody at home let you in this time. You can try the link again later.";
+const DECLINED: &str = "Nobody at home let you in this time. You can try the link again later.";
 
 impl Conn {
     fn participant(&self) -> Option<ParticipantId> {
@@ -959,5 +958,59 @@ mod tests {
         let out = say(&mut call, ConnId(1), r#"{"type":"pause_box"}"#, now);
         assert!(!out.iter().any(|o| matches!(o, Output::PauseBox(_))));
         assert!(sent_to(&out, ConnId(1))[0].contains("once already"));
+    }
+
+    #[test]
+    fn a_knock_waits_with_nothing_until_let_in_or_declined() {
+        let (mut call, _, _) = call();
+        let now = Instant::now();
+        let (_, token) =
+            call.create_invite("Door", Duration::from_secs(600), SystemTime::now(), Some(8));
+        connect_and_say(&mut call, ConnId(1), &join_text(&token, "Inside"), now);
+        let (_, knocking) =
+            call.create_invite("Knock", Duration::from_secs(600), SystemTime::now(), None);
+        let id = call
+            .invites()
+            .iter()
+            .find(|i| i.name == "Knock")
+            .unwrap()
+            .id
+            .clone();
+        call.set_invite_knock(&id, true).unwrap();
+
+        let out = connect_and_say(&mut call, ConnId(2), &join_text(&knocking, "Gran"), now);
+        let sent = sent_to(&out, ConnId(2));
+        assert_eq!(sent.len(), 1, "only the waiting message: {sent:?}");
+        assert!(sent[0].contains(r#""type":"waiting""#));
+        assert!(
+            sent_to(&out, ConnId(1)).is_empty(),
+            "the room hears nothing yet"
+        );
+        let knocks = call.knocks(now);
+        assert_eq!((knocks.len(), knocks[0].name.as_str()), (1, "Gran"));
+        // An offer while knocking does nothing.
+        let out = say(&mut call, ConnId(2), r#"{"type":"offer","sdp":"v=0"}"#, now);
+        assert!(sent_to(&out, ConnId(2)).is_empty());
+
+        assert!(call.handle_knock_answer(2, true, now));
+        let out = drain(&mut call);
+        assert!(sent_to(&out, ConnId(2))[0].contains("welcome"));
+        assert!(sent_to(&out, ConnId(1)).iter().any(|s| s.contains("Gran")));
+        assert!(call.knocks(now).is_empty());
+        assert!(!call.handle_knock_answer(2, true, now), "answered once");
+
+        // A second knock is declined; a third is left unanswered and declined in 2 minutes.
+        connect_and_say(&mut call, ConnId(3), &join_text(&knocking, "Tablet"), now);
+        call.handle_knock_answer(3, false, now);
+        let out = drain(&mut call);
+        assert!(refused(&out, ConnId(3))
+            .unwrap()
+            .contains("Nobody at home let you in"));
+        connect_and_say(&mut call, ConnId(4), &join_text(&knocking, "Late"), now);
+        call.handle_timeout(now + KNOCK_LIMIT);
+        let out = drain(&mut call);
+        assert!(refused(&out, ConnId(4))
+            .unwrap()
+            .contains("Nobody at home let you in"));
     }
 }

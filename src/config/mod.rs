@@ -128,6 +128,8 @@ pub struct CallConfig {
     /// for the whole family and allows `max_participants`.
     #[serde(deserialize_with = "sessions_per_invite")]
     pub sessions_per_invite: u32,
+    /// Whoever scans the TV's code knocks first and waits to be let in.
+    pub tv_link_knocks: bool,
     /// How long a new join link stays valid unless `--ttl` says otherwise.
     #[serde(deserialize_with = "invite_ttl")]
     pub invite_ttl: Duration,
@@ -152,6 +154,7 @@ impl Default for CallConfig {
             udp_port: 10000,
             max_participants: 8,
             sessions_per_invite: 2,
+            tv_link_knocks: true,
             invite_ttl: Duration::from_secs(24 * 3600),
         }
     }
@@ -185,6 +188,9 @@ max_participants = 8
 # How many devices may be in the call at once with one join link (1 to 16). The link on the
 # TV's screen is for the whole family and allows max_participants.
 sessions_per_invite = 2
+# Whoever scans the code on the TV knocks first: the TV shows their name, and someone at home
+# lets them in (an owner's phone, or a flick of the privacy switch: on and off again).
+tv_link_knocks = true
 # How long a new join link stays valid (for example "2h", "24h", "7d"; at most 30 days).
 invite_ttl = "24h"
 

@@ -21,6 +21,9 @@ pub enum Request {
     InviteCreate {
         name: String,
         ttl_secs: Option<u64>,
+        /// Knock first: whoever comes with the link waits until someone at home lets them in.
+        #[serde(default)]
+        knock: bool,
     },
     InviteList {},
     InviteRevoke {
@@ -39,6 +42,62 @@ pub enum Request {
     Simulate {
         simulation: Simulation,
     },
+    /// Let in (or turn away) someone knocking with a knock-first link.
+    KnockAnswer {
+        knock: u64,
+        let_in: bool,
+    },
+    /// End someone's part in the call ("p3").
+    Remove {
+        participant: String,
+    },
+    /// The privacy log's latest lines.
+    PrivacyLog {},
+    /// The box's name on everyone's screen.
+    Rename {
+        name: String,
+    },
+    /// The owners' phones (never their credentials).
+    Owners {},
+    OwnerRevoke {
+        id: String,
+    },
+    /// The owner page exchanges the code the TV showed (after the switch pattern at the box)
+    /// for an owner credential.
+    PairOwner {
+        token: String,
+        name: String,
+    },
+    /// A request from an owner's phone, carrying its credential. Only what an owner may do
+    /// is allowed (see `Request::owner_may`).
+    AsOwner {
+        credential: String,
+        request: Box<Request>,
+    },
+}
+
+impl Request {
+    /// What an owner's phone may ask for over the network. Not: writing files on the box
+    /// (snapshot), simulated devices, pairing, or turning privacy off.
+    pub fn owner_may(&self) -> bool {
+        match self {
+            Request::Status {}
+            | Request::InviteCreate { .. }
+            | Request::InviteList {}
+            | Request::InviteRevoke { .. }
+            | Request::KnockAnswer { .. }
+            | Request::Remove { .. }
+            | Request::PrivacyLog {}
+            | Request::Rename { .. }
+            | Request::Owners {}
+            | Request::OwnerRevoke { .. } => true,
+            Request::Privacy { state } => *state == OnOff::On,
+            Request::Snapshot { .. }
+            | Request::Simulate { .. }
+            | Request::PairOwner { .. }
+            | Request::AsOwner { .. } => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

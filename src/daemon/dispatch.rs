@@ -182,6 +182,9 @@ impl Hub {
         let ttl = self.links.default_ttl();
         let now = std::time::SystemTime::now();
         let (invite, token) = self.call.create_invite("TV screen", ttl, now, family);
+        if self.links.tv_knocks() {
+            let _ = self.call.set_invite_knock(&invite.id, true);
+        }
         self.tv_invite = Some(invite.id);
         let url = self.links.for_tv(&token);
         let status = format!("{}\n{}", self.box_status_line(), self.reach.tv_line());

@@ -19,9 +19,9 @@ use crate::call::invite::InviteStore;
 use crate::call::sfu::Candidates;
 use crate::call::{Call, ConnId};
 use crate::media::{MediaEvent, MediaInput};
+use crate::owner::OwnerStore;
 use crate::privacy::machine::Reading;
 use crate::privacy::PrivacyControl;
-use crate::owner::OwnerStore;
 use crate::reach::Reach;
 use crate::web::signalling::{WsCommand, WsEvent};
 
@@ -37,6 +37,8 @@ pub struct JoinLinks {
     /// Whether the outside link also opens from home (the router does hairpin NAT).
     outside_works_at_home: bool,
     default_ttl: Duration,
+    /// The TV's link is knock-first.
+    tv_knocks: bool,
 }
 
 /// A join link, and the link for the home network when that one is different.
@@ -49,13 +51,18 @@ pub struct Links {
 }
 
 impl JoinLinks {
-    pub fn new(home: String, default_ttl: Duration) -> JoinLinks {
+    pub fn new(home: String, default_ttl: Duration, tv_knocks: bool) -> JoinLinks {
         JoinLinks {
             home,
             outside: None,
             outside_works_at_home: false,
             default_ttl,
+            tv_knocks,
         }
+    }
+
+    pub fn tv_knocks(&self) -> bool {
+        self.tv_knocks
     }
 
     /// Follow the router: the outside link while it forwards, the home link otherwise.
@@ -128,6 +135,8 @@ pub struct Hub {
     /// Owners' credentials (hashed) and the pairing window.
     pub(super) owners: OwnerStore,
     pub(super) owners_file: StateWriter<OwnerStore>,
+    /// Where the box keeps what owners change (its name).
+    pub(super) state_dir: std::path::PathBuf,
 }
 
 impl Hub {
@@ -140,6 +149,7 @@ impl Hub {
         links: JoinLinks,
         invite_file: StateWriter<InviteStore>,
         (owners, owners_file): (OwnerStore, StateWriter<OwnerStore>),
+        state_dir: std::path::PathBuf,
     ) -> Hub {
         Hub {
             call,
@@ -157,6 +167,7 @@ impl Hub {
             knocking: None,
             owners,
             owners_file,
+            state_dir,
         }
     }
 
@@ -321,7 +332,11 @@ impl Hub {
 
     fn handle_timeout(&mut self) {
         let now = Instant::now();
-        if self.owners.pairing_until().is_some_and(|until| now >= until) {
+        if self
+            .owners
+            .pairing_until()
+            .is_some_and(|until| now >= until)
+        {
             self.owners.close_pairing();
             self.show_idle_screen();
         }

@@ -11,6 +11,7 @@ pub mod media_socket;
 pub mod metrics;
 pub mod network;
 pub mod notify;
+mod owners;
 mod requests;
 pub mod state_file;
 mod status;
@@ -122,7 +123,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         name => name.to_string(),
     };
     let base_url = format!("https://{link_host}:{}", config.web.https_port);
-    let links = JoinLinks::new(base_url, config.call.invite_ttl);
+    let links = JoinLinks::new(base_url, config.call.invite_ttl, config.call.tv_link_knocks);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (reach, mapper) = start_port_mapping(&config, board, media_port, shutdown.clone()).await;
     let mut hub = build_hub(&state_dir, &config, board, media, links)?;
@@ -213,7 +214,10 @@ fn build_hub(
     });
     let media = if config.home.media {
         crate::media::init().map_err(|e| anyhow!(e))?;
-        room.add_box(&config.home.name, std::time::Instant::now());
+        // The name owners gave the box outlives the config file's.
+        let named = std::fs::read_to_string(state_dir.join(owners::BOX_NAME_FILE)).ok();
+        let name = named.as_deref().map(str::trim).unwrap_or(&config.home.name);
+        room.add_box(name, std::time::Instant::now());
         sfu.enable_box(profile.encoder.min_kbps, profile.encoder.max_kbps);
         Some(start_box_media(state_dir, &profile, board)?)
     } else {
@@ -234,6 +238,7 @@ fn build_hub(
         links,
         invite_file,
         (owners, owners_file),
+        state_dir.to_path_buf(),
     ))
 }
 

@@ -46,6 +46,10 @@ impl Hub {
         request: Request,
         reply: oneshot::Sender<Response>,
     ) {
+        let Some((request, reply)) = Box::pin(self.handle_owner_request(request, reply)).await
+        else {
+            return;
+        };
         match request {
             Request::Status {} => {
                 let _ = reply.send(Response::Ok(self.status()));
@@ -53,9 +57,11 @@ impl Hub {
             Request::Snapshot { path } => self.snapshot(path, reply),
             Request::Privacy { state } => self.privacy_request(state, reply),
             Request::Simulate { simulation } => self.simulate(simulation, reply),
-            Request::InviteCreate { name, ttl_secs } => {
-                self.create_invite(&name, ttl_secs, reply).await
-            }
+            Request::InviteCreate {
+                name,
+                ttl_secs,
+                knock,
+            } => self.create_invite(&name, ttl_secs, knock, reply).await,
             Request::InviteList {} => {
                 let _ = reply.send(Response::Ok(self.invite_list()));
             }
@@ -66,6 +72,10 @@ impl Hub {
                 }
                 self.carry_out().await;
                 self.reply_when_saved(reply, json!({ "revoked": id }));
+            }
+            // Owners' requests were answered above.
+            _ => {
+                let _ = reply.send(Response::Error("not handled".into()));
             }
         }
     }
@@ -205,6 +215,7 @@ impl Hub {
         &mut self,
         name: &str,
         ttl_secs: Option<u64>,
+        knock: bool,
         reply: oneshot::Sender<Response>,
     ) {
         let ttl = match ttl_secs {
@@ -220,6 +231,9 @@ impl Hub {
             }
         };
         let (id, links) = self.new_invite(name, ttl, None);
+        if knock {
+            let _ = self.call.set_invite_knock(&id, true);
+        }
         self.carry_out().await;
         let answer = json!({ "id": id, "url": links.url, "at_home": links.at_home });
         self.reply_when_saved(reply, answer);
@@ -254,6 +268,7 @@ impl Hub {
                 "expires": i.expires,
                 "last_used": i.last_used,
                 "state": state,
+                "knock": i.knock,
             })
         });
         serde_json::Value::Array(list.collect())

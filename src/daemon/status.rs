@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::hub::Hub;
 use crate::call::invite::unix_seconds;
+use crate::call::room::ParticipantId;
 use crate::media::MediaKindTag;
 
 impl Hub {
@@ -15,6 +16,9 @@ impl Hub {
         json!({
             "privacy": self.privacy_status(),
             "reach": self.reach.to_json(Instant::now()),
+            "knocks": self.call.knocks(Instant::now()),
+            "box_name": self.call.room().participant(ParticipantId::BOX).map(|b| b.name.clone()),
+            "owners": self.owners.list().iter().filter(|o| !o.revoked).count(),
             "box": self.box_status(),
             "participants": self.participants(),
             "video_codec": self.call.room().publish_codec(),
@@ -65,6 +69,7 @@ impl Hub {
             "screen_frames_dropped": counters.frames_dropped.load(Ordering::Relaxed),
             "speaker_samples": counters.speaker_samples.load(Ordering::Relaxed),
             "send_latency_us": self.metrics.send.summary(),
+            "temperature_c": temperature(),
         }))
     }
 
@@ -83,4 +88,11 @@ impl Hub {
             "everyone_told_us": self.metrics.everyone_told.summary(),
         })
     }
+}
+
+/// The board's temperature in °C, where the kernel reports one.
+fn temperature() -> Option<f64> {
+    let text = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp").ok()?;
+    let millis: f64 = text.trim().parse().ok()?;
+    Some((millis / 100.0).round() / 10.0)
 }

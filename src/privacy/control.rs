@@ -92,6 +92,10 @@ impl PrivacyControl {
         self.machine.paused_by_software()
     }
 
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
     pub fn is_hardware(&self) -> bool {
         self.hardware
     }

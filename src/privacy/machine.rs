@@ -406,7 +406,10 @@ mod tests {
         );
         // Slow moves are no sign.
         p.handle_reading(Reading::Off, t + ms(20_000));
-        assert!(gestures(p.handle_timeout(t + ms(20_020))).is_empty(), "on for 16 s");
+        assert!(
+            gestures(p.handle_timeout(t + ms(20_020))).is_empty(),
+            "on for 16 s"
+        );
         p.handle_reading(Reading::On, t + ms(30_000));
         p.handle_reading(Reading::Off, t + ms(40_000));
         assert!(gestures(p.handle_timeout(t + ms(40_020))).is_empty());
