@@ -16,6 +16,7 @@
 //!   plans, and what hardware the machine has (`probe`, `check`).
 //! - [`reach`]: family outside the home: the home router forwards the box's ports (PCP,
 //!   NAT-PMP, UPnP-IGD) and tells it the external address.
+//! - [`setup`]: first boot: the Wi-Fi and the box's name from a file on the card.
 //! - [`web`]: HTTPS (the join page, the signalling WebSocket, Hearth's own CA).
 //! - [`daemon`]: the wiring: start-up, the hub task that does the cores' I/O, the control
 //!   socket the CLI talks to, systemd notification.
@@ -31,4 +32,5 @@ pub mod media;
 pub mod owner;
 pub mod privacy;
 pub mod reach;
+pub mod setup;
 pub mod web;

@@ -71,6 +71,14 @@ enum Command {
         #[arg(long, value_name = "ID")]
         revoke: Option<String>,
     },
+    /// First boot: apply hearth-setup.toml from the boot partition (Wi-Fi, the box's name),
+    /// then remove it. Run by hearth-setup.service before the network starts.
+    Setup {
+        #[arg(long, default_value = "/boot/firmware", value_name = "DIR")]
+        boot: PathBuf,
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        root: PathBuf,
+    },
     /// Who is in the call, as JSON.
     Status,
     /// What this machine has for the board profile; fails when hardware is missing.
@@ -174,6 +182,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Owners { revoke: Some(id) } => {
             print_answer(&state_dir, &Request::OwnerRevoke { id })
         }
+        Command::Setup { boot, root } => match hearth::setup::apply(&boot, &root)? {
+            Ok(hearth::setup::Applied::Nothing) => Ok(()),
+            Ok(done) => {
+                println!("hearth setup: applied {done:?}");
+                Ok(())
+            }
+            Err(why) => Err(anyhow::anyhow!(
+                "{why} (removed; the reason is in {} on the card)",
+                hearth::setup::ERROR_FILE
+            )),
+        },
         Command::Status => {
             let value = ask(&state_dir, &Request::Status {})?;
             println!("{}", serde_json::to_string_pretty(&value)?);

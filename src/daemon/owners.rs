@@ -125,7 +125,13 @@ impl Hub {
         self.call.rename_box(&name);
         let path = self.state_dir.join(BOX_NAME_FILE);
         let text = format!("{name}\n");
-        let saved = tokio::task::spawn_blocking(move || std::fs::write(path, text)).await;
+        // Replaced, not rewritten: first-boot setup may have left it owned by root.
+        let saved = tokio::task::spawn_blocking(move || {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(tmp, path)
+        })
+        .await;
         match saved {
             Ok(Ok(())) => Response::Ok(json!({ "name": name })),
             _ => Response::Error("the new name could not be saved".into()),

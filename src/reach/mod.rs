@@ -64,7 +64,10 @@ pub enum Unreachable {
 impl std::fmt::Display for Unreachable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unreachable::NoRouter => f.write_str("this box has no router (no default route)"),
+            Unreachable::NoRouter => f.write_str(
+                "this box is not connected to a network: plug in a cable, or put \
+                 hearth-setup.toml with the Wi-Fi's name and password on the card",
+            ),
             Unreachable::NoAnswer => {
                 f.write_str("the router did not answer (UPnP, NAT-PMP and PCP are off or missing)")
             }

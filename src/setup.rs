@@ -1,0 +1,237 @@
+//! First boot without a shell: the owner writes `hearth-setup.toml` on the card's FAT boot
+//! partition (Wi-Fi name and password, the box's name), as Raspberry Pi Imager users do.
+//! At boot, before the network starts, `hearth setup` turns it into the system's Wi-Fi
+//! configuration and the box's name, then removes it (it holds a password). Parsing and
+//! rendering are pure; `apply` does the file work, under a root directory for tests.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file's name on the boot partition.
+pub const SETUP_FILE: &str = "hearth-setup.toml";
+/// Written next to it when it cannot be used, for the owner to read on another computer.
+pub const ERROR_FILE: &str = "hearth-setup-error.txt";
+/// wpa_supplicant's per-interface file, which its `@wlan0` unit reads.
+pub const WPA_FILE: &str = "etc/wpa_supplicant/wpa_supplicant-wlan0.conf";
+/// The box's name, in Hearth's state dir (where owners' renames go too).
+pub const BOX_NAME_FILE: &str = "var/lib/hearth/box-name";
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Setup {
+    pub wifi: Option<Wifi>,
+    #[serde(rename = "box")]
+    pub home: Option<BoxSetup>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Wifi {
+    /// The network's name (SSID).
+    pub name: String,
+    /// Its password (8 to 63 characters).
+    pub password: String,
+    /// Two letters: the country whose radio rules apply (e.g. "GB", "DE", "US").
+    pub country: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BoxSetup {
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SetupError {
+    #[error("{SETUP_FILE} is not valid: {0}")]
+    Invalid(String),
+    #[error("the Wi-Fi name must be 1 to 32 bytes")]
+    WifiName,
+    #[error("the Wi-Fi password must be 8 to 63 characters, without line breaks")]
+    WifiPassword,
+    #[error("the country must be two letters, like \"GB\"")]
+    Country,
+}
+
+impl Setup {
+    pub fn parse(text: &str) -> Result<Setup, SetupError> {
+        let setup: Setup = toml::from_str(text)
+            .map_err(|e| SetupError::Invalid(e.message().replace('\n', " ")))?;
+        if let Some(wifi) = &setup.wifi {
+            wifi.check()?;
+        }
+        Ok(setup)
+    }
+}
+
+impl Wifi {
+    fn check(&self) -> Result<(), SetupError> {
+        if self.name.is_empty() || self.name.len() > 32 {
+            return Err(SetupError::WifiName);
+        }
+        let printable = self.password.chars().all(|c| (' '..='~').contains(&c));
+        if !(8..=63).contains(&self.password.len()) || !printable {
+            return Err(SetupError::WifiPassword);
+        }
+        if self.country.len() != 2 || !self.country.chars().all(|c| c.is_ascii_alphabetic()) {
+            return Err(SetupError::Country);
+        }
+        Ok(())
+    }
+
+    /// wpa_supplicant's configuration for this network. The name goes in hex, so any byte
+    /// in it is fine; the password is printable ASCII (checked), quoted.
+    pub fn wpa_supplicant_conf(&self) -> String {
+        let ssid: String = self.name.bytes().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "# Written by `hearth setup` from {SETUP_FILE}.\n\
+             ctrl_interface=DIR=/run/wpa_supplicant GROUP=netdev\n\
+             update_config=0\n\
+             country={}\n\
+             network={{\n\
+             \tssid={ssid}\n\
+             \tpsk=\"{}\"\n\
+             \tkey_mgmt=WPA-PSK SAE\n\
+             \tieee80211w=1\n\
+             }}\n",
+            self.country.to_ascii_uppercase(),
+            self.password
+        )
+    }
+}
+
+/// What `apply` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// No setup file on the boot partition.
+    Nothing,
+    Done {
+        wifi: bool,
+        name: bool,
+    },
+}
+
+/// Read the setup file from `boot`, write the system's files under `root`, remove it. A
+/// file that cannot be used is removed too (it holds a password), and the reason is written
+/// beside it for the owner.
+pub fn apply(boot: &Path, root: &Path) -> std::io::Result<Result<Applied, SetupError>> {
+    let file = boot.join(SETUP_FILE);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(Applied::Nothing)),
+        Err(e) => return Err(e),
+    };
+    let setup = match Setup::parse(&text) {
+        Ok(setup) => setup,
+        Err(why) => {
+            std::fs::remove_file(&file)?;
+            std::fs::write(boot.join(ERROR_FILE), format!("{why}\n"))?;
+            return Ok(Err(why));
+        }
+    };
+    if let Some(wifi) = &setup.wifi {
+        write(&root.join(WPA_FILE), &wifi.wpa_supplicant_conf(), 0o600)?;
+    }
+    if let Some(home) = &setup.home {
+        let name = crate::call::protocol::clean_name(&home.name);
+        write(&root.join(BOX_NAME_FILE), &format!("{name}\n"), 0o644)?;
+    }
+    std::fs::remove_file(&file)?;
+    let _ = std::fs::remove_file(boot.join(ERROR_FILE));
+    Ok(Ok(Applied::Done {
+        wifi: setup.wifi.is_some(),
+        name: setup.home.is_some(),
+    }))
+}
+
+fn write(path: &PathBuf, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "[wifi]\nname = \"Café \\\"Net\\\"\"\npassword = \"correct horse\"\ncountry = \"gb\"\n\n[box]\nname = \"Gran's\\u202E box\"\n";
+
+    #[test]
+    fn the_setup_file_becomes_wifi_and_a_name_and_is_gone() {
+        let dir = std::env::temp_dir().join(format!("hearth-setup-{}", std::process::id()));
+        let (boot, root) = (dir.join("boot"), dir.join("root"));
+        std::fs::create_dir_all(&boot).unwrap();
+        std::fs::write(boot.join(SETUP_FILE), GOOD).unwrap();
+        let applied = apply(&boot, &root).unwrap().unwrap();
+        assert_eq!(
+            applied,
+            Applied::Done {
+                wifi: true,
+                name: true
+            }
+        );
+        assert!(
+            !boot.join(SETUP_FILE).exists(),
+            "the password does not stay on the card"
+        );
+        let wpa = std::fs::read_to_string(root.join(WPA_FILE)).unwrap();
+        assert!(wpa.contains("country=GB\n"));
+        assert!(
+            wpa.contains(&format!("ssid={}\n", hex("Café \"Net\""))),
+            "{wpa}"
+        );
+        assert!(wpa.contains("psk=\"correct horse\"\n"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(root.join(WPA_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let name = std::fs::read_to_string(root.join(BOX_NAME_FILE)).unwrap();
+        assert_eq!(name, "Gran's box\n", "names are cleaned here too");
+        assert_eq!(apply(&boot, &root).unwrap().unwrap(), Applied::Nothing);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_file_is_removed_and_explained() {
+        let dir = std::env::temp_dir().join(format!("hearth-setup-bad-{}", std::process::id()));
+        let (boot, root) = (dir.join("boot"), dir.join("root"));
+        std::fs::create_dir_all(&boot).unwrap();
+        std::fs::write(
+            boot.join(SETUP_FILE),
+            "[wifi]\nname = \"Home\"\npassword = \"short\"\ncountry = \"GB\"\n",
+        )
+        .unwrap();
+        assert_eq!(apply(&boot, &root).unwrap(), Err(SetupError::WifiPassword));
+        assert!(!boot.join(SETUP_FILE).exists());
+        let why = std::fs::read_to_string(boot.join(ERROR_FILE)).unwrap();
+        assert!(why.contains("8 to 63 characters"), "{why}");
+        assert!(!root.join(WPA_FILE).exists());
+        for bad in [
+            "[wifi]\nname = \"x\"\n",
+            "[wiif]\n",
+            "[wifi]\nname=\"\"\npassword=\"12345678\"\ncountry=\"GB\"\n",
+        ] {
+            assert!(Setup::parse(bad).is_err(), "{bad}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn hex(text: &str) -> String {
+        text.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+}
