@@ -13,7 +13,7 @@ use igd_next::aio::Gateway;
 use igd_next::PortMappingProtocol;
 use tokio::sync::watch;
 
-use super::{classify_external, gateway, next_renewal, Mapping, Protocol, Reach, Unreachable};
+use super::{classify_external, gateway, next_renewal, pcp, Mapping, Protocol, Reach, Unreachable};
 
 /// What to ask the router for.
 #[derive(Debug, Clone)]
@@ -122,7 +122,14 @@ impl Forwarding {
             Ok(forwarding) => return Ok(forwarding),
             Err(e) => tracing::debug!("PCP/NAT-PMP: {e}"),
         }
-        Self::upnp(lan_ip, config).await
+        match Self::upnp(lan_ip, config).await {
+            Ok(forwarding) => Ok(forwarding),
+            // Behind carrier-grade NAT or another router, NAT-PMP and UPnP refuse without
+            // saying why; a PCP reply names the router's address.
+            Err(why) => Err(pcp::diagnose(gateway, lan_ip, config.media_port)
+                .await
+                .unwrap_or(why)),
+        }
     }
 
     async fn pmp(

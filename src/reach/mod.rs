@@ -6,6 +6,7 @@
 
 pub mod gateway;
 pub mod mapper;
+pub mod pcp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
