@@ -251,10 +251,18 @@ impl Forwarding {
                     if moved {
                         publish(reach, self).await;
                     } else {
+                        // A router may loop its address back in only a moment after it
+                        // forwards: until hairpin works, look again at every check.
+                        let unseen = reach.borrow().mapping().is_some_and(|m| !m.hairpin);
+                        let hairpin = unseen && hairpin_works(self.mapping.https()).await;
+                        if hairpin {
+                            tracing::info!("the router loops its address back in now (hairpin)");
+                        }
                         let expires = self.mapping.expires;
                         reach.send_modify(|r| {
                             if let Reach::Outside(m) = r {
                                 m.expires = expires;
+                                m.hairpin |= hairpin;
                             }
                         });
                     }
