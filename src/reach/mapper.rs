@@ -38,6 +38,13 @@ const PMP_TIMEOUT: TimeoutConfig = TimeoutConfig {
     max_retries: 2,
     max_retry_timeout: Some(Duration::from_secs(1)),
 };
+/// Renewals wait longer (up to 5.75 s): a router busy for a moment has not lost the
+/// forwarding, and taking it for lost would re-create everything.
+const RENEW_TIMEOUT: TimeoutConfig = TimeoutConfig {
+    initial_timeout: Duration::from_millis(250),
+    max_retries: 4,
+    max_retry_timeout: Some(Duration::from_secs(2)),
+};
 const SSDP_TIMEOUT: Duration = Duration::from_secs(3);
 const DESCRIPTION: &str = "Hearth family call box";
 
@@ -286,6 +293,8 @@ impl Forwarding {
         match &mut self.session {
             Session::Pmp { tcp, udp } => {
                 let lost = |e| Unreachable::Lost(format!("{e:?}"));
+                udp.timeout_config = RENEW_TIMEOUT;
+                tcp.timeout_config = RENEW_TIMEOUT;
                 udp.renew().await.map_err(lost)?;
                 tcp.renew().await.map_err(lost)?;
                 self.mapping.media_port = udp.external_port().get();
