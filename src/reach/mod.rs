@@ -221,6 +221,28 @@ mod tests {
     }
 
     #[test]
+    fn the_tv_says_in_one_line_whether_family_outside_can_join() {
+        let line = Reach::HomeOnly(Unreachable::NoAnswer).tv_line();
+        assert_eq!(
+            line,
+            "Only family at home can join: the router did not answer (UPnP, NAT-PMP and PCP \
+             are off or missing)"
+        );
+        assert!(!line.contains('\n'));
+        let line = Reach::Outside(Mapping {
+            via: Protocol::Pcp,
+            external_ip: "203.0.114.1".parse().unwrap(),
+            https_port: 1024,
+            media_port: 10000,
+            lan_ip: "192.168.1.2".parse().unwrap(),
+            expires: Instant::now(),
+            hairpin: false,
+        })
+        .tv_line();
+        assert_eq!(line, "Family outside the home can join too");
+    }
+
+    #[test]
     fn leases_are_renewed_at_half_life_or_at_the_next_check() {
         let t = Instant::now();
         let hour = Duration::from_secs(3600);
