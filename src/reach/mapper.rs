@@ -13,7 +13,7 @@ use igd_next::aio::Gateway;
 use igd_next::PortMappingProtocol;
 use tokio::sync::watch;
 
-use super::{classify_external, gateway, next_renewal, Mapping, Protocol, Reach, Unreachable};
+use super::{classify_external, gateway, next_renewal, pcp, Mapping, Protocol, Reach, Unreachable};
 
 /// What to ask the router for.
 #[derive(Debug, Clone)]
@@ -70,6 +70,13 @@ const PMP_TIMEOUT: TimeoutConfig = TimeoutConfig {
     initial_timeout: Duration::from_millis(250),
     max_retries: 2,
     max_retry_timeout: Some(Duration::from_secs(1)),
+};
+/// Renewals wait longer (up to 5.75 s): a router busy for a moment has not lost the
+/// forwarding, and taking it for lost would re-create everything.
+const RENEW_TIMEOUT: TimeoutConfig = TimeoutConfig {
+    initial_timeout: Duration::from_millis(250),
+    max_retries: 4,
+    max_retry_timeout: Some(Duration::from_secs(2)),
 };
 const SSDP_TIMEOUT: Duration = Duration::from_secs(3);
 const DESCRIPTION: &str = "Hearth family call box";
@@ -155,7 +162,14 @@ impl Forwarding {
             Ok(forwarding) => return Ok(forwarding),
             Err(e) => tracing::debug!("PCP/NAT-PMP: {e}"),
         }
-        Self::upnp(lan_ip, config).await
+        match Self::upnp(lan_ip, config).await {
+            Ok(forwarding) => Ok(forwarding),
+            // Behind carrier-grade NAT or another router, NAT-PMP and UPnP refuse without
+            // saying why; a PCP reply names the router's address.
+            Err(why) => Err(pcp::diagnose(gateway, lan_ip, config.media_port)
+                .await
+                .unwrap_or(why)),
+        }
     }
 
     async fn pmp(
@@ -277,10 +291,18 @@ impl Forwarding {
                     if moved {
                         publish(reach, self).await;
                     } else {
+                        // A router may loop its address back in only a moment after it
+                        // forwards: until hairpin works, look again at every check.
+                        let unseen = reach.borrow().mapping().is_some_and(|m| !m.hairpin);
+                        let hairpin = unseen && hairpin_works(self.mapping.https()).await;
+                        if hairpin {
+                            tracing::info!("the router loops its address back in now (hairpin)");
+                        }
                         let expires = self.mapping.expires;
                         reach.send_modify(|r| {
                             if let Reach::Outside(m) = r {
                                 m.expires = expires;
+                                m.hairpin |= hairpin;
                             }
                         });
                     }
@@ -304,6 +326,8 @@ impl Forwarding {
         match &mut self.session {
             Session::Pmp { tcp, udp } => {
                 let lost = |e| Unreachable::Lost(format!("{e:?}"));
+                udp.timeout_config = RENEW_TIMEOUT;
+                tcp.timeout_config = RENEW_TIMEOUT;
                 udp.renew().await.map_err(lost)?;
                 tcp.renew().await.map_err(lost)?;
                 self.mapping.media_port = udp.external_port().get();

@@ -6,6 +6,7 @@
 
 pub mod gateway;
 pub mod mapper;
+pub mod pcp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -220,6 +221,28 @@ mod tests {
         assert_eq!(classify_external(ip("203.0.113.1")), Ok(()));
         let line = Reach::HomeOnly(Unreachable::CarrierGradeNat(ip("100.64.0.2"))).tv_line();
         assert!(line.contains("carrier-grade NAT"), "{line}");
+    }
+
+    #[test]
+    fn the_tv_says_in_one_line_whether_family_outside_can_join() {
+        let line = Reach::HomeOnly(Unreachable::NoAnswer).tv_line();
+        assert_eq!(
+            line,
+            "Only family at home can join: the router did not answer (UPnP, NAT-PMP and PCP \
+             are off or missing)"
+        );
+        assert!(!line.contains('\n'));
+        let line = Reach::Outside(Mapping {
+            via: Protocol::Pcp,
+            external_ip: "203.0.114.1".parse().unwrap(),
+            https_port: 1024,
+            media_port: 10000,
+            lan_ip: "192.168.1.2".parse().unwrap(),
+            expires: Instant::now(),
+            hairpin: false,
+        })
+        .tv_line();
+        assert_eq!(line, "Family outside the home can join too");
     }
 
     #[test]

@@ -53,6 +53,11 @@ table inet filter {
         type filter hook forward priority 0; policy drop;
         ct state established,related accept
         iifname "br-lan" accept
+        # From the WAN side, only what a mapping forwards (DNAT), as OpenWrt's firewall does:
+        # miniupnpd's accept rules name the box's LAN address and port, and without this the
+        # phone outside (whose default route is this router) would reach the box at its LAN
+        # address directly, which the internet never carries.
+        iifname "wan" ct status ! dnat drop
         # miniupnpd accepts what its mappings let in
         jump miniupnpd
     }

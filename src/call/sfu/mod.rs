@@ -82,16 +82,16 @@ pub struct Candidates {
 }
 
 impl Candidates {
+    /// The router's forwarded address is offered as a host candidate: an ICE-lite agent has
+    /// host candidates only (str0m drops any other kind), and the datagrams phones send there
+    /// arrive at the host address it forwards to, where the agent answers them.
     fn to_ice(&self) -> Vec<Candidate> {
-        let hosts = self
-            .hosts
+        let mapped = self.reflexive.iter().map(|(a, _)| a);
+        self.hosts
             .iter()
-            .filter_map(|a| Candidate::host(*a, Protocol::Udp).ok());
-        let mapped = self
-            .reflexive
-            .iter()
-            .filter_map(|(a, base)| Candidate::server_reflexive(*a, *base, Protocol::Udp).ok());
-        hosts.chain(mapped).collect()
+            .chain(mapped)
+            .filter_map(|a| Candidate::host(*a, Protocol::Udp).ok())
+            .collect()
     }
 }
 
@@ -574,4 +574,41 @@ impl Sfu {
 
 fn packet_count(data: &MediaData) -> u64 {
     (**data.seq_range.end()).saturating_sub(**data.seq_range.start()) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::media::Direction;
+
+    #[test]
+    fn the_routers_forwarded_address_is_offered_next_to_the_lan_one() {
+        let now = Instant::now();
+        let lan: SocketAddr = "192.168.1.2:10000".parse().unwrap();
+        let router: SocketAddr = "203.0.114.1:40000".parse().unwrap();
+        let mut sfu = Sfu::new(lan);
+        sfu.set_candidates(Candidates {
+            hosts: vec![lan],
+            reflexive: vec![(router, lan)],
+        });
+        let mut phone = Rtc::builder().build(now);
+        let mut change = phone.sdp_api();
+        change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let (offer, _) = change.apply().unwrap();
+        let answer = sfu
+            .handle_offer(
+                ParticipantId(1),
+                &offer.to_sdp_string(),
+                VideoCodec::H264,
+                true,
+                now,
+            )
+            .unwrap();
+        for addr in ["192.168.1.2 10000", "203.0.114.1 40000"] {
+            assert!(
+                answer.contains(&format!("{addr} typ host")),
+                "{addr} missing: {answer}"
+            );
+        }
+    }
 }

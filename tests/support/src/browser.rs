@@ -247,9 +247,15 @@ impl Browser {
                 // Port 0 works here too: Firefox binds a free port and prints it.
                 cmd.args(["--remote-debugging-port", "0"]);
                 // NONLOCAL: refuse connections to anything but loopback/private addresses, and
-                // honour the remote-settings override above.
-                cmd.env("MOZ_DISABLE_NONLOCAL_CONNECTIONS", "1")
-                    .env("MOZ_CRASHREPORTER_DISABLE", "1");
+                // honour the remote-settings override above. Not inside a namespace of the
+                // simulated home: there a phone outside must load the router's public
+                // address, and the namespaces have no way out (nothing routes beyond the
+                // router), so whatever Firefox tries to reach beyond them goes nowhere.
+                match netns {
+                    None => cmd.env("MOZ_DISABLE_NONLOCAL_CONNECTIONS", "1"),
+                    Some(_) => cmd.env_remove("MOZ_DISABLE_NONLOCAL_CONNECTIONS"),
+                };
+                cmd.env("MOZ_CRASHREPORTER_DISABLE", "1");
                 (FIREFOX_BIN, "WebDriver BiDi listening on ", cmd)
             }
         };

@@ -167,6 +167,27 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Stop it as systemd does (SIGTERM) and wait up to `within` for it to exit: its exit
+    /// status, or an error if it is still running then (it is killed on drop).
+    pub fn stop(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("hearth did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Run the CLI against this daemon: (exit success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         cli(&self.state_dir, args)
@@ -247,6 +268,10 @@ pub fn cli(state_dir: &Path, args: &[&str]) -> (bool, String, String) {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Already stopped (and reaped): its pid may belong to another process by now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SIGTERM first, so shutdown runs as in production; SIGKILL if it has not exited in 5 s.
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();

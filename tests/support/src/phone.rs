@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::browser::{Browser, BrowserKind};
+use crate::netns::Netns;
 
 /// An async JS function giving the media this phone receives, `m` in wait conditions:
 ///
@@ -141,8 +142,14 @@ pub struct Phone {
 impl Phone {
     /// A browser of `kind` with a blank page.
     pub async fn launch(kind: BrowserKind) -> Result<Phone> {
+        Self::launch_in(kind, None).await
+    }
+
+    /// A browser of `kind` with a blank page, inside a network namespace (a phone in the
+    /// simulated home, see `home.rs`).
+    pub async fn launch_in(kind: BrowserKind, netns: Option<&Netns>) -> Result<Phone> {
         Ok(Phone {
-            browser: Browser::launch(kind).await?,
+            browser: Browser::launch_in(kind, netns).await?,
             name: format!("{kind:?}"),
         })
     }
