@@ -68,8 +68,12 @@ enum Command {
     Rename { name: String },
     /// The phones that own the box (paired by the switch pattern at the box).
     Owners {
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", conflicts_with = "pairing_url")]
         revoke: Option<String>,
+        /// Print the owner page link the TV shows as a QR code after the switch pattern
+        /// (on, off, on), while it works: for a box whose TV you cannot scan.
+        #[arg(long)]
+        pairing_url: bool,
     },
     /// First boot: apply hearth-setup.toml from the boot partition (Wi-Fi, the box's name),
     /// then remove it. Run by hearth-setup.service before the network starts.
@@ -178,10 +182,17 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Rename { name } => print_answer(&state_dir, &Request::Rename { name }),
-        Command::Owners { revoke: None } => print_answer(&state_dir, &Request::Owners {}),
-        Command::Owners { revoke: Some(id) } => {
-            print_answer(&state_dir, &Request::OwnerRevoke { id })
+        Command::Owners {
+            pairing_url: true, ..
+        } => {
+            let answer = ask(&state_dir, &Request::OwnerPairingUrl {})?;
+            println!("{}", answer["url"].as_str().unwrap_or_default());
+            Ok(())
         }
+        Command::Owners { revoke: None, .. } => print_answer(&state_dir, &Request::Owners {}),
+        Command::Owners {
+            revoke: Some(id), ..
+        } => print_answer(&state_dir, &Request::OwnerRevoke { id }),
         Command::Setup { boot, root } => match hearth::setup::apply(&boot, &root)? {
             Ok(hearth::setup::Applied::Nothing) => Ok(()),
             Ok(done) => {

@@ -74,7 +74,15 @@ pub enum Request {
         credential: String,
         request: Box<Request>,
     },
+    /// `hearth owners --pairing-url`: the owner page link the TV shows as a QR code while the
+    /// pairing window is open. For the box's own command line only (the socket is the box's
+    /// root of trust, and `hearth snapshot` shows the same code as a picture); never over the
+    /// network.
+    OwnerPairingUrl {},
 }
+
+/// What an owner's phone is told when it asks for something only the box itself may do.
+pub const NOT_FOR_OWNERS: &str = "That is not something an owner's phone can do.";
 
 impl Request {
     /// What an owner's phone may ask for over the network. Not: writing files on the box
@@ -95,7 +103,8 @@ impl Request {
             Request::Snapshot { .. }
             | Request::Simulate { .. }
             | Request::PairOwner { .. }
-            | Request::AsOwner { .. } => false,
+            | Request::AsOwner { .. }
+            | Request::OwnerPairingUrl {} => false,
         }
     }
 }

@@ -197,6 +197,7 @@ impl Hub {
         let token = self.owners.open_pairing(Instant::now());
         tracing::info!("owner pairing open for a minute (switch pattern at the box)");
         let url = self.links.owner_pairing(&token);
+        self.pairing_url = Some(url.clone());
         let status = "Scan this with your phone to become an owner of this box.\n\
                       The code works once, for one minute."
             .to_string();

@@ -135,6 +135,8 @@ pub struct Hub {
     /// Owners' credentials (hashed) and the pairing window.
     pub(super) owners: OwnerStore,
     pub(super) owners_file: StateWriter<OwnerStore>,
+    /// The owner page link the TV shows while the pairing window is open (in memory only).
+    pub(super) pairing_url: Option<String>,
     /// Where the box keeps what owners change (its name).
     pub(super) state_dir: std::path::PathBuf,
 }
@@ -167,6 +169,7 @@ impl Hub {
             knocking: None,
             owners,
             owners_file,
+            pairing_url: None,
             state_dir,
         }
     }
@@ -338,6 +341,7 @@ impl Hub {
             .is_some_and(|until| now >= until)
         {
             self.owners.close_pairing();
+            self.pairing_url = None;
             self.show_idle_screen();
         }
         let effects = self.privacy.handle_timeout(now);

@@ -151,8 +151,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
         shutdown,
     };
     let hub_task = tokio::spawn(hub.run(inputs));
+    // The owner page's API asks the hub as the CLI does, over the same channel.
+    let web = WebState::new(ws_tx, control_tx.clone(), &identity.ca_pem);
     tokio::spawn(control::serve(control_listener, control_tx));
-    let web = WebState::new(ws_tx, &identity.ca_pem);
     let (handle, web_task) = serve_web(https, http, identity, web, &config, link_host).await?;
 
     notify::notify("READY=1");

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::control::{Request, Response};
+use super::control::{OnOff, Request, Response, NOT_FOR_OWNERS};
 use super::hub::Hub;
 use crate::call::room::ParticipantId;
 
@@ -30,15 +30,32 @@ impl Hub {
                 credential,
                 request,
             } => {
-                match self.owners.check(&credential, SystemTime::now()) {
-                    Err(refusal) => Response::Error(refusal.to_string()),
-                    Ok(_) if !request.owner_may() => {
-                        Response::Error("That is not something an owner's phone can do.".into())
+                let owner = match self.owners.check(&credential, SystemTime::now()) {
+                    Err(refusal) => Err(refusal.to_string()),
+                    Ok(_) if !request.owner_may() => Err(NOT_FOR_OWNERS.to_string()),
+                    Ok(owner) => Ok((owner.id.clone(), owner.name.clone())),
+                };
+                match (owner, *request) {
+                    (Err(refusal), _) => Response::Error(refusal),
+                    (Ok((id, name)), Request::Privacy { state: OnOff::On }) => {
+                        // A pause from an owner's phone, named in the privacy log like one
+                        // from the call page; only the switch at the box releases it.
+                        let who = format!("owner {name:?} ({id}), from the owner page");
+                        self.software_pause(&who, name, reply);
+                        return None;
                     }
                     // Checked: the inner request is answered like one from the box's own CLI.
-                    Ok(_) => return Some((*request, reply)),
+                    (Ok(_), request) => {
+                        return Box::pin(self.handle_owner_request(request, reply)).await
+                    }
                 }
             }
+            Request::OwnerPairingUrl {} => match (&self.pairing_url, self.owners.pairing_until()) {
+                (Some(url), Some(_)) => Response::Ok(json!({ "url": url })),
+                _ => Response::Error(
+                    "No owner code is showing. Flip the switch on, off, on to show one.".into(),
+                ),
+            },
             Request::KnockAnswer { knock, let_in } => {
                 if self.call.handle_knock_answer(knock, let_in, Instant::now()) {
                     Response::Ok(json!({ "knock": knock, "let_in": let_in }))
@@ -82,6 +99,7 @@ impl Hub {
         {
             Ok((owner, credential)) => {
                 tracing::info!("a phone became an owner ({})", owner.id);
+                self.pairing_url = None;
                 self.owners_file.save(self.owners.clone());
                 self.show_idle_screen();
                 Response::Ok(

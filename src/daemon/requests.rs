@@ -160,6 +160,22 @@ impl Hub {
         }
     }
 
+    /// Privacy on from software, named (`who`, for the privacy log; `name`, for the TV),
+    /// answered once the camera and mic are closed.
+    pub(super) fn software_pause(
+        &mut self,
+        who: &str,
+        name: String,
+        reply: oneshot::Sender<Response>,
+    ) {
+        if !self.privacy.is_on() {
+            self.paused_by = Some(name);
+        }
+        let effects = self.privacy.handle_software_on(who);
+        self.apply_privacy(effects);
+        self.wait_for(Awaited::PrivacyOn, reply);
+    }
+
     fn simulate(&mut self, simulation: Simulation, reply: oneshot::Sender<Response>) {
         let (kind, action) = match simulation {
             Simulation::Switch { state } => return self.flip_switch(state, reply),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -68,31 +68,15 @@ pub enum WsCommand {
     Close,
 }
 
-/// Cross-site pages must not open signalling sockets from a visitor's browser.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok());
-    match (host, origin) {
-        (Some(host), Some(origin)) => {
-            origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"))
-                == Some(host)
-        }
-        // Non-browser clients send no Origin; they still need a valid token.
-        (Some(_), None) => true,
-        _ => false,
-    }
-}
-
 pub(super) async fn websocket(
     State(state): State<WebState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     activity: Option<Extension<ConnActivity>>,
+    uri: Uri,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if !same_origin(&headers) {
+    if !super::same_origin(&headers, &uri) {
         return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused").into_response();
     }
     let upgrade = match upgrade {

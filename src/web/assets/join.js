@@ -6,7 +6,7 @@
     message: $('message'), lobby: $('lobby'), name: $('name'), join: $('join'),
     call: $('call'), who: $('who'), tiles: $('tiles'), mic: $('mic'), camera: $('camera'),
     leave: $('leave'), after: $('after'), again: $('again'), tap: $('tap'),
-    pauseBox: $('pause-box'),
+    pauseBox: $('pause-box'), waiting: $('waiting'), stopWaiting: $('stop-waiting'),
   };
   const NAME_KEY = 'hearth.name';
   const hearth = (window.hearth = { pc: null, roster: [], state: 'idle' });
@@ -29,8 +29,9 @@
 
   const setState = (state) => { hearth.state = state; document.body.dataset.state = state; };
 
-  function show(view) { // 'lobby' | 'call' | 'after' | 'none'
+  function show(view) { // 'lobby' | 'waiting' | 'call' | 'after' | 'none'
     els.lobby.hidden = view !== 'lobby';
+    els.waiting.hidden = view !== 'waiting';
     els.call.hidden = view !== 'call';
     els.after.hidden = view !== 'after';
     document.body.dataset.view = view;
@@ -105,8 +106,10 @@
     }
   }
 
+  const inProgress = () => ['joining', 'waiting', 'in-call'].includes(hearth.state);
+
   async function join() {
-    if (hearth.state === 'joining' || hearth.state === 'in-call') return;
+    if (inProgress()) return;
     unlockPlayback(); // inside the user's tap, so Safari will let the call's sound play
     teardown();
     const token = readToken();
@@ -170,6 +173,7 @@
     try { msg = JSON.parse(data); } catch (_) { console.warn('Ignoring a message that is not JSON'); return; }
     switch (msg.type) {
       case 'refused': return refused(msg.reason);
+      case 'waiting': return waiting(msg.message);
       case 'welcome': return welcome(msg, s);
       case 'roster':
         hearth.roster = Array.isArray(msg.participants) ? msg.participants : [];
@@ -244,8 +248,17 @@
     }
   }
 
+  // A knock-first link: nothing of the call (no roster, no media) until someone at home lets
+  // this phone in (then `welcome` comes) or does not (`refused`).
+  function waiting(message) {
+    if (hearth.state !== 'joining') return;
+    setState('waiting');
+    show('waiting');
+    say(message || 'Waiting for someone at home to let you in…');
+  }
+
   function welcome(msg, s) {
-    if (pc || hearth.state !== 'joining') return;
+    if (pc || (hearth.state !== 'joining' && hearth.state !== 'waiting')) return;
     me = String(msg.you);
     publishCodec = msg.publish_video_codec === 'VP8' ? 'VP8' : 'H264';
     const conn = (pc = hearth.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' }));
@@ -438,11 +451,12 @@
   }
 
   function leave() {
+    const knocking = hearth.state === 'waiting';
     send({ type: 'leave' }); // queued before the close frame
     teardown();
     setState('left');
     show('after');
-    say('You left the call');
+    say(knocking ? 'You stopped waiting' : 'You left the call');
   }
 
   function disconnected() {
@@ -459,12 +473,13 @@
   els.mic.addEventListener('click', () => toggle('audio'));
   els.camera.addEventListener('click', () => toggle('video'));
   els.leave.addEventListener('click', leave);
+  els.stopWaiting.addEventListener('click', leave);
   els.pauseBox.addEventListener('click', () => send({ type: 'pause_box' }));
   els.tap.addEventListener('click', unlockPlayback);
   window.addEventListener('resize', layout);
   window.addEventListener('hashchange', idleView);
   window.addEventListener('pagehide', () => { // closing the tab: say goodbye rather than time out
-    if (hearth.state === 'in-call' || hearth.state === 'joining') leave();
+    if (inProgress()) leave();
   });
   setState('idle');
   idleView();
