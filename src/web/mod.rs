@@ -294,7 +294,10 @@ mod tests {
         let (status, _, body) = call(&state, as_owner("good", snapshot), home).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
         let (status, headers, body) = call(&state, as_owner("good", STATUS), home).await;
-        assert_eq!((status, body), (StatusCode::OK, serde_json::json!({ "asked": true })));
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, serde_json::json!({ "asked": true }))
+        );
         assert_eq!(headers[header::CACHE_CONTROL], "no-store");
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 3);

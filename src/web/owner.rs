@@ -127,7 +127,10 @@ pub(super) async fn api(
 
 impl WebState {
     fn throttled(&self, ip: IpAddr) -> bool {
-        let mut throttle = self.owner_throttle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut throttle = self
+            .owner_throttle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         throttle.prune(now);
         let throttled = throttle.is_throttled(ip, now);
@@ -141,7 +144,10 @@ impl WebState {
     }
 
     fn failed(&self, ip: IpAddr) {
-        let mut throttle = self.owner_throttle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut throttle = self
+            .owner_throttle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if throttle.record_failure(ip, Instant::now()) {
             tracing::info!("an owner code or credential refused from {}", redacted(ip));
         }

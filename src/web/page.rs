@@ -49,10 +49,7 @@ fn strict(body: &'static str, content_type: &'static str, permissions: &'static 
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        "permissions-policy",
-        HeaderValue::from_static(permissions),
-    );
+    headers.insert("permissions-policy", HeaderValue::from_static(permissions));
     response
 }
 

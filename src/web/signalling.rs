@@ -123,7 +123,8 @@ async fn signalling(
 /// Ends when the hub closes the session or the phone stops taking what is sent.
 ///
 /// From its `welcome` on, a phone in the call keeps its connection busy: never idle, never
-/// closed to make room for another. A socket that has not joined (yet) is neither.
+/// closed to make room for another; so does a phone knocking (`waiting`, at most two minutes
+/// before the knock is declined). A socket that has not joined (yet) is neither.
 async fn write<K>(
     mut sink: K,
     mut commands: mpsc::Receiver<WsCommand>,
@@ -161,7 +162,7 @@ async fn write<K>(
         for command in coalesce_rosters(std::mem::take(&mut batch)) {
             match command {
                 WsCommand::Send(msg) => {
-                    if matches!(msg, ServerMsg::Welcome { .. }) {
+                    if matches!(msg, ServerMsg::Welcome { .. } | ServerMsg::Waiting { .. }) {
                         _in_call = activity.as_ref().map(ConnActivity::busy);
                     }
                     let Ok(text) = serde_json::to_string(&msg) else {
