@@ -4,7 +4,13 @@
 # https://127.0.0.1:18443/join answers 200 (guest port 8443, forwarded on the host's
 # loopback only).
 #
-#   image/boot-check.sh [--timeout SEC] [--port PORT] [--log FILE] [--no-journal] [--bare] [--offscreen] [--stay SEC] IMAGE
+#   image/boot-check.sh [--timeout SEC] [--port PORT] [--log FILE] [--no-journal] [--bare] [--offscreen] [--stay SEC]
+#                       [--setup FILE] [--no-network] IMAGE
+#
+# First boot: --setup FILE boots a copy with FILE on the FAT partition as hearth-setup.toml
+# and, after the boot, checks the copy's disk: the file is gone, the Wi-Fi configuration and
+# the box's name are written. --no-network boots without a network card and waits instead for
+# Hearth to say the box is not connected.
 #
 # The image itself is not written: the guest's disk is a qcow2 overlay on it, 1 GiB larger,
 # so the first-boot partition grow has room to act. The kernel and initrd are taken from the
@@ -30,6 +36,8 @@ OFFSCREEN=0
 # --stay SEC: after success, keep the guest running SEC seconds more and poll /join every
 # 10 s, to see the unit stays up (watchdog, restarts).
 STAY=0
+SETUP=""
+NETWORK=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --timeout) TIMEOUT=${2:?}; shift 2 ;;
@@ -39,12 +47,15 @@ while [ $# -gt 0 ]; do
     --bare) PERIPHERALS=(); shift ;;
     --offscreen) OFFSCREEN=1; shift ;;
     --stay) STAY=${2:?}; shift 2 ;;
+    --setup) SETUP=$(readlink -f "${2:?}"); shift 2 ;;
+    --no-network) NETWORK=0; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     -*) echo "boot-check: unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
-IMG=${1:?usage: $0 [--timeout SEC] [--port PORT] [--log FILE] [--no-journal] [--bare] [--offscreen] [--stay SEC] IMAGE}
+IMG=${1:?usage: $0 [--timeout SEC] [--port PORT] [--log FILE] [--no-journal] [--bare] [--offscreen] [--stay SEC] [--setup FILE] [--no-network] IMAGE}
+[ -z "$SETUP" ] || [ -f "$SETUP" ] || { echo "boot-check: no such setup file: $SETUP" >&2; exit 1; }
 [ -f "$IMG" ] || { echo "boot-check: no such image: $IMG" >&2; exit 1; }
 IMG=$(readlink -f "$IMG")
 LOG=${LOG:-${IMG%.img}.boot.log}
@@ -118,10 +129,15 @@ fi
 rm -f "$WORK/fat"
 
 size=$(stat -c %s "$IMG")
-if [ "$OFFSCREEN" -eq 1 ]; then
+if [ "$OFFSCREEN" -eq 1 ] || [ -n "$SETUP" ]; then
+  # A copy to change (and, with --setup, to read back after the boot).
   cp --sparse=always "$IMG" "$WORK/disk.img"
   truncate -s $(( size + 1024 * 1048576 )) "$WORK/disk.img"
   rs=$(( $(p 1 start) * 512 )) rl=$(( $(p 1 size) * 512 ))
+  fs=$(( $(p 0 start) * 512 )) fl=$(( $(p 0 size) * 512 ))
+  DRIVE="file=$WORK/disk.img,format=raw"
+fi
+if [ "$OFFSCREEN" -eq 1 ]; then
   dd if="$WORK/disk.img" of="$WORK/root" bs=4M iflag=skip_bytes,count_bytes skip=$rs count=$rl conv=sparse status=none
   debugfs -R 'cat /etc/hearth/hearth.toml' "$WORK/root" 2>/dev/null >"$WORK/hearth.toml"
   printf '\n# boot-check --offscreen: QEMU has no display kmssink can drive.\n[board.display]\nsink = "offscreen"\n' >>"$WORK/hearth.toml"
@@ -136,11 +152,24 @@ EOF
     || { echo "boot-check: could not write the offscreen configuration" >&2; exit 1; }
   dd if="$WORK/root" of="$WORK/disk.img" bs=4M seek=$rs oflag=seek_bytes conv=notrunc,sparse status=none
   rm -f "$WORK/root"
-  DRIVE="file=$WORK/disk.img,format=raw"
   echo "boot-check: booting a copy with [board.display] sink = \"offscreen\" in /etc/hearth/hearth.toml"
-else
+fi
+if [ -n "$SETUP" ]; then
+  dd if="$WORK/disk.img" of="$WORK/fat" bs=4M iflag=skip_bytes,count_bytes skip=$fs count=$fl status=none
+  mcopy -o -i "$WORK/fat" "$SETUP" ::hearth-setup.toml
+  dd if="$WORK/fat" of="$WORK/disk.img" bs=4M seek=$fs oflag=seek_bytes conv=notrunc status=none
+  rm -f "$WORK/fat"
+  echo "boot-check: booting a copy with $(basename "$SETUP") on RASPIFIRM as hearth-setup.toml"
+fi
+if [ -z "${DRIVE:-}" ]; then
   qemu-img create -q -f qcow2 -F raw -b "$IMG" "$WORK/disk.qcow2" $(( size + 1024 * 1048576 ))
   DRIVE="file=$WORK/disk.qcow2,format=qcow2"
+fi
+if [ "$NETWORK" -eq 1 ]; then
+  # shellcheck disable=SC2054
+  NET=(-netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:8443" -device virtio-net-pci,netdev=n0)
+else
+  NET=(-nic none)
 fi
 
 # --- boot ---
@@ -151,7 +180,7 @@ qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 2048 -nographic -no-reboot
   -kernel "$WORK/vmlinuz" -initrd "$WORK/initrd" \
   -append "console=ttyAMA0 root=LABEL=RASPIROOT rw $APPEND_EXTRA" \
   -drive if=none,id=d0,"$DRIVE" -device virtio-blk-pci,drive=d0 \
-  -netdev user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:8443 -device virtio-net-pci,netdev=n0 \
+  "${NET[@]}" \
   "${PERIPHERALS[@]}" \
   </dev/null >"$LOG" 2>&1 &
 QPID=$!
@@ -185,8 +214,13 @@ while [ $((SECONDS - start)) -lt "$TIMEOUT" ]; do
     started=1
     echo "boot-check: [$((SECONDS - start))s] hearth.service started"
   fi
+  if [ "$NETWORK" -eq 0 ]; then
+    # Nothing to ask over the network: Hearth's own words that it has none.
+    if [ "$started" -eq 1 ] && clean_log | grep -q 'family outside cannot join: this box is not connected to a network'; then
+      result=ok; break
+    fi
   # Also try once the guest is at its login prompt, in case the start line was missed.
-  if [ "$started" -eq 1 ] || clean_log | grep -q 'hearth login:'; then
+  elif [ "$started" -eq 1 ] || clean_log | grep -q 'hearth login:'; then
     code=$(curl -sk -o "$WORK/join.html" -w '%{http_code}' --max-time 10 "https://127.0.0.1:$PORT/join" || true)
     if [ "$code" = 200 ]; then result=ok; break; fi
   fi
@@ -212,10 +246,35 @@ if [ "$result" = ok ] && [ "$STAY" -gt 0 ]; then
   [ "$bad_polls" -eq 0 ] && [ "$after" -eq "$before" ] || result=unstable
 fi
 report_tail
+if [ "$result" = ok ] && [ -n "$SETUP" ]; then
+  # Read back what first boot did to the card. The setup step syncs its writes; the guest
+  # is stopped without a shutdown, as a power cut would.
+  kill "$QPID" 2>/dev/null || true; wait "$QPID" 2>/dev/null || true; QPID=""
+  dd if="$WORK/disk.img" of="$WORK/fat" bs=4M iflag=skip_bytes,count_bytes skip=$fs count=$fl status=none
+  dd if="$WORK/disk.img" of="$WORK/root" bs=4M iflag=skip_bytes,count_bytes skip=$rs count=$((rl + 1024 * 1048576)) conv=sparse status=none
+  on_fat=$(mdir -i "$WORK/fat" -b ::/ 2>/dev/null | sed 's#^::/##')
+  wpa=$(debugfs -R 'cat /etc/wpa_supplicant/wpa_supplicant-wlan0.conf' "$WORK/root" 2>/dev/null || true)
+  wpa_mode=$(debugfs -R 'stat /etc/wpa_supplicant/wpa_supplicant-wlan0.conf' "$WORK/root" 2>/dev/null | sed -n 's/.*Mode: *\([0-7]*\).*/\1/p')
+  name=$(debugfs -R 'cat /var/lib/hearth/box-name' "$WORK/root" 2>/dev/null || true)
+  echo "boot-check: after first boot: RASPIFIRM has hearth-setup.toml: $(grep -qx 'hearth-setup.toml' <<<"$on_fat" && echo yes || echo no), hearth-setup-error.txt: $(grep -qx 'hearth-setup-error.txt' <<<"$on_fat" && echo yes || echo no)"
+  echo "boot-check: /etc/wpa_supplicant/wpa_supplicant-wlan0.conf (mode ${wpa_mode:-missing}):"
+  sed 's/psk=.*/psk=<redacted>/; s/^/boot-check:   /' <<<"$wpa"
+  echo "boot-check: /var/lib/hearth/box-name: ${name:-missing}"
+  grep -qx 'hearth-setup.toml' <<<"$on_fat" && result=setup-left
+  grep -qx 'hearth-setup-error.txt' <<<"$on_fat" && result=setup-refused
+  grep -q '^network={' <<<"$wpa" && grep -q 'ssid=' <<<"$wpa" && [ "$wpa_mode" = 0600 ] || result=setup-missing
+fi
 case "$result" in
   ok)
-    echo "boot-check: OK in ${elapsed}s: hearth.service started, https://127.0.0.1:$PORT/join answered 200 ($(stat -c %s "$WORK/join.html") bytes)"
+    if [ "$NETWORK" -eq 1 ]; then
+      echo "boot-check: OK in ${elapsed}s: hearth.service started, https://127.0.0.1:$PORT/join answered 200 ($(stat -c %s "$WORK/join.html") bytes)"
+    else
+      echo "boot-check: OK in ${elapsed}s: hearth.service started and says the box is not connected to a network"
+    fi
+    [ -z "$SETUP" ] || echo "boot-check: OK: the setup file was applied and removed"
     exit 0 ;;
+  setup-*)
+    echo "boot-check: FAILED: first-boot setup ($result)"; exit 1 ;;
   unstable)
     echo "boot-check: FAILED: /join answered after ${elapsed}s but hearth did not stay up (see above)"; exit 1 ;;
   qemu-exited)

@@ -109,7 +109,7 @@ grep -qs '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 \
 COMMON_PKGS=(systemd-sysv udev dbus kmod iproute2 systemd-resolved adduser
              avahi-daemon libnss-mdns ca-certificates
              initramfs-tools zstd e2fsprogs fdisk cloud-guest-utils fake-hwclock
-             wpasupplicant wireless-regdb
+             wpasupplicant wireless-regdb iw
              alsa-utils
              gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
              gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-alsa gstreamer1.0-x

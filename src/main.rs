@@ -76,10 +76,28 @@ enum Command {
         pairing_url: bool,
     },
     /// First boot: apply hearth-setup.toml from the boot partition (Wi-Fi, the box's name),
-    /// then remove it. Run by hearth-setup.service before the network starts.
+    /// then remove it. Run by hearth-setup.service before the network starts; with
+    /// `--request`, the Wi-Fi picked on the setup page (hearth-wifi-request.service).
     Setup {
         #[arg(long, default_value = "/boot/firmware", value_name = "DIR")]
         boot: PathBuf,
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        root: PathBuf,
+        /// Apply this request from the setup page instead of the boot partition's file.
+        #[arg(long, value_name = "FILE")]
+        request: Option<PathBuf>,
+        /// Instead: wait this many seconds for the new Wi-Fi to give the box a network; if it
+        /// does not, undo it and open the setup hotspot again.
+        #[arg(long, value_name = "SECS", conflicts_with = "request")]
+        keep_wifi_within: Option<u64>,
+    },
+    /// No cable and no Wi-Fi configured: open the box's own Wi-Fi for the setup page
+    /// (runs as wpa_supplicant until stopped). Run by hearth-hotspot.service, as root.
+    Hotspot {
+        #[arg(long, default_value = "/run/hearth-hotspot", value_name = "DIR")]
+        run_dir: PathBuf,
+        #[arg(long, default_value = "/run/systemd/network", value_name = "DIR")]
+        network_dir: PathBuf,
         #[arg(long, default_value = "/", value_name = "DIR")]
         root: PathBuf,
     },
@@ -193,17 +211,67 @@ fn run(cli: Cli) -> Result<()> {
         Command::Owners {
             revoke: Some(id), ..
         } => print_answer(&state_dir, &Request::OwnerRevoke { id }),
-        Command::Setup { boot, root } => match hearth::setup::apply(&boot, &root)? {
-            Ok(hearth::setup::Applied::Nothing) => Ok(()),
-            Ok(done) => {
-                println!("hearth setup: applied {done:?}");
+        Command::Setup {
+            root,
+            keep_wifi_within: Some(secs),
+            ..
+        } => {
+            let within = std::time::Duration::from_secs(secs);
+            if hearth::setup::radio::keep_wifi_if_it_works(&root, within) {
+                println!("hearth setup: connected");
                 Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "no network within {secs} s: the Wi-Fi was undone and the setup hotspot opened again"
+                ))
             }
-            Err(why) => Err(anyhow::anyhow!(
-                "{why} (removed; the reason is in {} on the card)",
-                hearth::setup::ERROR_FILE
-            )),
-        },
+        }
+        Command::Setup {
+            boot,
+            root,
+            request,
+            keep_wifi_within: None,
+        } => {
+            let applied = match &request {
+                Some(file) => hearth::setup::apply_file(file, None, &root)?,
+                None => hearth::setup::apply(&boot, &root)?,
+            };
+            match applied {
+                Ok(hearth::setup::Applied::Nothing) => Ok(()),
+                Ok(done) => {
+                    println!("hearth setup: applied {done:?}");
+                    Ok(())
+                }
+                Err(why) if request.is_some() => Err(anyhow::anyhow!("{why} (request removed)")),
+                Err(why) => Err(anyhow::anyhow!(
+                    "{why} (removed; the reason is in {} on the card)",
+                    hearth::setup::ERROR_FILE
+                )),
+            }
+        }
+        Command::Hotspot {
+            run_dir,
+            network_dir,
+            root,
+        } => {
+            use hearth::setup::radio;
+            if let Err(why) = radio::needed(&root) {
+                println!("hearth hotspot: not needed ({why:?})");
+                return Ok(());
+            }
+            let paths = radio::HotspotPaths {
+                run_dir,
+                network_dir,
+                root,
+            };
+            let hotspot = radio::prepare(&paths, radio::scan())?;
+            // The password is on the TV only, never in the journal.
+            println!(
+                "hearth hotspot: Wi-Fi \"{}\" open for setup; the TV shows how to join",
+                hotspot.ssid
+            );
+            Err(radio::run_access_point(&paths).into())
+        }
         Command::Status => {
             let value = ask(&state_dir, &Request::Status {})?;
             println!("{}", serde_json::to_string_pretty(&value)?);

@@ -16,7 +16,8 @@ chroot "$root" sh -c 'getent group gpio >/dev/null || groupadd --system gpio'
 # No remote login exists (no ssh); lock root's password so there is no local one either.
 chroot "$root" passwd --lock root >/dev/null
 chroot "$root" systemctl enable --quiet systemd-networkd.service systemd-resolved.service \
-  avahi-daemon.service hearth-growroot.service hearth-setup.service wpa_supplicant@wlan0.service
+  avahi-daemon.service hearth-growroot.service hearth-setup.service wpa_supplicant@wlan0.service \
+  hearth-hotspot.service hearth-wifi-request.path
 # First boot: systemd makes a fresh machine id (and ConditionFirstBoot units run).
 printf 'uninitialized\n' >"$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"

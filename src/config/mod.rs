@@ -18,8 +18,25 @@ pub struct Config {
     #[serde(rename = "box")]
     pub home: BoxConfig,
     pub remote: RemoteConfig,
+    pub setup: SetupConfig,
     /// Overrides for the board profile's fields (`board/<name>.toml`), e.g. `[board.camera]`.
     pub board: toml::Table,
+}
+
+/// Setting the box up without a network (see `setup::hotspot`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SetupConfig {
+    /// Where `hearth hotspot` describes the box's own Wi-Fi while it is open.
+    pub hotspot_file: std::path::PathBuf,
+}
+
+impl Default for SetupConfig {
+    fn default() -> Self {
+        SetupConfig {
+            hotspot_file: crate::setup::hotspot::DEFAULT_FILE.into(),
+        }
+    }
 }
 
 /// Reaching the box from outside the home: the home router forwards its ports.

@@ -107,7 +107,7 @@ impl Hub {
         }
     }
 
-    fn tv(&self, command: tv::Command) {
+    pub(super) fn tv(&self, command: tv::Command) {
         if let Some(media) = &self.media {
             media.tv(command);
         }
@@ -172,7 +172,7 @@ impl Hub {
     /// With nobody in the call, the TV shows a fresh join link as a QR code. The link it
     /// showed before is revoked: one TV link at a time, for the whole family.
     pub(super) fn show_idle_screen(&mut self) {
-        if self.media.is_none() {
+        if self.media.is_none() || self.show_setup_screen() {
             return;
         }
         if let Some(previous) = self.tv_invite.take() {
@@ -188,7 +188,12 @@ impl Hub {
         self.tv_invite = Some(invite.id);
         let url = self.links.for_tv(&token);
         let status = format!("{}\n{}", self.box_status_line(), self.reach.tv_line());
-        self.tv(tv::Command::Idle { url, status });
+        self.tv(tv::Command::Idle {
+            heading: "Scan to join the call".into(),
+            code: url.clone(),
+            caption: url,
+            status,
+        });
     }
 
     /// The switch pattern was made at the box: for a minute the TV shows a code that makes
@@ -198,10 +203,12 @@ impl Hub {
         tracing::info!("owner pairing open for a minute (switch pattern at the box)");
         let url = self.links.owner_pairing(&token);
         self.pairing_url = Some(url.clone());
-        let status = "Scan this with your phone to become an owner of this box.\n\
-                      The code works once, for one minute."
-            .to_string();
-        self.tv(tv::Command::Idle { url, status });
+        self.tv(tv::Command::Idle {
+            heading: "Scan this with your phone to become an owner of this box".into(),
+            code: url,
+            caption: String::new(),
+            status: "The code works once, for one minute.".into(),
+        });
     }
 
     /// The line over the call: someone at the door first, then privacy.

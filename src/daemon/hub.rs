@@ -23,6 +23,7 @@ use crate::owner::OwnerStore;
 use crate::privacy::machine::Reading;
 use crate::privacy::PrivacyControl;
 use crate::reach::Reach;
+use crate::setup::hotspot::Hotspot;
 use crate::web::signalling::{WsCommand, WsEvent};
 
 /// Largest datagram read from the media socket (a UDP payload on a 1500-byte link fits).
@@ -108,6 +109,8 @@ pub struct HubInputs {
     pub control: mpsc::Receiver<Envelope>,
     /// What the router says (from `reach::mapper`).
     pub reach: watch::Receiver<Reach>,
+    /// The setup hotspot, while it is open (from `setup_hotspot::watch_file`).
+    pub hotspot: watch::Receiver<Option<Hotspot>>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -139,6 +142,11 @@ pub struct Hub {
     pub(super) pairing_url: Option<String>,
     /// Where the box keeps what owners change (its name).
     pub(super) state_dir: std::path::PathBuf,
+    /// The box's own Wi-Fi for setting it up, while it is open.
+    pub(super) hotspot: Option<Hotspot>,
+    /// Where the setup page is served (plain HTTP unless that port is 0).
+    pub(super) setup_http_port: u16,
+    pub(super) setup_https_port: u16,
 }
 
 impl Hub {
@@ -171,6 +179,9 @@ impl Hub {
             owners_file,
             pairing_url: None,
             state_dir,
+            hotspot: None,
+            setup_http_port: 0,
+            setup_https_port: 0,
         }
     }
 
@@ -196,6 +207,10 @@ impl Hub {
                 Ok(()) = inputs.reach.changed() => {
                     let reach = inputs.reach.borrow_and_update().clone();
                     self.handle_reach(reach);
+                }
+                Ok(()) = inputs.hotspot.changed() => {
+                    let hotspot = inputs.hotspot.borrow_and_update().clone();
+                    self.handle_hotspot(hotspot);
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => self.handle_timeout(),
                 _ = tick(&mut watchdog) => super::notify::notify("WATCHDOG=1"),

@@ -13,6 +13,7 @@ pub mod network;
 pub mod notify;
 mod owners;
 mod requests;
+pub mod setup_hotspot;
 pub mod state_file;
 mod status;
 
@@ -127,7 +128,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (reach, mapper) = start_port_mapping(&config, board, media_port, shutdown.clone()).await;
     let mut hub = build_hub(&state_dir, &config, board, media, links)?;
+    hub.setup_http_port = config.web.http_port;
+    hub.setup_https_port = config.web.https_port;
     hub.handle_reach(reach.borrow().clone());
+    let (hotspot_tx, hotspot) = watch::channel(None);
+    let hotspot_file = config.setup.hotspot_file.clone();
+    tokio::spawn(self::setup_hotspot::watch_file(
+        hotspot_file,
+        hotspot_tx,
+        shutdown.clone(),
+    ));
     // Like the TV's, the link printed at start is for the whole family (several windows).
     let family = Some(config.call.max_participants as u32);
     let (_, links) = hub.new_invite("Join link printed at start", config.call.invite_ttl, family);
@@ -148,12 +158,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
         signalling,
         control,
         reach,
+        hotspot: hotspot.clone(),
         shutdown,
     };
     let hub_task = tokio::spawn(hub.run(inputs));
     // The owner page's API asks the hub as the CLI does, over the same channel.
     let web = WebState::new(ws_tx, control_tx.clone(), &identity.ca_pem);
     tokio::spawn(control::serve(control_listener, control_tx));
+    let setup = crate::web::setup::SetupState::new(hotspot, state_dir.clone());
+    let web = (web, setup);
     let (handle, web_task) = serve_web(https, http, identity, web, &config, link_host).await?;
 
     notify::notify("READY=1");
@@ -260,7 +273,7 @@ async fn serve_web(
     https: std::net::TcpListener,
     http: Option<std::net::TcpListener>,
     identity: ServerIdentity,
-    state: WebState,
+    (state, setup): (WebState, crate::web::setup::SetupState),
     config: &Config,
     host: String,
 ) -> Result<(
@@ -288,15 +301,20 @@ async fn serve_web(
         })
         .handle(handle.clone());
     limits::configure_http(web_server.http_builder());
-    let app = web::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // The setup page is on both servers (HTTPS only matters when plain HTTP is off).
+    let app = web::app(state)
+        .merge(web::setup::routes(setup.clone()))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let web_task = tokio::spawn(web_server.serve(app));
     if let Some(http) = http {
-        let redirect = web::redirect::redirect_app(config.web.https_port, host);
+        let redirect = web::setup::routes(setup)
+            .merge(web::redirect::redirect_app(config.web.https_port, host));
         let handle = handle.clone();
         let mut server = axum_server::from_tcp(http).acceptor(limiter).handle(handle);
         limits::configure_http(server.http_builder());
         tokio::spawn(async move {
-            if let Err(e) = server.serve(redirect.into_make_service()).await {
+            let service = redirect.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            if let Err(e) = server.serve(service).await {
                 tracing::error!("http redirect server: {e}");
             }
         });

@@ -19,6 +19,8 @@ impl Hub {
             "knocks": self.call.knocks(Instant::now()),
             "box_name": self.call.room().participant(ParticipantId::BOX).map(|b| b.name.clone()),
             "owners": self.owners.list().iter().filter(|o| !o.revoked).count(),
+            // The hotspot's name only: its password is for the TV.
+            "setup_hotspot": self.hotspot.as_ref().map(|h| h.ssid.clone()),
             "box": self.box_status(),
             "participants": self.participants(),
             "video_codec": self.call.room().publish_codec(),

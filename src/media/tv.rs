@@ -27,9 +27,13 @@ pub enum Command {
     Frame(PhoneFrame),
     /// Phones in the call, in join order, with their names.
     Roster(Vec<(ParticipantId, String)>),
-    /// What the idle screen shows: a join link and the privacy line.
+    /// What the idle screen shows: a QR code (`code`: a join link, the owner code, the setup
+    /// hotspot), a heading over it, the text printed under it (the link itself, or empty),
+    /// and the box's status lines.
     Idle {
-        url: String,
+        heading: String,
+        code: String,
+        caption: String,
         status: String,
     },
     /// A line across the top of the screen over the call (privacy on, who paused the box);
@@ -443,8 +447,12 @@ fn markup(text: &str) -> String {
 }
 
 /// The idle screen's words under the QR code.
-fn idle_markup(url: &str, status: &str) -> String {
-    markup(&format!("Scan to join the call\n{url}\n{status}"))
+fn idle_markup(heading: &str, caption: &str, status: &str) -> String {
+    let lines: Vec<&str> = [heading, caption, status]
+        .into_iter()
+        .filter(|line| !line.is_empty())
+        .collect();
+    markup(&lines.join("\n"))
 }
 
 /// A branch's elements, in order, before they go into a bin.
@@ -674,7 +682,12 @@ impl State {
                 Command::Stop => break,
                 Command::Frame(frame) => self.frame(frame),
                 Command::Roster(names) => self.roster(names),
-                Command::Idle { url, status } => self.idle(&url, &status),
+                Command::Idle {
+                    heading,
+                    code,
+                    caption,
+                    status,
+                } => self.idle(&code, &idle_markup(&heading, &caption, &status)),
                 Command::Banner(text) => self.banner.set_property("text", markup(&text)),
                 Command::Snapshot(path, reply) => {
                     let _ = reply.send(self.snapshot(&path));
@@ -860,13 +873,12 @@ impl State {
         }
     }
 
-    fn idle(&mut self, url: &str, status: &str) {
+    fn idle(&mut self, code: &str, text: &str) {
         if !self.names.is_empty() {
             return; // someone joined meanwhile: the tiles stay
         }
-        self.idle_text
-            .set_property("text", idle_markup(url, status));
-        let Ok(code) = qrcode::QrCode::new(url.as_bytes()) else {
+        self.idle_text.set_property("text", text);
+        let Ok(code) = qrcode::QrCode::new(code.as_bytes()) else {
             return;
         };
         let qr = qr_gray8(&code, self.qr_size);
@@ -1231,8 +1243,16 @@ mod tests {
         );
         assert_eq!(markup("Gran"), "Gran");
         assert_eq!(
-            idle_markup("https://box/join?a=1&b=2", "Camera & mic on"),
+            idle_markup(
+                "Scan to join the call",
+                "https://box/join?a=1&b=2",
+                "Camera & mic on"
+            ),
             "Scan to join the call\nhttps://box/join?a=1&amp;b=2\nCamera &amp; mic on"
+        );
+        assert_eq!(
+            idle_markup("Set up", "", "<Wi-Fi>"),
+            "Set up\n&lt;Wi-Fi&gt;"
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod owner;
 mod page;
 pub mod rate;
 pub mod redirect;
+pub mod setup;
 pub mod signalling;
 pub mod tls;
 
@@ -96,6 +97,12 @@ pub fn app(state: WebState) -> Router {
 /// the URI's authority, not a Host header.) Non-browser clients send no Origin; they still
 /// need a token or credential.
 fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
+    // Two Host or Origin headers are no browser's: refused rather than one of them believed.
+    if headers.get_all(header::HOST).iter().count() > 1
+        || headers.get_all(header::ORIGIN).iter().count() > 1
+    {
+        return false;
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -119,6 +119,7 @@ pub(super) async fn api(
         Err((status, message)) => {
             if status == StatusCode::UNAUTHORIZED {
                 state.failed(peer.ip());
+                return challenge(error(status, &message));
             }
             error(status, &message)
         }
@@ -188,18 +189,24 @@ fn refusal_status(message: &str) -> StatusCode {
 }
 
 /// The body of a same-origin JSON request, at most [`MAX_BODY_BYTES`].
-async fn checked_body(headers: &HeaderMap, uri: &Uri, body: Body) -> Result<Vec<u8>, Response> {
+pub(super) async fn checked_body(
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+) -> Result<Vec<u8>, Response> {
     if !super::same_origin(headers, uri) || cross_site_fetch(headers) {
         return Err(error(
             StatusCode::FORBIDDEN,
             "Requests from other websites are refused.",
         ));
     }
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    let one_type = headers.get_all(header::CONTENT_TYPE).iter().count() == 1;
+    let json = one_type
+        && headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !json {
         return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -242,7 +249,11 @@ fn plausible_secret(text: &str) -> bool {
 }
 
 fn not_owner(refusal: OwnerRefusal) -> Response {
-    let mut response = error(StatusCode::UNAUTHORIZED, &refusal.to_string());
+    challenge(error(StatusCode::UNAUTHORIZED, &refusal.to_string()))
+}
+
+/// A 401 says which credential it wants (RFC 9110).
+fn challenge(mut response: Response) -> Response {
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"hearth owner\""),
@@ -250,11 +261,11 @@ fn not_owner(refusal: OwnerRefusal) -> Response {
     response
 }
 
-fn ok(value: Value) -> Response {
+pub(super) fn ok(value: Value) -> Response {
     json_response(StatusCode::OK, &value)
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
     json_response(status, &json!({ "error": message }))
 }
 

@@ -13,6 +13,8 @@ pub(super) const JOIN_CSS: &str = include_str!("assets/join.css");
 pub(super) const OWNER_HTML: &str = include_str!("assets/owner.html");
 pub(super) const OWNER_JS: &str = include_str!("assets/owner.js");
 pub(super) const OWNER_CSS: &str = include_str!("assets/owner.css");
+pub(super) const SETUP_HTML: &str = include_str!("assets/setup.html");
+pub(super) const SETUP_JS: &str = include_str!("assets/setup.js");
 
 /// Nothing is loaded from anywhere but Hearth itself.
 pub(super) const CSP: &str = "default-src 'self'; connect-src 'self'; media-src 'self' blob: mediastream:; \

@@ -1,10 +1,16 @@
 //! First boot without a shell: the owner writes `hearth-setup.toml` on the card's FAT boot
 //! partition (Wi-Fi name and password, the box's name), as Raspberry Pi Imager users do.
 //! At boot, before the network starts, `hearth setup` turns it into the system's Wi-Fi
-//! configuration and the box's name, then removes it (it holds a password). Parsing and
-//! rendering are pure; `apply` does the file work, under a root directory for tests.
+//! configuration and the box's name, then removes it (it holds a password). Without a cable
+//! or that file, the box opens its own Wi-Fi instead (`hotspot`), and the setup page on it
+//! leaves the same `[wifi]` table in Hearth's state dir ([`REQUEST_FILE`]) for
+//! `hearth setup --request` to apply. Parsing and rendering are pure; `apply_file` does the
+//! file work, under a root directory for tests.
 
-use std::path::{Path, PathBuf};
+pub mod hotspot;
+pub mod radio;
+
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -16,6 +22,8 @@ pub const ERROR_FILE: &str = "hearth-setup-error.txt";
 pub const WPA_FILE: &str = "etc/wpa_supplicant/wpa_supplicant-wlan0.conf";
 /// The box's name, in Hearth's state dir (where owners' renames go too).
 pub const BOX_NAME_FILE: &str = "var/lib/hearth/box-name";
+/// What the setup page asks for, in Hearth's state dir, until root applies it.
+pub const REQUEST_FILE: &str = "wifi-request.toml";
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -66,7 +74,7 @@ impl Setup {
 }
 
 impl Wifi {
-    fn check(&self) -> Result<(), SetupError> {
+    pub fn check(&self) -> Result<(), SetupError> {
         if self.name.is_empty() || self.name.len() > 32 {
             return Err(SetupError::WifiName);
         }
@@ -116,8 +124,18 @@ pub enum Applied {
 /// file that cannot be used is removed too (it holds a password), and the reason is written
 /// beside it for the owner.
 pub fn apply(boot: &Path, root: &Path) -> std::io::Result<Result<Applied, SetupError>> {
-    let file = boot.join(SETUP_FILE);
-    let text = match std::fs::read_to_string(&file) {
+    apply_file(&boot.join(SETUP_FILE), Some(&boot.join(ERROR_FILE)), root)
+}
+
+/// `apply` for any such file: the boot partition's, or the setup page's request. The reason
+/// a file cannot be used goes to `error_file` when there is one.
+pub fn apply_file(
+    file: &Path,
+    error_file: Option<&Path>,
+    root: &Path,
+) -> std::io::Result<Result<Applied, SetupError>> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(Applied::Nothing)),
         Err(e) => return Err(e),
@@ -125,8 +143,11 @@ pub fn apply(boot: &Path, root: &Path) -> std::io::Result<Result<Applied, SetupE
     let setup = match Setup::parse(&text) {
         Ok(setup) => setup,
         Err(why) => {
-            std::fs::remove_file(&file)?;
-            std::fs::write(boot.join(ERROR_FILE), format!("{why}\n"))?;
+            std::fs::remove_file(file)?;
+            if let Some(error_file) = error_file {
+                std::fs::write(error_file, format!("{why}\n"))?;
+            }
+            std::fs::File::open(dir)?.sync_all()?;
             return Ok(Err(why));
         }
     };
@@ -137,15 +158,32 @@ pub fn apply(boot: &Path, root: &Path) -> std::io::Result<Result<Applied, SetupE
         let name = crate::call::protocol::clean_name(&home.name);
         write(&root.join(BOX_NAME_FILE), &format!("{name}\n"), 0o644)?;
     }
-    std::fs::remove_file(&file)?;
-    let _ = std::fs::remove_file(boot.join(ERROR_FILE));
+    std::fs::remove_file(file)?;
+    if let Some(error_file) = error_file {
+        let _ = std::fs::remove_file(error_file);
+    }
+    // The password's removal reaches the card now, not at the next writeback: a box may be
+    // unplugged at any moment.
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(Ok(Applied::Done {
         wifi: setup.wifi.is_some(),
         name: setup.home.is_some(),
     }))
 }
 
-fn write(path: &PathBuf, text: &str, mode: u32) -> std::io::Result<()> {
+/// The setup page's request: the home's Wi-Fi as a setup file's `[wifi]` table.
+pub fn wifi_request(wifi: &Wifi) -> String {
+    let quoted = |text: &str| toml::Value::String(text.to_string()).to_string();
+    format!(
+        "# From the setup page on the box's own Wi-Fi; `hearth setup --request` applies it.\n\
+         [wifi]\nname = {}\npassword = {}\ncountry = {}\n",
+        quoted(&wifi.name),
+        quoted(&wifi.password),
+        quoted(&wifi.country)
+    )
+}
+
+pub(crate) fn write(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
@@ -160,7 +198,11 @@ fn write(path: &PathBuf, text: &str, mode: u32) -> std::io::Result<()> {
         .open(&tmp)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +270,35 @@ mod tests {
         ] {
             assert!(Setup::parse(bad).is_err(), "{bad}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_setup_pages_request_is_a_setup_file_that_applies_the_same() {
+        let wifi = Wifi {
+            name: "Flat 3 \"upstairs\" \\ ✓".into(),
+            password: "a'b\"c\\d#e f".into(),
+            country: "DE".into(),
+        };
+        let text = wifi_request(&wifi);
+        let parsed = Setup::parse(&text).unwrap();
+        assert_eq!(parsed.wifi, Some(wifi.clone()));
+        let dir = std::env::temp_dir().join(format!("hearth-setup-req-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let request = dir.join(REQUEST_FILE);
+        std::fs::write(&request, &text).unwrap();
+        let root = dir.join("root");
+        let applied = apply_file(&request, None, &root).unwrap().unwrap();
+        assert_eq!(
+            applied,
+            Applied::Done {
+                wifi: true,
+                name: false
+            }
+        );
+        assert!(!request.exists());
+        let wpa = std::fs::read_to_string(root.join(WPA_FILE)).unwrap();
+        assert_eq!(wpa, wifi.wpa_supplicant_conf());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
