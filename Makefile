@@ -7,11 +7,13 @@
 # nothing else). The `miniupnpd` package is the host service around it (init script, systemd
 # unit, debconf questions) and is deliberately not installed: the tests start their own
 # miniupnpd inside a network namespace, and no router daemon may ever run on the host.
+# Likewise `coturn` (the relay in tests/relay.rs): Debian's package starts a TURN server on
+# install, so its unit is masked first and the tests start their own in a namespace.
 DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fonts-dejavu-core \
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-alsa gstreamer1.0-x \
-	chromium firefox-esr nftables miniupnpd-nftables
+	chromium firefox-esr nftables miniupnpd-nftables coturn
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
@@ -37,6 +39,8 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "Installing system packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		case " $$missing " in *" coturn "*) $$SUDO mkdir -p /etc/systemd/system && \
+			$$SUDO ln -sf /dev/null /etc/systemd/system/coturn.service;; esac; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $$missing; \
 	fi
 

@@ -71,28 +71,9 @@ fn box_mappings(daemon: &Daemon, https: u16, media: u16) -> [Mapping; 2] {
     ]
 }
 
-/// JS: the phone's selected ICE candidate pair, as the browser's getStats() reports it
-/// (Chromium names it from the `transport`; Firefox marks the pair `selected`).
-const SELECTED_PAIR: &str = r#"(async () => {
-  const pc = window.hearth && window.hearth.pc;
-  if (!pc) return null;
-  const stats = await pc.getStats();
-  let pair = null;
-  stats.forEach((s) => {
-    if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
-  });
-  stats.forEach((s) => {
-    if (!pair && s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) pair = s;
-  });
-  if (!pair) return null;
-  const side = (c) => c && { address: c.address || c.ip, port: c.port, type: c.candidateType };
-  return { state: pair.state, local: side(stats.get(pair.localCandidateId)),
-           remote: side(stats.get(pair.remoteCandidateId)) };
-})()"#;
-
 /// The address a phone sends its media to (its selected pair's remote candidate).
 async fn media_goes_to(phone: &mut Phone) -> Result<(SocketAddr, Value)> {
-    let pair = phone.eval(SELECTED_PAIR).await?;
+    let pair = phone.selected_pair().await?;
     let remote = &pair["remote"];
     let ip = remote["address"].as_str().context("no remote address")?;
     let port = remote["port"].as_u64().context("no remote port")?;

@@ -45,6 +45,14 @@ pub enum ClientMsg {
     PauseBox,
 }
 
+/// One of a phone's `RTCPeerConnection` `iceServers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
@@ -62,6 +70,10 @@ pub enum ServerMsg {
         you: String,
         /// The video codec to send with ("H264" or "VP8"): one every participant can decode.
         publish_video_codec: VideoCodec,
+        /// The owner's relay with this phone's own credentials (filled in at the edge, where
+        /// the clock and the secret are); none when no relay is configured.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     /// Everyone in the call, this participant included, in join order.
     Roster {

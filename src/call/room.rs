@@ -195,6 +195,7 @@ impl Room {
             ServerMsg::Welcome {
                 you: id.to_string(),
                 publish_video_codec: self.publish_codec(),
+                ice_servers: Vec::new(),
             },
         )];
         out.extend(self.codec_change_since(codec_before, Some(id)));

@@ -19,8 +19,101 @@ pub struct Config {
     pub home: BoxConfig,
     pub remote: RemoteConfig,
     pub setup: SetupConfig,
+    pub relay: RelayConfig,
     /// Overrides for the board profile's fields (`board/<name>.toml`), e.g. `[board.camera]`.
     pub board: toml::Table,
+}
+
+/// A TURN server the owner chose, for phones on networks that block UDP (`reach::relay`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(try_from = "RawRelayConfig")]
+pub struct RelayConfig {
+    /// `turn:` and `turns:` URLs phones are given; empty: no relay.
+    pub urls: Vec<String>,
+    /// coturn's `static-auth-secret`: it makes each phone's credentials, and never leaves
+    /// the box.
+    pub secret: Secret,
+    /// How long a phone's credentials work.
+    pub credential_lifetime: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            urls: Vec::new(),
+            secret: Secret::default(),
+            credential_lifetime: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// A string that is never printed.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<secret>"
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRelayConfig {
+    urls: Vec<String>,
+    secret: Secret,
+    credential_lifetime: String,
+}
+
+impl Default for RawRelayConfig {
+    fn default() -> Self {
+        RawRelayConfig {
+            urls: Vec::new(),
+            secret: Secret::default(),
+            credential_lifetime: "12h".into(),
+        }
+    }
+}
+
+impl TryFrom<RawRelayConfig> for RelayConfig {
+    type Error = String;
+
+    fn try_from(raw: RawRelayConfig) -> Result<Self, String> {
+        if raw.urls.len() > 8 {
+            return Err("at most 8 relay URLs".into());
+        }
+        for url in &raw.urls {
+            let scheme_ok = url.starts_with("turn:") || url.starts_with("turns:");
+            let printable = url.chars().all(|c| c.is_ascii_graphic()) && url.len() <= 256;
+            if !scheme_ok || !printable {
+                let shown: String = url.chars().take(64).collect();
+                return Err(format!(
+                    "`{}` is not a TURN URL (turn:HOST:PORT or turns:HOST:PORT?transport=tcp)",
+                    shown.escape_debug()
+                ));
+            }
+        }
+        if !raw.urls.is_empty() && raw.secret.0.len() < 16 {
+            return Err(
+                "a relay needs `secret`: coturn's static-auth-secret, 16 characters or more".into(),
+            );
+        }
+        let lifetime = humantime::parse_duration(&raw.credential_lifetime)
+            .map_err(|e| format!("credential_lifetime: {e}"))?;
+        if lifetime < Duration::from_secs(60) || lifetime > Duration::from_secs(7 * 24 * 3600) {
+            return Err("credential_lifetime is out of range (1 minute to 7 days)".into());
+        }
+        Ok(RelayConfig {
+            urls: raw.urls,
+            secret: raw.secret,
+            credential_lifetime: lifetime,
+        })
+    }
 }
 
 /// Setting the box up without a network (see `setup::hotspot`).
@@ -234,6 +327,19 @@ lease = "1h"
 # How often Hearth asks the router again: renewal, and noticing a router that restarted or
 # changed its address (1s to 1h).
 check_every = "60s"
+
+[relay]
+# A TURN server you run or chose (coturn with use-auth-secret), for relatives on networks
+# that block UDP (hotels, offices, care homes). Phones get short-lived credentials made from
+# the secret; the secret never leaves the box, and the box itself never contacts the relay.
+# Example: urls = ["turns:turn.example.org:443?transport=tcp", "turn:turn.example.org:3478"]
+urls = []
+secret = ""
+credential_lifetime = "12h"
+
+[setup]
+# Where `hearth hotspot` describes the box's own setup Wi-Fi while it is open.
+hotspot_file = "/run/hearth-hotspot/hotspot.json"
 
 # Any field of the board profile (board/dev.toml, pi4.toml, pi5.toml) can be overridden:
 # [board.camera]

@@ -37,9 +37,18 @@ impl Hub {
                     tracing::debug!("udp send: {e}");
                 }
             }
-            Output::Send(conn, msg) => {
+            Output::Send(conn, mut msg) => {
                 if matches!(msg, ServerMsg::Roster { .. }) {
                     self.metrics.roster_sent();
+                }
+                if let (
+                    ServerMsg::Welcome {
+                        you, ice_servers, ..
+                    },
+                    Some(relay),
+                ) = (&mut msg, &self.relay)
+                {
+                    *ice_servers = vec![relay.ice_server(you, std::time::SystemTime::now())];
                 }
                 let Some(tx) = self.conns.get(&conn) else {
                     return;

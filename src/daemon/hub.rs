@@ -142,6 +142,8 @@ pub struct Hub {
     pub(super) pairing_url: Option<String>,
     /// Where the box keeps what owners change (its name).
     pub(super) state_dir: std::path::PathBuf,
+    /// The owner's TURN server, whose credentials each phone gets in its welcome.
+    pub(super) relay: Option<crate::reach::relay::Relay>,
     /// The box's own Wi-Fi for setting it up, while it is open.
     pub(super) hotspot: Option<Hotspot>,
     /// Where the setup page is served (plain HTTP unless that port is 0).
@@ -179,6 +181,7 @@ impl Hub {
             owners_file,
             pairing_url: None,
             state_dir,
+            relay: None,
             hotspot: None,
             setup_http_port: 0,
             setup_https_port: 0,

@@ -129,6 +129,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let (reach, mapper) = start_port_mapping(&config, board, media_port, shutdown.clone()).await;
     let mut hub = build_hub(&state_dir, &config, board, media, links)?;
     hub.setup_http_port = config.web.http_port;
+    hub.relay = crate::reach::relay::Relay::new(
+        &config.relay.urls,
+        &config.relay.secret.0,
+        config.relay.credential_lifetime,
+    );
     hub.setup_https_port = config.web.https_port;
     hub.handle_reach(reach.borrow().clone());
     let (hotspot_tx, hotspot) = watch::channel(None);

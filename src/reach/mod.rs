@@ -2,11 +2,13 @@
 //! forward the HTTPS port and the media port to the box (PCP, NAT-PMP or UPnP-IGD, whichever
 //! it answers), and tells the box its external address. `mapper` is the task that talks to
 //! the router; what it learns is a `Reach`, which the status, the TV, the join links and the
-//! media candidates follow. Nothing here talks to anything but the home router.
+//! media candidates follow. Nothing here talks to anything but the home router. `relay`
+//! gives phones credentials for the owner's TURN server, which the box never contacts.
 
 pub mod gateway;
 pub mod mapper;
 pub mod pcp;
+pub mod relay;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

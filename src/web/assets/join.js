@@ -261,7 +261,9 @@
     if (pc || (hearth.state !== 'joining' && hearth.state !== 'waiting')) return;
     me = String(msg.you);
     publishCodec = msg.publish_video_codec === 'VP8' ? 'VP8' : 'H264';
-    const conn = (pc = hearth.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' }));
+    // The owner's relay, if the box has one, for networks that block UDP.
+    const iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+    const conn = (pc = hearth.pc = new RTCPeerConnection({ iceServers, bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' }));
     conn.ontrack = (e) => { if (s === session) onRemoteTrack(e); };
     conn.onconnectionstatechange = () => {
       if (s === session && conn.connectionState === 'failed') disconnected();

@@ -279,6 +279,13 @@ impl Phone {
         Ok(())
     }
 
+    /// The selected ICE candidate pair, as the browser's getStats() reports it (Chromium
+    /// names it from the `transport`; Firefox marks the pair `selected`): `{state, local,
+    /// remote}`, each side `{address, port, type, relay_protocol}`; null before there is one.
+    pub async fn selected_pair(&mut self) -> Result<Value> {
+        self.browser.eval(SELECTED_PAIR).await
+    }
+
     /// Evaluate any JS expression in the page (see `Browser::eval`).
     pub async fn eval(&mut self, expression: &str) -> Result<Value> {
         self.browser.eval(expression).await
@@ -345,3 +352,21 @@ fn js_string(text: &str) -> String {
 fn ms(value: &Value) -> Duration {
     Duration::from_secs_f64(value.as_f64().unwrap_or(0.0).max(0.0) / 1000.0)
 }
+
+const SELECTED_PAIR: &str = r#"(async () => {
+  const pc = window.hearth && window.hearth.pc;
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+  });
+  stats.forEach((s) => {
+    if (!pair && s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) pair = s;
+  });
+  if (!pair) return null;
+  const side = (c) => c && { address: c.address || c.ip, port: c.port, type: c.candidateType,
+                             relay_protocol: c.relayProtocol || null };
+  return { state: pair.state, local: side(stats.get(pair.localCandidateId)),
+           remote: side(stats.get(pair.remoteCandidateId)) };
+})()"#;
