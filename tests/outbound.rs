@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use hearth_test_support::home::{Home, HomeOptions, Ns};
-use hearth_test_support::{temp_dir, BrowserKind, Daemon, Phone};
+use hearth_test_support::{temp_dir, BrowserKind, Phone};
 use serde_json::Value;
 
 /// Every TCP or UDP packet the box's namespace sends, by (destination, protocol, port):
@@ -83,13 +83,7 @@ async fn with_nothing_configured_the_box_talks_only_to_the_router_and_its_phones
 
     // The Pi boards' defaults: port mapping on; nothing else is configured.
     let config = "[remote]\nport_mapping = \"on\"\n[board.camera]\nwidth = 320\nheight = 180\nframerate = 15\n";
-    let daemon = Daemon::start_wrapped(
-        &temp_dir("outbound-box"),
-        "dev",
-        config,
-        &home.ns(Ns::Home).nsenter_prefix(),
-        &["--lan"],
-    )?;
+    let daemon = home.start_box("outbound-box", config)?;
     let mut phone = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Internet))).await?;
     phone.open(&daemon.join_url).await?;
     phone

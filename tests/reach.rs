@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use hearth_test_support::home::{Home, HomeOptions, Mapping, Ns, Proto, UpnpOptions, BOX_IP};
-use hearth_test_support::{temp_dir, BrowserKind, Daemon, Phone};
+use hearth_test_support::{BrowserKind, Daemon, Phone};
 use serde_json::Value;
 
 const fn secs(n: u64) -> Duration {
@@ -35,17 +35,6 @@ const REMOTE_ON: &str = "[remote]\nport_mapping = \"on\"\n";
 const SMALL_BOX: &str = "[board.camera]\nwidth = 320\nheight = 180\nframerate = 15\n\
     [board.display]\nwidth = 640\nheight = 360\n";
 const NO_BOX_MEDIA: &str = "[box]\nmedia = false\n";
-
-/// The daemon in `home` on the dev board, serving the LAN (`--lan`), with `config`.
-fn start_box(home: &Home, label: &str, config: &str) -> Result<Daemon> {
-    Daemon::start_wrapped(
-        &temp_dir(label),
-        "dev",
-        config,
-        &home.ns(Ns::Home).nsenter_prefix(),
-        &["--lan"],
-    )
-}
 
 /// The port of `url` if it is `https://{host}:PORT/join#…`.
 fn link_port(url: &str, host: &str) -> Option<u16> {
@@ -86,7 +75,7 @@ async fn family_outside_joins_through_the_routers_mapped_ports() -> Result<()> {
     let home = Home::build(HomeOptions::default())?;
     let wan = home.wan_ip();
     let started = Instant::now();
-    let daemon = start_box(&home, "reach-outside", &format!("{REMOTE_ON}{SMALL_BOX}"))?;
+    let daemon = home.start_box("reach-outside", &format!("{REMOTE_ON}{SMALL_BOX}"))?;
     let printed = started.elapsed();
 
     // The link Hearth printed is the outside one: the router's address and mapped port.
@@ -207,7 +196,7 @@ async fn family_outside_joins_through_the_routers_mapped_ports() -> Result<()> {
 async fn without_the_routers_port_mapping_only_family_at_home_can_join() -> Result<()> {
     let mut home = Home::build(HomeOptions::default())?;
     home.miniupnpd_stop()?;
-    let daemon = start_box(&home, "reach-home-only", &format!("{REMOTE_ON}{SMALL_BOX}"))?;
+    let daemon = home.start_box("reach-home-only", &format!("{REMOTE_ON}{SMALL_BOX}"))?;
 
     // The link is the home one, and status says why family outside cannot join.
     let url = daemon.join_url.clone();
@@ -243,7 +232,7 @@ async fn without_the_routers_port_mapping_only_family_at_home_can_join() -> Resu
 #[test]
 fn behind_carrier_grade_nat_status_names_it() -> Result<()> {
     let home = Home::build(HomeOptions::carrier_grade_nat())?;
-    let daemon = start_box(&home, "reach-cgn", &format!("{REMOTE_ON}{NO_BOX_MEDIA}"))?;
+    let daemon = home.start_box("reach-cgn", &format!("{REMOTE_ON}{NO_BOX_MEDIA}"))?;
     let reach = daemon.status()?["reach"].clone();
     ensure!(
         reach["outside"] == false && reach["kind"] == "carrier-grade NAT",
@@ -273,7 +262,7 @@ fn a_short_lease_is_kept_restored_after_a_router_restart_and_removed_on_stop() -
         ..HomeOptions::default()
     })?;
     let config = format!("{NO_BOX_MEDIA}{REMOTE_ON}lease = \"30s\"\ncheck_every = \"3s\"\n");
-    let mut daemon = start_box(&home, "reach-lease", &config)?;
+    let mut daemon = home.start_box("reach-lease", &config)?;
     let reach = daemon.status()?["reach"].clone();
     ensure!(reach["outside"] == true, "{reach}");
     let port = |key: &str| {

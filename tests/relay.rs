@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use hearth_test_support::home::{Home, HomeOptions, Ns};
-use hearth_test_support::{temp_dir, BrowserKind, Daemon, Phone};
+use hearth_test_support::{temp_dir, BrowserKind, Phone};
 
 const TURN_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 60);
 const SECRET: &str = "relay-secret-for-the-test-0123456789";
@@ -107,13 +107,7 @@ async fn a_phone_whose_network_blocks_udp_joins_through_the_owners_relay() -> Re
          [relay]\nurls = [\"turns:{TURN_IP}:443?transport=tcp\"]\nsecret = \"{SECRET}\"\n\
          [board.camera]\nwidth = 320\nheight = 180\nframerate = 15\n"
     );
-    let daemon = Daemon::start_wrapped(
-        &temp_dir("relay-box"),
-        "dev",
-        &config,
-        &home.ns(Ns::Home).nsenter_prefix(),
-        &["--lan"],
-    )?;
+    let daemon = home.start_box("relay-box", &config)?;
 
     let mut phone = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Internet))).await?;
     phone.open(&daemon.join_url).await?;

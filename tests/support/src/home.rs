@@ -297,6 +297,18 @@ impl Home {
         Ok(home)
     }
 
+    /// Hearth in `home` on the dev board, serving the LAN (`--lan`), with `config` (for
+    /// example `[remote] port_mapping = "on"`, as the Pi boards have it).
+    pub fn start_box(&self, label: &str, config: &str) -> Result<crate::Daemon> {
+        crate::Daemon::start_wrapped(
+            &crate::temp_dir(label),
+            "dev",
+            config,
+            &self.ns(Ns::Home).nsenter_prefix(),
+            &["--lan"],
+        )
+    }
+
     pub fn ns(&self, ns: Ns) -> &Netns {
         match ns {
             Ns::Home => &self.home,
