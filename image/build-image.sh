@@ -108,7 +108,7 @@ grep -qs '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 \
 # forward across reboots on a board without a real-time clock).
 COMMON_PKGS=(systemd-sysv udev dbus kmod iproute2 systemd-resolved adduser
              avahi-daemon libnss-mdns ca-certificates
-             initramfs-tools zstd e2fsprogs fdisk cloud-guest-utils fake-hwclock
+             initramfs-tools zstd e2fsprogs fdisk cloud-guest-utils fake-hwclock systemd-timesyncd
              wpasupplicant wireless-regdb iw
              alsa-utils
              gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad

@@ -15,9 +15,12 @@
 //! - [`media`]: the box's own camera and mic (`capture`), TV and speaker (`tv`), pipeline
 //!   plans, and what hardware the machine has (`probe`, `check`).
 //! - [`reach`]: family outside the home: the home router forwards the box's ports (PCP,
-//!   NAT-PMP, UPnP-IGD) and tells it the external address.
-//! - [`setup`]: first boot: the Wi-Fi and the box's name from a file on the card.
-//! - [`web`]: HTTPS (the join page, the signalling WebSocket, Hearth's own CA).
+//!   NAT-PMP, UPnP-IGD) and tells it the external address; the owner's TURN relay.
+//! - [`setup`]: first boot: the Wi-Fi and the box's name from a file on the card, or the
+//!   box's own setup Wi-Fi and its page.
+//! - [`clock`]: whether the system clock is known to be right.
+//! - [`web`]: HTTPS (the join page, the signalling WebSocket, the owner and setup pages,
+//!   Hearth's own CA).
 //! - [`daemon`]: the wiring: start-up, the hub task that does the cores' I/O, the control
 //!   socket the CLI talks to, systemd notification.
 //! - [`config`]: the owner's config file and the board profiles (`board/*.toml`).
@@ -26,6 +29,7 @@
 //! the same code.
 
 pub mod call;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod media;
