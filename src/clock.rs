@@ -1,8 +1,8 @@
 //! Whether the system clock is known to be right. A Pi has no battery clock: until an NTP
 //! client (the image's systemd-timesyncd, asking only the NTP server the home network names
 //! over DHCP, or one the owner set) has synchronised it, the time may be days behind, and
-//! with it every link's expiry. The kernel keeps the answer: `adjtimex` says whether the
-//! clock is synchronised. Nothing a phone says ever sets the clock.
+//! with it every link's expiry. timesyncd marks the moment it has synchronised the clock,
+//! and the kernel's `adjtimex` says so too. Nothing a phone says ever sets the clock.
 
 use serde::Serialize;
 
@@ -15,8 +15,15 @@ pub enum ClockState {
     Unsynchronized,
 }
 
-/// The kernel's view, now.
+/// Made by systemd-timesyncd once it has synchronised the clock.
+const TIMESYNCD_SYNCHRONIZED: &str = "/run/systemd/timesync/synchronized";
+
+/// timesyncd's word first (the unit's `ProtectClock=` forbids even reading `adjtimex`),
+/// else the kernel's view, now.
 pub fn state() -> ClockState {
+    if std::path::Path::new(TIMESYNCD_SYNCHRONIZED).exists() {
+        return ClockState::Synchronized;
+    }
     // SAFETY: adjtimex with modes 0 only reads; the struct is plain data the kernel fills.
     let mut timex: libc::timex = unsafe { std::mem::zeroed() };
     let result = unsafe { libc::adjtimex(&mut timex) };

@@ -83,9 +83,13 @@ enum Command {
         boot: PathBuf,
         #[arg(long, default_value = "/", value_name = "DIR")]
         root: PathBuf,
-        /// Apply this request from the setup page instead of the boot partition's file.
+        /// Apply this request from the setup page instead of the boot partition's file
+        /// (only while the setup hotspot is open).
         #[arg(long, value_name = "FILE")]
         request: Option<PathBuf>,
+        /// The setup hotspot's description, present while it is open.
+        #[arg(long, default_value = hearth::setup::hotspot::DEFAULT_FILE, value_name = "FILE")]
+        hotspot_file: PathBuf,
         /// Instead: wait this many seconds for the new Wi-Fi to give the box a network; if it
         /// does not, undo it and open the setup hotspot again.
         #[arg(long, value_name = "SECS", conflicts_with = "request")]
@@ -230,13 +234,30 @@ fn run(cli: Cli) -> Result<()> {
             boot,
             root,
             request,
+            hotspot_file,
             keep_wifi_within: None,
         } => {
             let applied = match &request {
-                Some(file) => hearth::setup::apply_file(file, None, &root)?,
+                // The daemon's user writes requests: they count only while the box has no
+                // network and shows its hotspot, never to replace a working Wi-Fi.
+                Some(file) if !hotspot_file.exists() => {
+                    let _ = std::fs::remove_file(file).or_else(|_| std::fs::remove_dir(file));
+                    return Err(anyhow::anyhow!(
+                        "the setup hotspot is not open: request removed, not applied"
+                    ));
+                }
+                Some(file) => {
+                    let applied = hearth::setup::apply_file(file, None, &root, true);
+                    // Whatever it was, it does not stay to fire the path unit again.
+                    let _ = std::fs::remove_dir(file);
+                    applied?
+                }
                 None => hearth::setup::apply(&boot, &root)?,
             };
             match applied {
+                Ok(hearth::setup::Applied::Nothing) if request.is_some() => {
+                    Err(anyhow::anyhow!("no request to apply"))
+                }
                 Ok(hearth::setup::Applied::Nothing) => Ok(()),
                 Ok(done) => {
                     println!("hearth setup: applied {done:?}");

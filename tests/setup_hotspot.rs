@@ -127,13 +127,24 @@ async fn a_phone_on_the_setup_hotspot_picks_the_homes_wifi() -> Result<()> {
 
     // Root applies it (hearth-wifi-request.service), into a stand-in root here.
     let root = state.join("root");
-    let (ok, out, err) = daemon.cli(&[
-        "setup",
-        "--request",
-        request.to_str().unwrap(),
-        "--root",
-        root.to_str().unwrap(),
-    ]);
+    let apply = |hotspot: &std::path::Path| {
+        daemon.cli(&[
+            "setup",
+            "--request",
+            request.to_str().unwrap(),
+            "--hotspot-file",
+            hotspot.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+        ])
+    };
+    // Only while the hotspot is open: the daemon's user cannot replace a working Wi-Fi.
+    let copy = std::fs::read_to_string(&request)?;
+    let (ok, _, err) = apply(&state.join("no-hotspot.json"));
+    assert!(!ok && err.contains("not open"), "{err}");
+    assert!(!request.exists() && !root.exists());
+    std::fs::write(&request, copy)?;
+    let (ok, out, err) = apply(&hotspot_file);
     assert!(ok, "{err}");
     assert!(out.contains("wifi: true"), "{out}");
     assert!(

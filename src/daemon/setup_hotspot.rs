@@ -87,6 +87,8 @@ impl Hub {
         );
         // Left by `hearth setup --keep-wifi-within` when the last pick gave no network.
         let failed = std::fs::read_to_string(self.state_dir.join(WIFI_FAILED))
+            .ok()
+            .filter(|name| !name.trim().is_empty())
             .map(|name| crate::call::protocol::clean_name(name.trim()))
             .unwrap_or_default();
         if !failed.is_empty() {

@@ -124,23 +124,40 @@ pub enum Applied {
 /// file that cannot be used is removed too (it holds a password), and the reason is written
 /// beside it for the owner.
 pub fn apply(boot: &Path, root: &Path) -> std::io::Result<Result<Applied, SetupError>> {
-    apply_file(&boot.join(SETUP_FILE), Some(&boot.join(ERROR_FILE)), root)
+    apply_file(
+        &boot.join(SETUP_FILE),
+        Some(&boot.join(ERROR_FILE)),
+        root,
+        false,
+    )
 }
 
-/// `apply` for any such file: the boot partition's, or the setup page's request. The reason
-/// a file cannot be used goes to `error_file` when there is one.
+/// `apply` for any such file: the boot partition's, or (with `wifi_only`) the setup page's
+/// request, which the daemon's user wrote and so may name the Wi-Fi and nothing else. The
+/// reason a file cannot be used goes to `error_file` when there is one.
 pub fn apply_file(
     file: &Path,
     error_file: Option<&Path>,
     root: &Path,
+    wifi_only: bool,
 ) -> std::io::Result<Result<Applied, SetupError>> {
     let dir = file.parent().unwrap_or(Path::new("."));
-    let text = match std::fs::read_to_string(file) {
+    let text = match read_small(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(Applied::Nothing)),
-        Err(e) => return Err(e),
+        Err(e) => {
+            // Not a plain small file (a link, a device): not read, but gone all the same.
+            let _ = std::fs::remove_file(file);
+            return Err(e);
+        }
     };
-    let setup = match Setup::parse(&text) {
+    let parsed = Setup::parse(&text).and_then(|setup| match (&setup.home, wifi_only) {
+        (Some(_), true) => Err(SetupError::Invalid(
+            "the setup page sets only the Wi-Fi".into(),
+        )),
+        _ => Ok(setup),
+    });
+    let setup = match parsed {
         Ok(setup) => setup,
         Err(why) => {
             std::fs::remove_file(file)?;
@@ -183,6 +200,27 @@ pub fn wifi_request(wifi: &Wifi) -> String {
     )
 }
 
+/// A setup file's text: at most 16 KiB, and never through a symbolic link (root reads what
+/// the daemon's user may have left).
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(16 * 1024).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Write `text` to `path` whole or not at all (a temporary file, synced, renamed, the
+/// directory synced). The temporary file is made new, never opened through whatever is
+/// already there: root writes into Hearth's state dir, where the daemon's user could leave a
+/// link.
 pub(crate) fn write(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -190,10 +228,10 @@ pub(crate) fn write(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)?;
     file.write_all(text.as_bytes())?;
@@ -288,7 +326,7 @@ mod tests {
         let request = dir.join(REQUEST_FILE);
         std::fs::write(&request, &text).unwrap();
         let root = dir.join("root");
-        let applied = apply_file(&request, None, &root).unwrap().unwrap();
+        let applied = apply_file(&request, None, &root, true).unwrap().unwrap();
         assert_eq!(
             applied,
             Applied::Done {
@@ -299,6 +337,35 @@ mod tests {
         assert!(!request.exists());
         let wpa = std::fs::read_to_string(root.join(WPA_FILE)).unwrap();
         assert_eq!(wpa, wifi.wpa_supplicant_conf());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_setup_pages_request_names_only_the_wifi_and_is_never_a_link() {
+        let dir = std::env::temp_dir().join(format!("hearth-setup-link-{}", std::process::id()));
+        let root = dir.join("root");
+        std::fs::create_dir_all(&dir).unwrap();
+        let request = dir.join(REQUEST_FILE);
+        let wifi = "[wifi]\nname = \"Home\"\npassword = \"12345678\"\ncountry = \"GB\"\n";
+        std::fs::write(&request, format!("{wifi}[box]\nname = \"x\"\n")).unwrap();
+        assert!(matches!(
+            apply_file(&request, None, &root, true).unwrap(),
+            Err(SetupError::Invalid(_))
+        ));
+        assert!(!root.join(BOX_NAME_FILE).exists() && !request.exists());
+        // A link in place of the request is not followed, and is removed.
+        let secret = dir.join("secret");
+        std::fs::write(&secret, wifi).unwrap();
+        std::os::unix::fs::symlink(&secret, &request).unwrap();
+        assert!(apply_file(&request, None, &root, true).is_err());
+        assert!(!root.join(WPA_FILE).exists() && std::fs::symlink_metadata(&request).is_err());
+        // A link where the temporary file goes is replaced, not written through.
+        let target = root.join(WPA_FILE);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&secret, target.with_extension("tmp")).unwrap();
+        write(&target, "network={}\n", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), wifi);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "network={}\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

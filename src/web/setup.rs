@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -38,22 +38,45 @@ impl SetupState {
         SetupState { hotspot, state_dir }
     }
 
-    /// The hotspot, if it is open and `peer` is on it.
-    fn for_peer(&self, peer: SocketAddr) -> Option<Hotspot> {
+    /// The hotspot, if it is open, `peer` is on it and the request names the box by its
+    /// address there (a page from elsewhere that rebinds its own name to the box's address
+    /// still says its own name).
+    fn for_peer(&self, peer: SocketAddr, headers: &HeaderMap, uri: &Uri) -> Option<Hotspot> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()))?;
+        let named = host
+            .rsplit_once(':')
+            .map_or(host, |(name, _port)| name)
+            .parse::<std::net::Ipv4Addr>()
+            .ok();
         self.hotspot
             .borrow()
             .as_ref()
-            .filter(|h| h.serves(peer.ip()))
+            .filter(|h| h.serves(peer.ip()) && named == Some(h.address))
             .cloned()
     }
 }
 
 pub fn routes(state: SetupState) -> Router {
     Router::new()
-        .route("/setup", get(|s, p| asset(s, p, SETUP_HTML, HTML)))
-        .route("/setup/setup.js", get(|s, p| asset(s, p, SETUP_JS, JS)))
-        .route("/setup/join.css", get(|s, p| asset(s, p, JOIN_CSS, CSS)))
-        .route("/setup/owner.css", get(|s, p| asset(s, p, OWNER_CSS, CSS)))
+        .route(
+            "/setup",
+            get(|s, p, h, u| asset(s, p, (h, u), SETUP_HTML, HTML)),
+        )
+        .route(
+            "/setup/setup.js",
+            get(|s, p, h, u| asset(s, p, (h, u), SETUP_JS, JS)),
+        )
+        .route(
+            "/setup/join.css",
+            get(|s, p, h, u| asset(s, p, (h, u), JOIN_CSS, CSS)),
+        )
+        .route(
+            "/setup/owner.css",
+            get(|s, p, h, u| asset(s, p, (h, u), OWNER_CSS, CSS)),
+        )
         .route("/setup/api/networks", get(networks))
         .route("/setup/api/wifi", post(pick_wifi))
         .with_state(state)
@@ -70,10 +93,11 @@ fn not_here() -> Response {
 async fn asset(
     State(state): State<SetupState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    (headers, uri): (HeaderMap, Uri),
     body: &'static str,
     content_type: &'static str,
 ) -> Response {
-    match state.for_peer(peer) {
+    match state.for_peer(peer, &headers, &uri) {
         Some(_) => owner_asset(body, content_type).await,
         None => not_here(),
     }
@@ -82,8 +106,10 @@ async fn asset(
 async fn networks(
     State(state): State<SetupState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
-    match state.for_peer(peer) {
+    match state.for_peer(peer, &headers, &uri) {
         Some(hotspot) => ok(json!({ "hotspot": hotspot.ssid, "networks": hotspot.networks })),
         None => not_here(),
     }
@@ -104,7 +130,7 @@ async fn pick_wifi(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if state.for_peer(peer).is_none() {
+    if state.for_peer(peer, &headers, &uri).is_none() {
         return not_here();
     }
     let body = match checked_body(&headers, &uri, body).await {
@@ -197,7 +223,13 @@ mod tests {
         let (tx, rx) = watch::channel(None);
         let app = routes(SetupState::new(rx, dir.clone()));
         let phone = [10, 42, 0, 23];
-        let page = || Request::get("/setup").body(Body::empty()).unwrap();
+        let get = |path: &str, host: &str| {
+            Request::get(path)
+                .header(header::HOST, host)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let page = || get("/setup", "10.42.0.1:8080");
         // No hotspot: nothing, to anyone.
         assert_eq!(send(&app, page(), phone).await.0, StatusCode::NOT_FOUND);
         tx.send_replace(Some(hotspot()));
@@ -208,9 +240,10 @@ mod tests {
             let good = r#"{"name":"Home","password":"12345678","country":"gb"}"#;
             assert_eq!(send(&app, pick(good), other).await.0, StatusCode::NOT_FOUND);
         }
-        let list = Request::get("/setup/api/networks")
-            .body(Body::empty())
-            .unwrap();
+        // A page from elsewhere whose name now points at the box still says its own name.
+        let rebound = get("/setup/api/networks", "evil.example:8080");
+        assert_eq!(send(&app, rebound, phone).await.0, StatusCode::NOT_FOUND);
+        let list = get("/setup/api/networks", "10.42.0.1:8080");
         let (status, body) = send(&app, list, phone).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["networks"], json!(["Home", "Next door"]));
