@@ -175,7 +175,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let (handle, web_task) = serve_web(https, http, identity, web, &config, link_host).await?;
 
     notify::notify("READY=1");
-    wait_for_signal().await?;
+    let network_came = addresses.without_network().then(network_appears);
+    let restart = tokio::select! {
+        signal = wait_for_signal() => { signal?; false }
+        _ = async { match network_came { Some(waiting) => waiting.await, None => std::future::pending().await } } => true,
+    };
     notify::notify("STOPPING=1");
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
@@ -187,7 +191,33 @@ pub async fn run(options: RunOptions) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(3), mapper).await;
     }
     let _ = std::fs::remove_file(control::socket_path(&state_dir));
+    if restart {
+        // Exiting non-zero: systemd (Restart=always) starts Hearth again, bound to the new
+        // address. Binding every address anew while running is more than this needs.
+        return Err(anyhow!(
+            "the box has a network now: restarting to serve on it"
+        ));
+    }
     Ok(())
+}
+
+/// Resolves when this machine has a network address besides loopback.
+async fn network_appears() {
+    let mut every = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        every.tick().await;
+        let found = tokio::task::spawn_blocking(media_socket::own_addresses)
+            .await
+            .unwrap_or_default();
+        // As `media_addresses` counts them: loopback and link-local are no network.
+        let usable = |ip: &std::net::IpAddr| {
+            !ip.is_loopback() && !ip.is_unspecified() && !media_socket::is_link_local(*ip)
+        };
+        if found.iter().any(usable) {
+            tracing::info!("the box has a network address now");
+            return;
+        }
+    }
 }
 
 /// Ask the home router to forward our ports, unless the config (or the dev board) says not

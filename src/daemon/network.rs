@@ -39,16 +39,23 @@ impl Addresses {
                 media,
             });
         }
+        // No network yet (first boot without a cable or Wi-Fi): serve anyway, so the TV and
+        // `hearth status` can say so and the setup page can be reached on the box's own
+        // Wi-Fi; `run` restarts once an address appears (see `Addresses::without_network`).
         if config.web.lan_address.is_none() && media.iter().all(|ip| ip.is_loopback()) {
-            return Err(anyhow!(
-                "--lan: this machine has no network address besides loopback"
-            ));
+            tracing::warn!("no network yet: the call waits for one");
         }
         let listen = config
             .web
             .lan_address
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         Ok(Addresses { lan, listen, media })
+    }
+
+    /// Serving the local network while the machine has no address on one: the media
+    /// socket could not be bound where phones will send.
+    pub fn without_network(&self) -> bool {
+        self.lan && self.media.iter().all(|ip| ip.is_loopback())
     }
 
     /// The host part of join links when no hostname is configured: the LAN's IPv4 address

@@ -188,6 +188,20 @@ impl Daemon {
         }
     }
 
+    /// Wait up to `within` for it to exit by itself: its exit status.
+    pub fn exited_within(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("hearth still runs after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Run the CLI against this daemon: (exit success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         cli(&self.state_dir, args)
