@@ -23,6 +23,8 @@ pub struct Addresses {
     /// The media port's addresses: this machine's own (browsers never pair loopback, even
     /// on the same machine).
     media: Vec<IpAddr>,
+    /// Serving the home network, with no address on one yet (and none configured).
+    waiting_for_network: bool,
 }
 
 impl Addresses {
@@ -37,25 +39,33 @@ impl Addresses {
                 lan,
                 listen: loopback,
                 media,
+                waiting_for_network: false,
             });
         }
         // No network yet (first boot without a cable or Wi-Fi): serve anyway, so the TV and
         // `hearth status` can say so and the setup page can be reached on the box's own
         // Wi-Fi; `run` restarts once an address appears (see `Addresses::without_network`).
-        if config.web.lan_address.is_none() && media.iter().all(|ip| ip.is_loopback()) {
+        let waiting_for_network =
+            config.web.lan_address.is_none() && media.iter().all(|ip| ip.is_loopback());
+        if waiting_for_network {
             tracing::warn!("no network yet: the call waits for one");
         }
         let listen = config
             .web
             .lan_address
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        Ok(Addresses { lan, listen, media })
+        Ok(Addresses {
+            lan,
+            listen,
+            media,
+            waiting_for_network,
+        })
     }
 
     /// Serving the local network while the machine has no address on one: the media
     /// socket could not be bound where phones will send.
     pub fn without_network(&self) -> bool {
-        self.lan && self.media.iter().all(|ip| ip.is_loopback())
+        self.waiting_for_network
     }
 
     /// The host part of join links when no hostname is configured: the LAN's IPv4 address
