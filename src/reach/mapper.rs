@@ -88,11 +88,17 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut retry = RETRY_FIRST;
+    // While retries fail for the same reason, nothing changes for the TV, the status or the
+    // journal (no "trying" in between: each change re-draws the TV's idle screen).
+    let mut failing: Option<Unreachable> = None;
     loop {
-        let _ = reach.send(Reach::Trying);
+        if failing.is_none() {
+            let _ = reach.send(Reach::Trying);
+        }
         match Forwarding::establish(&config).await {
             Ok(mut forwarding) => {
                 retry = RETRY_FIRST;
+                failing = None;
                 publish(&reach, &forwarding).await;
                 let stopped = forwarding.keep(&config, &reach, &mut shutdown).await;
                 if stopped {
@@ -101,8 +107,11 @@ pub async fn run(
                 }
             }
             Err(why) => {
-                tracing::info!("family outside cannot join: {why}");
-                let _ = reach.send(Reach::HomeOnly(why));
+                if failing.as_ref() != Some(&why) {
+                    tracing::info!("family outside cannot join: {why}");
+                    let _ = reach.send(Reach::HomeOnly(why.clone()));
+                    failing = Some(why);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
                     _ = shutdown.changed() => return,
