@@ -53,7 +53,5 @@ mod tests {
             ClockState::Unsynchronized
         );
         assert_eq!(interpret(-1, 0), ClockState::Unsynchronized);
-        // Whatever this machine says, asking does not fail.
-        let _ = state();
     }
 }

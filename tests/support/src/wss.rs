@@ -1,12 +1,9 @@
 //! A signalling client that trusts only the daemon's own CA, as a phone that installed it would.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
@@ -68,16 +65,7 @@ fn with_origin(
 
 /// TLS that trusts only the daemon's own CA.
 fn connector(daemon: &Daemon) -> Result<Connector> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = daemon.state_dir.join("tls/ca.pem");
-    for cert in CertificateDer::pem_file_iter(&ca).context("reading the daemon's CA")? {
-        roots.add(cert?)?;
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Connector::Rustls(Arc::new(config)))
+    Ok(Connector::Rustls(crate::attack::tls_config(daemon)?))
 }
 
 pub async fn send(socket: &mut Socket, value: serde_json::Value) -> Result<()> {
