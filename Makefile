@@ -7,13 +7,16 @@
 # nothing else). The `miniupnpd` package is the host service around it (init script, systemd
 # unit, debconf questions) and is deliberately not installed: the tests start their own
 # miniupnpd inside a network namespace, and no router daemon may ever run on the host.
-# Likewise `coturn` (the relay in tests/relay.rs): Debian's package starts a TURN server on
-# install, so its unit is masked first and the tests start their own in a namespace.
+# Likewise `coturn` (the relay in tests/relay.rs) and `bind9` (the owner's DNS server in
+# tests/name.rs): Debian's packages start their servers on install, so their units are masked
+# first and the tests start their own in a namespace. `pebble` is the ACME test CA (it has no
+# unit); `libnss3-tools` gives certutil, with which a test browser trusts pebble's root.
 DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fonts-dejavu-core \
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-alsa gstreamer1.0-x \
-	chromium firefox-esr nftables miniupnpd-nftables coturn
+	chromium firefox-esr nftables miniupnpd-nftables coturn \
+	pebble bind9 bind9-utils bind9-dnsutils libnss3-tools curl openssl
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
@@ -39,8 +42,9 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "Installing system packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
-		case " $$missing " in *" coturn "*) $$SUDO mkdir -p /etc/systemd/system && \
-			$$SUDO ln -sf /dev/null /etc/systemd/system/coturn.service;; esac; \
+		mask() { $$SUDO mkdir -p /etc/systemd/system && $$SUDO ln -sf /dev/null /etc/systemd/system/$$1.service; }; \
+		case " $$missing " in *" coturn "*) mask coturn;; esac; \
+		case " $$missing " in *" bind9 "*) mask named;; esac; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $$missing; \
 	fi
 

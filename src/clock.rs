@@ -16,13 +16,17 @@ pub enum ClockState {
 }
 
 /// Made by systemd-timesyncd once it has synchronised the clock.
-const TIMESYNCD_SYNCHRONIZED: &str = "/run/systemd/timesync/synchronized";
+pub const TIMESYNCD_SYNCHRONIZED: &str = "/run/systemd/timesync/synchronized";
 
-/// timesyncd's word first (the unit's `ProtectClock=` forbids even reading `adjtimex`),
-/// else the kernel's view, now.
-pub fn state() -> ClockState {
-    if std::path::Path::new(TIMESYNCD_SYNCHRONIZED).exists() {
+/// The NTP client's word, from the mark it makes (`[clock] synchronized_mark`; the unit's
+/// `ProtectClock=` forbids even reading `adjtimex`). Only where no such client is installed
+/// (the mark's directory is missing) the kernel's view, now.
+pub fn state(synchronized_mark: &std::path::Path) -> ClockState {
+    if synchronized_mark.exists() {
         return ClockState::Synchronized;
+    }
+    if synchronized_mark.parent().is_some_and(|dir| dir.is_dir()) {
+        return ClockState::Unsynchronized;
     }
     // SAFETY: adjtimex with modes 0 only reads; the struct is plain data the kernel fills.
     let mut timex: libc::timex = unsafe { std::mem::zeroed() };
@@ -43,6 +47,18 @@ fn interpret(result: libc::c_int, status: libc::c_int) -> ClockState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clients_mark_decides_where_the_client_exists() {
+        let dir = std::env::temp_dir().join(format!("hearth-clock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mark = dir.join("synchronized");
+        let _ = std::fs::remove_file(&mark);
+        assert_eq!(state(&mark), ClockState::Unsynchronized);
+        std::fs::write(&mark, "").unwrap();
+        assert_eq!(state(&mark), ClockState::Synchronized);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_kernels_answer_is_read_cautiously() {

@@ -3,6 +3,7 @@
 //! which becomes "FILE:LINE:COLUMN: key `x.y`: problem" in one line.
 
 pub mod board;
+pub mod name;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -20,6 +21,9 @@ pub struct Config {
     pub remote: RemoteConfig,
     pub setup: SetupConfig,
     pub relay: RelayConfig,
+    pub acme: name::AcmeConfig,
+    pub dns: name::DnsUpdateConfig,
+    pub clock: ClockConfig,
     /// Overrides for the board profile's fields (`board/<name>.toml`), e.g. `[board.camera]`.
     pub board: toml::Table,
 }
@@ -132,10 +136,30 @@ impl Default for SetupConfig {
     }
 }
 
+/// How the box knows its clock is right (`crate::clock`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// The file the NTP client creates once it has synchronised the clock. Where its
+    /// directory does not exist (no such client installed), the kernel's flag is asked.
+    pub synchronized_mark: std::path::PathBuf,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            synchronized_mark: crate::clock::TIMESYNCD_SYNCHRONIZED.into(),
+        }
+    }
+}
+
 /// Reaching the box from outside the home: the home router forwards its ports.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RemoteConfig {
+    /// The owner's domain name for the box (join links use it); empty: the router's address.
+    #[serde(deserialize_with = "domain_name")]
+    pub name: String,
     /// Ask the home router to forward the HTTPS and media ports (PCP, NAT-PMP, UPnP).
     pub port_mapping: PortMapping,
     /// External HTTPS port to ask for first (the router may give another).
@@ -175,11 +199,12 @@ impl PortMapping {
 impl Default for RemoteConfig {
     fn default() -> Self {
         RemoteConfig {
+            name: String::new(),
             port_mapping: PortMapping::Auto,
             https_port: 443,
             media_port: 0,
             lease: Duration::from_secs(3600),
-            check_every: Duration::from_secs(60),
+            check_every: Duration::from_secs(20),
         }
     }
 }
@@ -312,6 +337,10 @@ media = true
 name = "Home"
 
 [remote]
+# Your domain name for the box, e.g. "grandma.example.org" (a name you own, or one from a
+# dynamic-DNS provider). Join links use it; [acme] gets it a certificate every browser
+# trusts and [dns] keeps it pointing at your home. Empty: links use the router's address.
+name = ""
 # Family outside the home reach the box through the home router: Hearth asks it (PCP, NAT-PMP
 # or UPnP-IGD, whichever it answers) to forward the HTTPS port and the media port to the box,
 # and learns the router's external address from it. This opens those two ports on the router
@@ -325,8 +354,8 @@ media_port = 0
 # How long the router keeps the forwarding unless renewed (30s to 24h).
 lease = "1h"
 # How often Hearth asks the router again: renewal, and noticing a router that restarted or
-# changed its address (1s to 1h).
-check_every = "60s"
+# changed its address; [dns] follows a new address within this (1s to 1h).
+check_every = "20s"
 
 [relay]
 # A TURN server you run or chose (coturn with use-auth-secret), for relatives on networks
@@ -336,6 +365,43 @@ check_every = "60s"
 urls = []
 secret = ""
 credential_lifetime = "12h"
+
+[acme]
+# A certificate for remote.name from an ACME CA (Let's Encrypt), renewed by itself; until one
+# is issued, Hearth's own certificate serves. The CA checks the name by connecting to port 443
+# of remote.name (TLS-ALPN-01): the router must forward external port 443 to the box (port
+# mapping asks for it). Nothing is requested while the clock is not known to be right.
+enabled = false
+directory = "https://acme-v02.api.letsencrypt.org/directory"
+# Let's Encrypt's staging CA, for trying it out:
+# directory = "https://acme-staging-v02.api.letsencrypt.org/directory"
+# Address the CA may write to about the certificate, e.g. "mailto:you@example.org".
+contact = ""
+# For a private ACME server: the root certificate (PEM file) its own HTTPS chains to.
+directory_root = ""
+
+[dns]
+# Keep remote.name pointing at the home's external address when the router's changes.
+# "off"; "rfc2136": a DNS server that takes updates signed with a TSIG key (server, zone,
+# key_name, key_secret); "dyndns2": the update protocol of most dynamic-DNS providers (url,
+# username, password). The key and password never leave the box except to that server.
+update = "off"
+server = ""
+zone = ""
+key_name = ""
+key_algorithm = "hmac-sha256"
+key_secret = ""
+ttl = "60s"
+url = ""
+username = ""
+password = ""
+# For a private update server: the root certificate (PEM file) its HTTPS chains to.
+server_root = ""
+
+[clock]
+# Made by the NTP client (systemd-timesyncd) once the clock is right; links, certificates and
+# the privacy log trust the clock only then.
+synchronized_mark = "/run/systemd/timesync/synchronized"
 
 [setup]
 # Where `hearth hotspot` describes the box's own setup Wi-Fi while it is open.
@@ -374,6 +440,44 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+    let config = parse_sections(text, path)?;
+    let needs_name = [
+        ("acme", "enabled", config.acme.enabled),
+        ("dns", "update", config.dns != name::DnsUpdateConfig::Off),
+    ];
+    for (table, key, on) in needs_name {
+        if on && config.remote.name.is_empty() {
+            let offset = offset_of(text, table, key).unwrap_or(0);
+            let (line, column) = line_and_column(text, offset);
+            return Err(ConfigError::Invalid {
+                path: path.to_string(),
+                line,
+                column,
+                key: format!("key `{table}.{key}`: "),
+                message: "needs remote.name: the domain name to use".into(),
+            });
+        }
+    }
+    Ok(config)
+}
+
+/// Where `key` is set inside `[table]`, for errors about a whole setting.
+fn offset_of(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut offset = 0;
+    let mut inside = false;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            inside = trimmed.trim_matches(|c| c == '[' || c == ']').trim() == table;
+        } else if inside && trimmed.split('=').next().map(str::trim) == Some(key) {
+            return Some(offset + line.find(key).unwrap_or(0));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+fn parse_sections(text: &str, path: &str) -> Result<Config, ConfigError> {
     toml::from_str::<Config>(text).map_err(|e| {
         let offset = e.span().map(|s| s.start).unwrap_or(0);
         let (line, column) = line_and_column(text, offset);
@@ -544,6 +648,20 @@ fn hostname<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let shown: String = text.chars().take(64).collect();
     Err(serde::de::Error::custom(format!(
         "`{}` is not a host name (letters, digits, hyphens and dots)",
+        shown.escape_debug()
+    )))
+}
+
+/// A public domain name: a host name with at least two labels.
+fn domain_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim_end_matches('.').to_ascii_lowercase();
+    if text.is_empty() || (is_host_name(&text) && text.contains('.')) {
+        return Ok(text);
+    }
+    let shown: String = text.chars().take(64).collect();
+    Err(serde::de::Error::custom(format!(
+        "`{}` is not a domain name (like home.example.org)",
         shown.escape_debug()
     )))
 }

@@ -196,7 +196,10 @@ impl Hub {
         }
         self.tv_invite = Some(invite.id);
         let url = self.links.for_tv(&token);
-        let status = format!("{}\n{}", self.box_status_line(), self.reach.tv_line());
+        let mut status = format!("{}\n{}", self.box_status_line(), self.reach.tv_line());
+        if let Some(line) = self.certificate.tv_line() {
+            status = format!("{status}\n{line}");
+        }
         self.tv(tv::Command::Idle {
             heading: "Scan to join the call".into(),
             code: url.clone(),

@@ -5,6 +5,7 @@
 //! (the control socket), `status` (what `hearth status` shows).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -22,8 +23,10 @@ use crate::media::{MediaEvent, MediaInput};
 use crate::owner::OwnerStore;
 use crate::privacy::machine::Reading;
 use crate::privacy::PrivacyControl;
+use crate::reach::dns_update::DnsStatus;
 use crate::reach::Reach;
 use crate::setup::hotspot::Hotspot;
+use crate::web::acme::CertificateStatus;
 use crate::web::signalling::{WsCommand, WsEvent};
 
 /// Largest datagram read from the media socket (a UDP payload on a 1500-byte link fits).
@@ -37,9 +40,20 @@ pub struct JoinLinks {
     outside: Option<String>,
     /// Whether the outside link also opens from home (the router does hairpin NAT).
     outside_works_at_home: bool,
+    /// The owner's domain name, and the external HTTPS port to use while the router does not
+    /// say which it forwards.
+    name: Option<(String, u16)>,
     default_ttl: Duration,
     /// The TV's link is knock-first.
     tv_knocks: bool,
+}
+
+/// `https://name` with the port unless it is HTTPS's own.
+fn with_port(name: &str, port: u16) -> String {
+    match port {
+        443 => format!("https://{name}"),
+        port => format!("https://{name}:{port}"),
+    }
 }
 
 /// A join link, and the link for the home network when that one is different.
@@ -57,6 +71,7 @@ impl JoinLinks {
             home,
             outside: None,
             outside_works_at_home: false,
+            name: None,
             default_ttl,
             tv_knocks,
         }
@@ -66,10 +81,23 @@ impl JoinLinks {
         self.tv_knocks
     }
 
-    /// Follow the router: the outside link while it forwards, the home link otherwise.
-    pub fn set_outside(&mut self, outside: Option<(String, bool)>) {
-        self.outside_works_at_home = outside.as_ref().is_some_and(|(_, hairpin)| *hairpin);
-        self.outside = outside.map(|(base, _)| base);
+    /// Links use the owner's domain name (on `https_port` until the router says otherwise).
+    pub fn set_name(&mut self, name: &str, https_port: u16) {
+        self.name = Some((name.to_string(), https_port));
+        self.set_outside(None);
+    }
+
+    /// Follow the router (its external HTTPS address, and whether it loops that back in):
+    /// the outside link while it forwards, the home link otherwise. With a domain name, links
+    /// always use the name (the owner may forward ports by hand).
+    pub fn set_outside(&mut self, outside: Option<(SocketAddr, bool)>) {
+        self.outside_works_at_home = outside.is_some_and(|(_, hairpin)| hairpin);
+        self.outside = match (&self.name, outside) {
+            (Some((name, _)), Some((https, _))) => Some(with_port(name, https.port())),
+            (Some((name, port)), None) => Some(with_port(name, *port)),
+            (None, Some((https, _))) => Some(format!("https://{https}")),
+            (None, None) => None,
+        };
     }
 
     /// The token goes in the fragment, which browsers never send to a server.
@@ -111,6 +139,10 @@ pub struct HubInputs {
     pub reach: watch::Receiver<Reach>,
     /// The setup hotspot, while it is open (from `setup_hotspot::watch_file`).
     pub hotspot: watch::Receiver<Option<Hotspot>>,
+    /// The certificate for the owner's name (from `web::acme`).
+    pub certificate: watch::Receiver<CertificateStatus>,
+    /// The owner's name's DNS record (from `reach::dns_update`).
+    pub dns: watch::Receiver<DnsStatus>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -149,6 +181,12 @@ pub struct Hub {
     /// Where the setup page is served (plain HTTP unless that port is 0).
     pub(super) setup_http_port: u16,
     pub(super) setup_https_port: u16,
+    /// The certificate for the owner's domain name.
+    pub(super) certificate: CertificateStatus,
+    /// The owner's domain name's DNS record.
+    pub(super) dns: DnsStatus,
+    /// Where `crate::clock` looks for the NTP client's mark.
+    pub(super) clock_mark: std::path::PathBuf,
 }
 
 impl Hub {
@@ -185,6 +223,9 @@ impl Hub {
             hotspot: None,
             setup_http_port: 0,
             setup_https_port: 0,
+            certificate: CertificateStatus::Off,
+            dns: DnsStatus::Off,
+            clock_mark: crate::clock::TIMESYNCD_SYNCHRONIZED.into(),
         }
     }
 
@@ -214,6 +255,13 @@ impl Hub {
                 Ok(()) = inputs.hotspot.changed() => {
                     let hotspot = inputs.hotspot.borrow_and_update().clone();
                     self.handle_hotspot(hotspot);
+                }
+                Ok(()) = inputs.certificate.changed() => {
+                    let certificate = inputs.certificate.borrow_and_update().clone();
+                    self.handle_certificate(certificate);
+                }
+                Ok(()) = inputs.dns.changed() => {
+                    self.dns = inputs.dns.borrow_and_update().clone();
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => self.handle_timeout(),
                 _ = tick(&mut watchdog) => super::notify::notify("WATCHDOG=1"),
@@ -344,9 +392,18 @@ impl Hub {
             })
             .unwrap_or_default();
         self.call.set_candidates(Candidates { hosts, reflexive });
-        let outside = mapping.map(|m| (format!("https://{}", m.https()), m.hairpin));
+        let outside = mapping.map(|m| (m.https(), m.hairpin));
         self.links.set_outside(outside);
         if self.call.room().phones().next().is_none() {
+            self.show_idle_screen();
+        }
+    }
+
+    /// The TV says so when the certificate for the owner's name cannot be had.
+    fn handle_certificate(&mut self, certificate: CertificateStatus) {
+        let news = certificate.tv_line() != self.certificate.tv_line();
+        self.certificate = certificate;
+        if news && self.call.room().phones().next().is_none() {
             self.show_idle_screen();
         }
     }

@@ -18,6 +18,7 @@ pub mod state_file;
 mod status;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -29,8 +30,10 @@ use crate::call::{Call, CallLimits};
 use crate::config::board::{Board, Profile};
 use crate::config::Config;
 use crate::privacy::PrivacyControl;
+use crate::reach::dns_update::DnsStatus;
 use crate::reach::mapper::MapperConfig;
 use crate::reach::Reach;
+use crate::web::acme::CertificateStatus;
 use crate::web::limits::{self, ConnCaps, Limiter, Registry};
 use crate::web::{self, tls::ServerIdentity, WebState};
 use box_media::BoxMedia;
@@ -124,9 +127,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
         name => name.to_string(),
     };
     let base_url = format!("https://{link_host}:{}", config.web.https_port);
-    let links = JoinLinks::new(base_url, config.call.invite_ttl, config.call.tv_link_knocks);
+    let mut links = JoinLinks::new(base_url, config.call.invite_ttl, config.call.tv_link_knocks);
+    if !config.remote.name.is_empty() {
+        links.set_name(&config.remote.name, config.remote.https_port);
+    }
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (reach, mapper) = start_port_mapping(&config, board, media_port, shutdown.clone()).await;
+    let certs = crate::web::certs::ServerCerts::new(
+        crate::web::certs::certified_key(&identity.chain_pem, &identity.key_pem)
+            .context("loading Hearth's certificate")?,
+    );
+    let certificate = start_acme(&config, &state_dir, certs.clone(), shutdown.clone());
+    let dns = start_dns_update(&config, reach.clone(), shutdown.clone());
     let mut hub = build_hub(&state_dir, &config, board, media, links)?;
     hub.setup_http_port = config.web.http_port;
     hub.relay = crate::reach::relay::Relay::new(
@@ -135,6 +147,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         config.relay.credential_lifetime,
     );
     hub.setup_https_port = config.web.https_port;
+    hub.clock_mark = config.clock.synchronized_mark.clone();
     hub.handle_reach(reach.borrow().clone());
     let (hotspot_tx, hotspot) = watch::channel(None);
     let hotspot_file = config.setup.hotspot_file.clone();
@@ -164,6 +177,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         control,
         reach,
         hotspot: hotspot.clone(),
+        certificate,
+        dns,
         shutdown,
     };
     let hub_task = tokio::spawn(hub.run(inputs));
@@ -172,7 +187,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     tokio::spawn(control::serve(control_listener, control_tx));
     let setup = crate::web::setup::SetupState::new(hotspot, state_dir.clone());
     let web = (web, setup);
-    let (handle, web_task) = serve_web(https, http, identity, web, &config, link_host).await?;
+    let (handle, web_task) =
+        serve_web(https, http, (identity, certs), web, &config, link_host).await?;
 
     notify::notify("READY=1");
     let network_came = addresses.without_network().then(network_appears);
@@ -241,6 +257,47 @@ async fn start_port_mapping(
     (reach, Some(task))
 }
 
+/// With `[acme]` on, keep a certificate browsers trust for the owner's name.
+fn start_acme(
+    config: &Config,
+    state_dir: &Path,
+    certs: Arc<crate::web::certs::ServerCerts>,
+    shutdown: watch::Receiver<bool>,
+) -> watch::Receiver<CertificateStatus> {
+    let (tx, rx) = watch::channel(CertificateStatus::Off);
+    if config.acme.enabled {
+        let settings = crate::web::acme::AcmeSettings {
+            config: config.acme.clone(),
+            name: config.remote.name.clone(),
+            dir: state_dir.join("acme"),
+            clock_mark: config.clock.synchronized_mark.clone(),
+        };
+        tokio::spawn(crate::web::acme::keep_certified(
+            settings, certs, tx, shutdown,
+        ));
+    }
+    rx
+}
+
+/// With `[dns]` on, keep the owner's name pointing at the router's external address.
+fn start_dns_update(
+    config: &Config,
+    reach: watch::Receiver<Reach>,
+    shutdown: watch::Receiver<bool>,
+) -> watch::Receiver<DnsStatus> {
+    let (tx, rx) = watch::channel(DnsStatus::Off);
+    if config.dns != crate::config::name::DnsUpdateConfig::Off {
+        let settings = crate::reach::dns_update::DnsSettings {
+            config: config.dns.clone(),
+            name: config.remote.name.clone(),
+        };
+        tokio::spawn(crate::reach::dns_update::keep_pointing(
+            settings, reach, tx, shutdown,
+        ));
+    }
+    rx
+}
+
 /// The call's cores, the privacy switch and (unless off) the box's own devices.
 fn build_hub(
     state_dir: &Path,
@@ -307,7 +364,7 @@ fn start_box_media(state_dir: &Path, profile: &Profile, board: Board) -> Result<
 async fn serve_web(
     https: std::net::TcpListener,
     http: Option<std::net::TcpListener>,
-    identity: ServerIdentity,
+    (identity, certs): (ServerIdentity, Arc<crate::web::certs::ServerCerts>),
     (state, setup): (WebState, crate::web::setup::SetupState),
     config: &Config,
     host: String,
@@ -315,13 +372,10 @@ async fn serve_web(
     axum_server::Handle,
     tokio::task::JoinHandle<std::io::Result<()>>,
 )> {
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
-        identity.chain_pem.into_bytes(),
-        identity.key_pem.into_bytes(),
-    )
-    .await
-    .context("loading Hearth's certificate")?;
-    tokio::spawn(identity.renewal.keep_renewed(tls.clone()));
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(crate::web::certs::server_config(
+        certs.clone(),
+    ));
+    tokio::spawn(identity.renewal.keep_renewed(certs));
     let handle = axum_server::Handle::new();
     // One count of connections for both servers: they spend the same file descriptors.
     let registry = Registry::new(ConnCaps {

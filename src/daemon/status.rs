@@ -17,7 +17,9 @@ impl Hub {
             "privacy": self.privacy_status(),
             "reach": self.reach.to_json(Instant::now()),
             // Until an NTP client has set it, link expiry may be off: the owner should know.
-            "clock": crate::clock::state(),
+            "clock": crate::clock::state(&self.clock_mark),
+            "certificate": self.certificate,
+            "dns": self.dns,
             "knocks": self.call.knocks(Instant::now()),
             "box_name": self.call.room().participant(ParticipantId::BOX).map(|b| b.name.clone()),
             "owners": self.owners.list().iter().filter(|o| !o.revoked).count(),

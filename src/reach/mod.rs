@@ -4,7 +4,9 @@
 //! the router; what it learns is a `Reach`, which the status, the TV, the join links and the
 //! media candidates follow. Nothing here talks to anything but the home router. `relay`
 //! gives phones credentials for the owner's TURN server, which the box never contacts.
+//! `dns_update` keeps the owner's domain name pointing at the external address.
 
+pub mod dns_update;
 pub mod gateway;
 pub mod mapper;
 pub mod pcp;

@@ -8,7 +8,6 @@
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use sha1::{Digest, Sha1};
 
 pub use crate::call::protocol::IceServer;
 
@@ -59,23 +58,11 @@ impl Relay {
 
 /// HMAC (RFC 2104) over SHA-1, as coturn checks it.
 fn hmac_sha1(key: &[u8], message: &[u8]) -> [u8; 20] {
-    const BLOCK: usize = 64;
-    let mut block_key = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block_key[..20].copy_from_slice(&Sha1::digest(key));
-    } else {
-        block_key[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block_key.map(|k| k ^ byte);
-    let inner = Sha1::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha1::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
+    use hmac::Mac;
+    let mut mac =
+        <hmac::Hmac<sha1::Sha1> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 #[cfg(test)]

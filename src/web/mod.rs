@@ -1,8 +1,12 @@
 //! HTTPS: the join page (`page`), the signalling WebSocket (`signalling`), the owner page and
-//! its API (`owner`), Hearth's own certificate authority (`tls`), and the plain-HTTP listener
+//! its API (`owner`), Hearth's own certificate authority (`tls`), certificates for the owner's
+//! domain from an ACME CA (`acme`), which certificate each connection gets (`certs`), and the
+//! plain-HTTP listener
 //! that redirects (`redirect`); connections counted, capped and timed out (`limits`),
 //! signalling messages rate-limited (`rate`).
 
+pub mod acme;
+pub mod certs;
 pub mod limits;
 pub mod owner;
 mod page;

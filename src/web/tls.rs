@@ -68,7 +68,7 @@ pub enum TlsError {
     #[error("{path} is damaged: {message}")]
     Damaged { path: PathBuf, message: String },
     #[error("cannot load the renewed certificate: {0}")]
-    Reload(std::io::Error),
+    Reload(#[from] super::certs::CertError),
 }
 
 /// PEM text for the HTTPS server.
@@ -479,31 +479,29 @@ impl Renewal {
     /// did.
     pub async fn renew_if_due(
         &mut self,
-        tls: &axum_server::tls_rustls::RustlsConfig,
+        certs: &super::certs::ServerCerts,
         now: OffsetDateTime,
     ) -> Result<bool, TlsError> {
         if !renewal_due(self.not_after, now) {
             return Ok(false);
         }
         let identity = ensure_identity(&self.state_dir, &self.dns_names, &self.ips, now)?;
-        tls.reload_from_pem(
-            identity.chain_pem.into_bytes(),
-            identity.key_pem.into_bytes(),
-        )
-        .await
-        .map_err(TlsError::Reload)?;
+        certs.set_own(super::certs::certified_key(
+            &identity.chain_pem,
+            &identity.key_pem,
+        )?);
         self.not_after = identity.renewal.not_after;
         Ok(true)
     }
 
     /// Check twice a day, for ever (spawn it).
-    pub async fn keep_renewed(mut self, tls: axum_server::tls_rustls::RustlsConfig) {
+    pub async fn keep_renewed(mut self, certs: std::sync::Arc<super::certs::ServerCerts>) {
         let start = tokio::time::Instant::now() + RENEWAL_CHECK;
         let mut checks = tokio::time::interval_at(start, RENEWAL_CHECK);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             checks.tick().await;
-            match self.renew_if_due(&tls, OffsetDateTime::now_utc()).await {
+            match self.renew_if_due(&certs, OffsetDateTime::now_utc()).await {
                 Ok(true) => tracing::info!(
                     "renewed Hearth's server certificate; the new one is valid until {}",
                     self.not_after.date()
@@ -711,25 +709,22 @@ mod tests {
         let start = OffsetDateTime::now_utc();
         let names = box_names("hearth");
         let identity = ensure_identity(&dir, &names, &loopback(), start).unwrap();
-        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
-            identity.chain_pem.clone().into_bytes(),
-            identity.key_pem.clone().into_bytes(),
-        )
-        .await
-        .unwrap();
+        let tls = crate::web::certs::ServerCerts::new(
+            crate::web::certs::certified_key(&identity.chain_pem, &identity.key_pem).unwrap(),
+        );
         let mut renewal = identity.renewal;
         let first_end = renewal.not_after();
-        let served = tls.get_inner();
+        let served = tls.own();
 
         // A day later (a fake clock): not due, nothing changes.
         let tomorrow = start + Duration::days(1);
         assert!(!renewal.renew_if_due(&tls, tomorrow).await.unwrap());
-        assert!(Arc::ptr_eq(&served, &tls.get_inner()));
+        assert!(Arc::ptr_eq(&served, &tls.own()));
 
         // Within RENEW_BEFORE_DAYS of the end: re-issued and loaded, the CA kept.
         let due = first_end - Duration::days(RENEW_BEFORE_DAYS - 1);
         assert!(renewal.renew_if_due(&tls, due).await.unwrap());
-        assert!(!Arc::ptr_eq(&served, &tls.get_inner()));
+        assert!(!Arc::ptr_eq(&served, &tls.own()));
         assert_eq!(renewal.not_after(), due + Duration::days(SERVER_DAYS));
         let on_disk = ensure_identity(&dir, &names, &loopback(), due).unwrap();
         assert_eq!(on_disk.ca_pem, identity.ca_pem);

@@ -40,7 +40,6 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-sync",
     "--disable-default-apps",
     "--no-first-run",
-    "--ignore-certificate-errors", // Hearth serves a self-signed certificate
     // NetworkTimeServiceQuerying: secure-time pings to clients2.google.com, which
     // --disable-background-networking does not stop. (WebRTC stays at its defaults: ICE as
     // a user's browser does it.)
@@ -110,6 +109,44 @@ user_pref("dom.push.connection.enabled", false);
 user_pref("geo.provider.network.url", "");
 user_pref("identity.fxaccounts.enabled", false);
 "#;
+
+/// Hearth's own certificate is not one a browser trusts out of the box: tests that are not
+/// about certificates skip the check (see `Browser::launch_trusting` for those that are).
+const IGNORE_CERTIFICATE_ERRORS: &str = "--ignore-certificate-errors";
+
+/// What a browser trusts besides the system's roots, and names it resolves without DNS.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    pub root_pem: PathBuf,
+    pub resolve: Vec<(String, std::net::IpAddr)>,
+}
+
+/// An NSS database in `home` trusting `root_pem` for websites.
+fn trust_root(home: &std::path::Path, root_pem: &std::path::Path) -> Result<()> {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db)?;
+    let db = format!("sql:{}", db.display());
+    for args in [
+        vec!["-d", &db, "-N", "--empty-password"],
+        vec!["-d", &db, "-A", "-n", "test-root", "-t", "C,,", "-i"],
+    ] {
+        let mut command = Command::new("certutil");
+        command.args(&args);
+        if args.contains(&"-A") {
+            command.arg(root_pem);
+        }
+        let out = command
+            .output()
+            .context("running certutil (`make deps` installs libnss3-tools)")?;
+        if !out.status.success() {
+            bail!(
+                "certutil {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BrowserKind {
@@ -215,6 +252,25 @@ impl Browser {
         kind: BrowserKind,
         netns: Option<&super::netns::Netns>,
     ) -> Result<Browser> {
+        Self::launch_with(kind, netns, None).await
+    }
+
+    /// As a user's browser: certificates checked against the system's roots plus
+    /// `trust.root_pem` (an NSS database in the browser's own HOME, as `certutil` makes it on a
+    /// desktop), and test names resolved to test addresses. Chromium only.
+    pub async fn launch_trusting(
+        kind: BrowserKind,
+        netns: Option<&super::netns::Netns>,
+        trust: &Trust,
+    ) -> Result<Browser> {
+        Self::launch_with(kind, netns, Some(trust)).await
+    }
+
+    async fn launch_with(
+        kind: BrowserKind,
+        netns: Option<&super::netns::Netns>,
+        trust: Option<&Trust>,
+    ) -> Result<Browser> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -237,9 +293,26 @@ impl Browser {
                 let mut cmd = Command::new(CHROMIUM_BIN);
                 cmd.args(CHROMIUM_FLAGS)
                     .arg(format!("--user-data-dir={}", profile.display()));
+                match trust {
+                    None => {
+                        cmd.arg(IGNORE_CERTIFICATE_ERRORS);
+                    }
+                    Some(trust) => {
+                        trust_root(&home, &trust.root_pem)?;
+                        let rules: Vec<String> = trust
+                            .resolve
+                            .iter()
+                            .map(|(name, ip)| format!("MAP {name} {ip}"))
+                            .collect();
+                        cmd.arg(format!("--host-resolver-rules={}", rules.join(",")));
+                    }
+                }
                 (CHROMIUM_BIN, "DevTools listening on ", cmd)
             }
             BrowserKind::Firefox => {
+                if trust.is_some() {
+                    bail!("launch_trusting is for Chromium (NSS database in HOME)");
+                }
                 std::fs::write(profile.join("user.js"), FIREFOX_USER_JS)?;
                 let mut cmd = Command::new(FIREFOX_BIN);
                 cmd.args(["--headless", "--no-remote", "--profile"])

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+/// In the state dir: the daemon's log as the test saw it.
+const LOG_FILE: &str = "test-hearth.log";
+
 pub struct Daemon {
     child: Child,
     pub state_dir: PathBuf,
@@ -135,9 +138,19 @@ impl Daemon {
             .env_remove("DISPLAY")
             .env_remove("WAYLAND_DISPLAY")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting hearth")?;
+        // Its log goes to the test's stderr as before, and to a file `log()` reads.
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let mut log_file = std::fs::File::create(state_dir.join(LOG_FILE))?;
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = writeln!(log_file, "{line}");
+            }
+        });
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -161,6 +174,11 @@ impl Daemon {
             udp_port,
             join_url,
         })
+    }
+
+    /// Everything it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join(LOG_FILE)).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

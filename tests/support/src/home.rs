@@ -322,6 +322,24 @@ impl Home {
         &self.options
     }
 
+    /// The provider gives the router another WAN address (as after a reconnect): `wan` gets
+    /// `new` and loses the old one, and `internet` routes through the new one. (The hairpin
+    /// rule still names the old address: loop-back from the LAN ends with this.)
+    pub fn change_wan_address(&mut self, new: Ipv4Addr) -> Result<()> {
+        let (old, prefix) = self.options.wan;
+        let cidr = |ip: Ipv4Addr| format!("{ip}/{prefix}");
+        // Old first: deleting a primary address takes its secondaries with it.
+        self.run_in(Ns::Router, "ip", &["addr", "del", &cidr(old), "dev", "wan"])?;
+        self.run_in(Ns::Router, "ip", &["addr", "add", &cidr(new), "dev", "wan"])?;
+        self.run_in(
+            Ns::Internet,
+            "ip",
+            &["route", "replace", "default", "via", &new.to_string()],
+        )?;
+        self.options.wan.0 = new;
+        Ok(())
+    }
+
     pub fn wan_ip(&self) -> Ipv4Addr {
         self.options.wan.0
     }

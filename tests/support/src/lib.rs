@@ -19,9 +19,10 @@ pub mod daemon;
 pub mod home;
 pub mod netns;
 pub mod phone;
+pub mod servers;
 pub mod wss;
 
-pub use browser::{Browser, BrowserKind};
+pub use browser::{Browser, BrowserKind, Trust};
 // Tests that speak WebSocket frames themselves use the same version as `wss`.
 pub use daemon::{temp_dir, Daemon};
 pub use phone::{Joined, Media, Phone, Received};

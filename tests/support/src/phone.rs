@@ -154,6 +154,18 @@ impl Phone {
         })
     }
 
+    /// A Chromium phone that checks certificates (see `Browser::launch_trusting`).
+    pub async fn launch_trusting(
+        kind: BrowserKind,
+        netns: Option<&Netns>,
+        trust: &crate::browser::Trust,
+    ) -> Result<Phone> {
+        Ok(Phone {
+            browser: Browser::launch_trusting(kind, netns, trust).await?,
+            name: format!("{kind:?}"),
+        })
+    }
+
     /// Launch, open the join link `url`, and tap Join as `name`.
     pub async fn join(kind: BrowserKind, url: &str, name: &str) -> Result<Phone> {
         let mut phone = Phone::launch(kind).await?;
