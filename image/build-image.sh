@@ -103,9 +103,11 @@ grep -qs '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 \
   || log "warning: qemu-aarch64 is registered without the F flag; chroots may not find the interpreter"
 
 # --- stage 1: the cached base root file system ---------------------------------------------
-# Packages of the base. No openssh-server (no network login at all) and no NTP client (no
-# outbound connection the owner did not configure; fake-hwclock keeps the clock moving
-# forward across reboots on a board without a real-time clock).
+# Packages of the base. No openssh-server (no network login at all). systemd-timesyncd asks
+# only the NTP server the home network names over DHCP (rootfs timesyncd.conf.d: no fallback
+# pool, no outbound connection the owner did not configure); fake-hwclock keeps the clock
+# moving forward across reboots on a board without a real-time clock until then.
+# ca-certificates: the roots ACME and dynamic-DNS servers' HTTPS is checked against.
 COMMON_PKGS=(systemd-sysv udev dbus kmod iproute2 systemd-resolved adduser
              avahi-daemon libnss-mdns ca-certificates
              initramfs-tools zstd e2fsprogs fdisk cloud-guest-utils fake-hwclock systemd-timesyncd
