@@ -440,3 +440,54 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod join_link_tests {
+    use super::*;
+
+    fn links() -> JoinLinks {
+        JoinLinks::new(
+            "https://192.168.1.2:8443".into(),
+            Duration::from_secs(60),
+            false,
+        )
+    }
+
+    fn outside(port: u16, hairpin: bool) -> Option<(SocketAddr, bool)> {
+        Some((SocketAddr::from(([203, 0, 114, 1], port)), hairpin))
+    }
+
+    #[test]
+    fn links_follow_the_router_and_the_owners_name() {
+        let home = "https://192.168.1.2:8443/join#t";
+        let mut plain = links();
+        assert_eq!(plain.links("t").url, home);
+        plain.set_outside(outside(40443, false));
+        assert_eq!(plain.links("t").url, "https://203.0.114.1:40443/join#t");
+        assert_eq!(plain.links("t").at_home.as_deref(), Some(home));
+        assert_eq!(plain.for_tv("t"), home);
+        plain.set_outside(outside(40443, true));
+        assert_eq!(plain.links("t").at_home, None);
+
+        let mut named = links();
+        named.set_name("box.example.org", 443);
+        assert_eq!(
+            named.links("t").url,
+            "https://box.example.org/join#t",
+            "forwarded by hand"
+        );
+        assert_eq!(named.links("t").at_home.as_deref(), Some(home));
+        named.set_outside(outside(443, true));
+        assert_eq!(named.links("t").url, "https://box.example.org/join#t");
+        assert_eq!(named.links("t").at_home, None);
+        assert_eq!(named.for_tv("t"), "https://box.example.org/join#t");
+        named.set_outside(outside(40443, false));
+        assert_eq!(named.links("t").url, "https://box.example.org:40443/join#t");
+        named.set_outside(None);
+        assert_eq!(named.links("t").url, "https://box.example.org/join#t");
+        // The owner page's pairing code stays on the home network.
+        assert!(named
+            .owner_pairing("p")
+            .starts_with("https://192.168.1.2:8443/owner#"));
+    }
+}

@@ -137,8 +137,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
         crate::web::certs::certified_key(&identity.chain_pem, &identity.key_pem)
             .context("loading Hearth's certificate")?,
     );
-    let certificate = start_acme(&config, &state_dir, certs.clone(), shutdown.clone());
     let dns = start_dns_update(&config, reach.clone(), shutdown.clone());
+    let certificate = start_acme(
+        &config,
+        &state_dir,
+        certs.clone(),
+        (&reach, &dns),
+        shutdown.clone(),
+    );
     let mut hub = build_hub(&state_dir, &config, board, media, links)?;
     hub.setup_http_port = config.web.http_port;
     hub.relay = crate::reach::relay::Relay::new(
@@ -262,6 +268,7 @@ fn start_acme(
     config: &Config,
     state_dir: &Path,
     certs: Arc<crate::web::certs::ServerCerts>,
+    (reach, dns): (&watch::Receiver<Reach>, &watch::Receiver<DnsStatus>),
     shutdown: watch::Receiver<bool>,
 ) -> watch::Receiver<CertificateStatus> {
     let (tx, rx) = watch::channel(CertificateStatus::Off);
@@ -271,6 +278,8 @@ fn start_acme(
             name: config.remote.name.clone(),
             dir: state_dir.join("acme"),
             clock_mark: config.clock.synchronized_mark.clone(),
+            reach: reach.clone(),
+            dns: (config.dns != crate::config::name::DnsUpdateConfig::Off).then(|| dns.clone()),
         };
         tokio::spawn(crate::web::acme::keep_certified(
             settings, certs, tx, shutdown,

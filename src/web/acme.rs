@@ -23,9 +23,15 @@ use tokio::sync::watch;
 use super::certs::{certified_key, ServerCerts};
 use crate::clock::ClockState;
 use crate::config::name::AcmeConfig;
+use crate::reach::dns_update::DnsStatus;
+use crate::reach::Reach;
 
 /// The first retry after a failure; each further failure doubles it, up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(60);
+/// Five minutes keeps within Let's Encrypt's five failed checks per name and hour.
+const FIRST_BACKOFF: Duration = Duration::from_secs(300);
+/// Never two requests closer than this, even if a new certificate is already due (a clock
+/// that is wrong but marked right, a CA issuing very short lifetimes).
+const MIN_GAP: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 /// How often the clock is asked again while it is not known to be right.
 const CLOCK_CHECK: Duration = Duration::from_secs(2);
@@ -111,8 +117,11 @@ impl Plan {
         at
     }
 
-    pub fn succeeded(&mut self) {
-        *self = Plan::default();
+    pub fn succeeded(&mut self, now: SystemTime) {
+        *self = Plan {
+            failures: 0,
+            retry_at: Some(now + MIN_GAP),
+        };
     }
 
     pub fn failures(&self) -> u32 {
@@ -128,6 +137,10 @@ pub enum CertificateStatus {
     Off,
     /// Nothing is requested until the clock is known to be right.
     WaitingForClock,
+    /// The CA's check could not reach the box yet: why.
+    WaitingForReach {
+        reason: String,
+    },
     Requesting,
     Valid {
         name: String,
@@ -172,6 +185,34 @@ pub struct AcmeSettings {
     /// `<state dir>/acme`: the account key and the certificate.
     pub dir: PathBuf,
     pub clock_mark: PathBuf,
+    /// What the router forwards (the CA's check comes to external port 443).
+    pub reach: watch::Receiver<Reach>,
+    /// The name's DNS record, when Hearth keeps it (`[dns]`).
+    pub dns: Option<watch::Receiver<DnsStatus>>,
+}
+
+/// Whether the CA's check can reach the box now; why not otherwise. A check bound to fail
+/// would only count against the CA's limit of failed checks.
+pub fn checkable(reach: &Reach, dns: Option<&DnsStatus>) -> Result<(), String> {
+    match reach {
+        // The owner forwards port 443 by hand.
+        Reach::Off => {}
+        Reach::Trying => return Err("asking the router to forward port 443".into()),
+        Reach::HomeOnly(why) => {
+            return Err(format!("the router does not forward to the box: {why}"))
+        }
+        Reach::Outside(m) if m.https_port != 443 => {
+            return Err(format!(
+                "the router forwards external port {} to the box, not 443 where the CA checks",
+                m.https_port
+            ))
+        }
+        Reach::Outside(_) => {}
+    }
+    match dns {
+        None | Some(DnsStatus::Updated { .. }) => Ok(()),
+        Some(_) => Err("the name's DNS record is not up to date yet".into()),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -182,6 +223,8 @@ struct StoredAccount {
 
 #[derive(Serialize, Deserialize)]
 struct StoredCertificate {
+    /// The CA's directory: a staging certificate is not kept once the owner moves on.
+    directory: String,
     name: String,
     chain_pem: String,
     key_pem: String,
@@ -199,8 +242,10 @@ pub async fn keep_certified(
         name,
         dir,
         clock_mark,
+        reach,
+        dns,
     } = settings;
-    let mut current = match load_certificate(&dir, &name) {
+    let mut current = match load_certificate(&dir, &config.directory, &name) {
         Ok(Some((validity, key))) => {
             certs.set_trusted(&name, key);
             Some(validity)
@@ -215,11 +260,26 @@ pub async fn keep_certified(
     let mut issued = 0;
     loop {
         let now = SystemTime::now();
+        if current.is_some_and(|v| now >= v.not_after) {
+            // An expired certificate is worse than Hearth's own: browsers refuse both, but
+            // the own one at least works for a phone that installed Hearth's CA.
+            certs.clear_trusted();
+            current = None;
+        }
         let clock = crate::clock::state(&clock_mark);
-        let step = plan.step(now, clock, current);
+        let mut step = plan.step(now, clock, current);
+        if step == Step::Request {
+            let dns_now = dns.as_ref().map(|d| d.borrow().clone());
+            if let Err(reason) = checkable(&reach.borrow(), dns_now.as_ref()) {
+                status.send_replace(CertificateStatus::WaitingForReach { reason });
+                step = Step::WaitForClock;
+            }
+        }
         let wait = match step {
             Step::WaitForClock => {
-                status.send_replace(CertificateStatus::WaitingForClock);
+                if clock != ClockState::Synchronized {
+                    status.send_replace(CertificateStatus::WaitingForClock);
+                }
                 CLOCK_CHECK
             }
             Step::WaitUntil(at) => {
@@ -250,7 +310,7 @@ pub async fn keep_certified(
                     Ok((validity, key)) => {
                         certs.set_trusted(&name, key);
                         current = Some(validity);
-                        plan.succeeded();
+                        plan.succeeded(SystemTime::now());
                         issued += 1;
                         tracing::info!(
                             "certificate for the box's name issued by the ACME CA, valid until {}",
@@ -259,10 +319,12 @@ pub async fn keep_certified(
                     }
                     Err(e) => {
                         let retry_at = plan.failed(SystemTime::now());
+                        // The CA's words often hold the home's address: in the status only.
                         tracing::warn!(
-                            "cannot get a certificate for the box's name: {e}; trying again at {}",
+                            "cannot get a certificate for the box's name (`hearth status` says why); trying again at {}",
                             humantime::format_rfc3339_seconds(retry_at)
                         );
+                        tracing::debug!("ACME: {e}");
                         status.send_replace(CertificateStatus::Failed {
                             error: e.to_string(),
                             retry_at_unix: unix(retry_at),
@@ -329,6 +391,7 @@ async fn request_certificate(
     let key_pem = key.serialize_pem();
     let (validity, certified) = usable(&chain_pem, &key_pem)?;
     let stored = StoredCertificate {
+        directory: config.directory.clone(),
         name: name.to_string(),
         chain_pem,
         key_pem,
@@ -422,6 +485,7 @@ fn validity(der: &[u8]) -> Result<Validity, AcmeError> {
 /// The stored certificate, if it is for `name`.
 fn load_certificate(
     dir: &Path,
+    directory: &str,
     name: &str,
 ) -> Result<Option<(Validity, Arc<rustls::sign::CertifiedKey>)>, AcmeError> {
     let path = dir.join(CERTIFICATE_FILE);
@@ -432,7 +496,7 @@ fn load_certificate(
     };
     let stored: StoredCertificate =
         serde_json::from_str(&text).map_err(|e| AcmeError::Unusable(e.to_string()))?;
-    if stored.name != name {
+    if stored.name != name || stored.directory != directory {
         return Ok(None);
     }
     usable(&stored.chain_pem, &stored.key_pem).map(Some)
@@ -498,6 +562,37 @@ mod tests {
     }
 
     #[test]
+    fn no_request_the_cas_check_cannot_reach() {
+        use crate::reach::{Mapping, Protocol, Unreachable};
+        let mapping = |https_port| {
+            Reach::Outside(Mapping {
+                via: Protocol::Pcp,
+                external_ip: "203.0.114.1".parse().unwrap(),
+                https_port,
+                media_port: 10000,
+                lan_ip: "192.168.1.2".parse().unwrap(),
+                expires: std::time::Instant::now(),
+                hairpin: false,
+            })
+        };
+        assert!(checkable(&mapping(443), None).is_ok());
+        assert!(checkable(&Reach::Off, None).is_ok(), "forwarded by hand");
+        assert!(checkable(&mapping(8443), None)
+            .unwrap_err()
+            .contains("not 443"));
+        assert!(checkable(&Reach::Trying, None).is_err());
+        assert!(checkable(&Reach::HomeOnly(Unreachable::NoAnswer), None).is_err());
+        let updated = DnsStatus::Updated {
+            name: "box.home.test".into(),
+            address: "203.0.114.1".parse().unwrap(),
+            at_unix: 1,
+            updates: 1,
+        };
+        assert!(checkable(&mapping(443), Some(&updated)).is_ok());
+        assert!(checkable(&mapping(443), Some(&DnsStatus::Waiting)).is_err());
+    }
+
+    #[test]
     fn renewal_at_two_thirds_of_the_lifetime() {
         let cert = Validity {
             not_before: at(0),
@@ -524,19 +619,29 @@ mod tests {
     fn failures_back_off_to_six_hours_and_success_resets() {
         let mut plan = Plan::default();
         let now = at(0);
-        assert_eq!(plan.failed(now), now + Duration::from_secs(60));
+        assert_eq!(plan.failed(now), now + Duration::from_secs(300));
         assert_eq!(
             plan.step(now, ClockState::Synchronized, None),
-            Step::WaitUntil(now + Duration::from_secs(60))
+            Step::WaitUntil(now + Duration::from_secs(300))
         );
-        assert_eq!(plan.failed(now), now + Duration::from_secs(120));
+        assert_eq!(plan.failed(now), now + Duration::from_secs(600));
         for _ in 0..20 {
             plan.failed(now);
         }
         assert_eq!(plan.failed(now), now + MAX_BACKOFF);
-        plan.succeeded();
+        plan.succeeded(now);
+        assert_eq!(plan.failures(), 0);
+        // A certificate that is due at once is not asked for again at once.
+        let due_now = Validity {
+            not_before: now - DAY,
+            not_after: now + Duration::from_secs(10),
+        };
         assert_eq!(
-            plan.step(now, ClockState::Synchronized, None),
+            plan.step(now, ClockState::Synchronized, Some(due_now)),
+            Step::WaitUntil(now + MIN_GAP)
+        );
+        assert_eq!(
+            plan.step(now + MIN_GAP, ClockState::Synchronized, Some(due_now)),
             Step::Request
         );
     }
@@ -568,6 +673,7 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         let stored = StoredCertificate {
+            directory: "https://ca.test/dir".into(),
             name: "home.example.org".into(),
             chain_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -579,14 +685,17 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(load_certificate(&dir, "home.example.org")
+        let ca = "https://ca.test/dir";
+        assert!(load_certificate(&dir, ca, "home.example.org")
             .unwrap()
             .is_some());
-        assert!(load_certificate(&dir, "other.example.org")
+        assert!(load_certificate(&dir, ca, "other.example.org")
             .unwrap()
             .is_none());
+        let other_ca = load_certificate(&dir, "https://staging.test/dir", "home.example.org");
+        assert!(other_ca.unwrap().is_none(), "a certificate from another CA");
         std::fs::write(dir.join(CERTIFICATE_FILE), "{").unwrap();
-        assert!(load_certificate(&dir, "home.example.org").is_err());
+        assert!(load_certificate(&dir, ca, "home.example.org").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

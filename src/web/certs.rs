@@ -79,6 +79,11 @@ impl ServerCerts {
             Some((name.to_ascii_lowercase(), key));
     }
 
+    /// Back to Hearth's own certificate for every name.
+    pub fn clear_trusted(&self) {
+        *self.trusted.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     pub fn add_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
         self.lock_challenges()
             .insert(name.to_ascii_lowercase(), key);

@@ -15,7 +15,7 @@ use super::DnsUpdateError;
 pub enum Answer {
     /// `good` or `nochg`: the name points at the address.
     Updated,
-    /// Worth trying again later (`911`, `dnserr`, anything unknown).
+    /// Worth trying again, not soon (`911`, `dnserr`, anything unknown).
     TryLater(String),
     /// Will not work until the owner changes something (`badauth`, `nohost`, `notfqdn`,
     /// `abuse`, `!donator`, `badagent`): tried again only after a long wait.

@@ -23,6 +23,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// After a provider says the account or name is wrong, it is asked again only this rarely
 /// (dyndns2 providers block clients that repeat a rejected update).
 const REJECTED_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+/// After a provider says it has trouble (`911`, `dnserr`): the protocol asks for 30 minutes.
+const PROVIDER_TROUBLE_BACKOFF: Duration = Duration::from_secs(1800);
+
+/// How long a failure keeps the box from asking again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// No answer, a refused or unsigned one: from 5 s, doubling to 10 minutes.
+    Retry,
+    /// The provider says it has trouble: at least 30 minutes.
+    ProviderTrouble,
+    /// The provider rejected the account or name: 6 hours.
+    Rejected,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsUpdateError {
@@ -79,14 +92,15 @@ impl Plan {
         };
     }
 
-    /// The update failed; `rejected` when retrying soon would not help.
-    pub fn failed(&mut self, now: SystemTime, rejected: bool) -> SystemTime {
-        let backoff = if rejected {
-            REJECTED_BACKOFF
-        } else {
-            FIRST_BACKOFF
-                .saturating_mul(1 << self.failures.min(16))
-                .min(MAX_BACKOFF)
+    /// The update failed: when to try again.
+    pub fn failed(&mut self, now: SystemTime, kind: Backoff) -> SystemTime {
+        let doubling = FIRST_BACKOFF
+            .saturating_mul(1 << self.failures.min(16))
+            .min(MAX_BACKOFF);
+        let backoff = match kind {
+            Backoff::Retry => doubling,
+            Backoff::ProviderTrouble => doubling.max(PROVIDER_TROUBLE_BACKOFF),
+            Backoff::Rejected => REJECTED_BACKOFF,
         };
         self.failures += 1;
         let at = now + backoff;
@@ -163,9 +177,16 @@ pub async fn keep_pointing(
                         });
                     }
                     Err(e) => {
-                        let rejected = matches!(e, DnsUpdateError::Rejected(_));
-                        let retry_at = plan.failed(SystemTime::now(), rejected);
-                        tracing::warn!("cannot update the DNS record of the box's name: {e}");
+                        let kind = match e {
+                            DnsUpdateError::Rejected(_) => Backoff::Rejected,
+                            DnsUpdateError::TryLater(_) => Backoff::ProviderTrouble,
+                            _ => Backoff::Retry,
+                        };
+                        let retry_at = plan.failed(SystemTime::now(), kind);
+                        tracing::warn!(
+                            "cannot update the DNS record of the box's name (`hearth status` says why)"
+                        );
+                        tracing::debug!("DNS update: {e}");
                         status.send_replace(DnsStatus::Failed {
                             address,
                             error: e.to_string(),
@@ -275,15 +296,16 @@ mod tests {
     fn failures_back_off_and_rejections_wait_long() {
         let mut plan = Plan::default();
         let address: IpAddr = "203.0.114.1".parse().unwrap();
-        assert_eq!(plan.failed(at(0), false), at(5));
+        assert_eq!(plan.failed(at(0), Backoff::Retry), at(5));
         assert_eq!(plan.step(at(4), Some(address)), Step::WaitUntil(at(5)));
         assert_eq!(plan.step(at(5), Some(address)), Step::Update(address));
-        assert_eq!(plan.failed(at(5), false), at(15));
+        assert_eq!(plan.failed(at(5), Backoff::Retry), at(15));
+        assert_eq!(plan.failed(at(0), Backoff::ProviderTrouble), at(1800));
         for _ in 0..20 {
-            plan.failed(at(0), false);
+            plan.failed(at(0), Backoff::Retry);
         }
-        assert_eq!(plan.failed(at(0), false), at(600));
-        assert_eq!(plan.failed(at(0), true), at(6 * 3600));
+        assert_eq!(plan.failed(at(0), Backoff::Retry), at(600));
+        assert_eq!(plan.failed(at(0), Backoff::Rejected), at(6 * 3600));
         plan.published(address);
         assert_eq!(plan.failures(), 0);
     }

@@ -26,6 +26,10 @@ pub enum UpdateError {
     BadName(String),
     #[error("the DNS server refused the update: {0}")]
     Refused(&'static str),
+    /// Said by an answer that could not be verified (a server rejecting our key answers
+    /// unsigned): believed only if no signed answer comes.
+    #[error("the DNS server did not accept {0}")]
+    KeyRejected(&'static str),
     #[error("the DNS server's answer is malformed")]
     Malformed,
     #[error("the DNS server's answer is not signed with our key")]
@@ -113,7 +117,7 @@ pub fn check_answer(
     let rcode = flags & 0xf;
     // A bad signature or time is answered unsigned with the TSIG error set.
     if tsig.error != 0 {
-        return Err(UpdateError::Refused(match tsig.error {
+        return Err(UpdateError::KeyRejected(match tsig.error {
             16 => "our key's signature (BADSIG: wrong key_secret?)",
             17 => "our key (BADKEY: wrong key_name or key_algorithm?)",
             18 => "our time (BADTIME: is the clock right?)",
@@ -130,7 +134,13 @@ pub fn check_answer(
     mac.update(&(request.mac.len() as u16).to_be_bytes());
     mac.update(&request.mac);
     mac.update(&unsigned);
-    mac.update(&tsig_variables_at(key.name, tsig.time_signed, tsig.fudge)?);
+    mac.update(&tsig_variables_at(
+        key.name,
+        tsig.time_signed,
+        tsig.fudge,
+        tsig.error,
+        &tsig.other,
+    )?);
     mac.verify_slice(&tsig.mac)
         .map_err(|_| UpdateError::Unsigned)?;
     match rcode {
@@ -152,11 +162,17 @@ fn hmac(secret: &[u8]) -> Hmac<Sha256> {
 }
 
 fn tsig_variables(key_name: &str, time_signed: u64) -> Result<Vec<u8>, UpdateError> {
-    tsig_variables_at(key_name, time_signed, FUDGE)
+    tsig_variables_at(key_name, time_signed, FUDGE, 0, &[])
 }
 
 /// Key name, class, TTL, algorithm, time, fudge, error and other data, as the MAC covers them.
-fn tsig_variables_at(key_name: &str, time_signed: u64, fudge: u16) -> Result<Vec<u8>, UpdateError> {
+fn tsig_variables_at(
+    key_name: &str,
+    time_signed: u64,
+    fudge: u16,
+    error: u16,
+    other: &[u8],
+) -> Result<Vec<u8>, UpdateError> {
     let mut v = Vec::new();
     put_name(&mut v, key_name)?;
     v.extend_from_slice(&CLASS_ANY.to_be_bytes());
@@ -164,8 +180,9 @@ fn tsig_variables_at(key_name: &str, time_signed: u64, fudge: u16) -> Result<Vec
     put_name(&mut v, ALGORITHM)?;
     v.extend_from_slice(&time_signed.to_be_bytes()[2..]);
     v.extend_from_slice(&fudge.to_be_bytes());
-    v.extend_from_slice(&0u16.to_be_bytes());
-    v.extend_from_slice(&0u16.to_be_bytes());
+    v.extend_from_slice(&error.to_be_bytes());
+    v.extend_from_slice(&(other.len() as u16).to_be_bytes());
+    v.extend_from_slice(other);
     Ok(v)
 }
 
@@ -218,6 +235,8 @@ struct FoundTsig {
     mac: Vec<u8>,
     original_id: u16,
     error: u16,
+    /// Other data (the server's time, with BADTIME).
+    other: Vec<u8>,
 }
 
 /// The last additional record, if it is a TSIG.
@@ -254,6 +273,8 @@ fn find_tsig(m: &[u8]) -> Option<FoundTsig> {
     let mac_len = u16::from_be_bytes([*r.get(8)?, *r.get(9)?]) as usize;
     let mac = r.get(10..10 + mac_len)?.to_vec();
     let rest = r.get(10 + mac_len..)?;
+    let other_len = u16::from_be_bytes([*rest.get(4)?, *rest.get(5)?]) as usize;
+    let other = rest.get(6..6 + other_len)?.to_vec();
     Some(FoundTsig {
         start: last,
         time_signed: u64::from_be_bytes(time),
@@ -261,6 +282,7 @@ fn find_tsig(m: &[u8]) -> Option<FoundTsig> {
         mac,
         original_id: u16::from_be_bytes([*rest.first()?, *rest.get(1)?]),
         error: u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]),
+        other,
     })
 }
 
@@ -289,19 +311,27 @@ pub async fn send(
     let socket = tokio::net::UdpSocket::bind(bind).await?;
     socket.connect(server).await?;
     let mut buf = vec![0u8; 4096];
+    // What an unverified answer said; a forged datagram must not end the attempt.
+    let mut unverified = None;
     for _ in 0..3 {
         socket.send(&update.message).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        // Datagrams that are not our answer (a late one, a stray) are skipped.
         while let Ok(received) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
             let n = received?;
             match check_answer(update, &buf[..n], key) {
-                Err(UpdateError::Malformed) => continue,
-                other => return other.map_err(Into::into),
+                Ok(()) => return Ok(()),
+                Err(e @ (UpdateError::Refused(_) | UpdateError::BadName(_))) => {
+                    return Err(e.into())
+                }
+                Err(UpdateError::Malformed) => {}
+                Err(e) => unverified = Some(e),
             }
         }
     }
-    Err(super::DnsUpdateError::NoAnswer(server))
+    Err(match unverified {
+        Some(e) => e.into(),
+        None => super::DnsUpdateError::NoAnswer(server),
+    })
 }
 
 #[cfg(test)]
