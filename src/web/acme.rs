@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::certs::{certified_key, ServerCerts};
+use crate::call::invite::unix_seconds;
 use crate::clock::ClockState;
 use crate::config::name::AcmeConfig;
 use crate::reach::dns_update::DnsStatus;
@@ -171,12 +172,6 @@ impl CertificateStatus {
     }
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// What the task needs.
 pub struct AcmeSettings {
     pub config: AcmeConfig,
@@ -287,8 +282,8 @@ pub async fn keep_certified(
                     if let Some(v) = current {
                         status.send_replace(CertificateStatus::Valid {
                             name: name.clone(),
-                            not_after_unix: unix(v.not_after),
-                            renew_at_unix: unix(v.renew_at()),
+                            not_after_unix: unix_seconds(v.not_after),
+                            renew_at_unix: unix_seconds(v.renew_at()),
                             issued,
                         });
                     }
@@ -327,9 +322,9 @@ pub async fn keep_certified(
                         tracing::debug!("ACME: {e}");
                         status.send_replace(CertificateStatus::Failed {
                             error: e.to_string(),
-                            retry_at_unix: unix(retry_at),
+                            retry_at_unix: unix_seconds(retry_at),
                             failures: plan.failures(),
-                            current_not_after_unix: current.map(|v| unix(v.not_after)),
+                            current_not_after_unix: current.map(|v| unix_seconds(v.not_after)),
                         });
                     }
                 }

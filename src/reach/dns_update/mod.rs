@@ -10,12 +10,13 @@ pub mod dyndns2;
 pub mod rfc2136;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
 use super::Reach;
+use crate::call::invite::unix_seconds;
 use crate::config::name::DnsUpdateConfig;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
@@ -135,12 +136,6 @@ pub enum DnsStatus {
     },
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// What the task needs.
 pub struct DnsSettings {
     pub config: DnsUpdateConfig,
@@ -172,7 +167,7 @@ pub async fn keep_pointing(
                         status.send_replace(DnsStatus::Updated {
                             name: settings.name.clone(),
                             address,
-                            at_unix: unix(SystemTime::now()),
+                            at_unix: unix_seconds(SystemTime::now()),
                             updates,
                         });
                     }
@@ -190,7 +185,7 @@ pub async fn keep_pointing(
                         status.send_replace(DnsStatus::Failed {
                             address,
                             error: e.to_string(),
-                            retry_at_unix: unix(retry_at),
+                            retry_at_unix: unix_seconds(retry_at),
                             failures: plan.failures(),
                         });
                     }
@@ -270,6 +265,7 @@ async fn update(settings: &DnsSettings, address: IpAddr) -> Result<(), DnsUpdate
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
