@@ -15,12 +15,14 @@
 //! - [`media`]: the box's own camera and mic (`capture`), TV and speaker (`tv`), pipeline
 //!   plans, and what hardware the machine has (`probe`, `check`).
 //! - [`reach`]: family outside the home: the home router forwards the box's ports (PCP,
-//!   NAT-PMP, UPnP-IGD) and tells it the external address; the owner's TURN relay.
+//!   NAT-PMP, UPnP-IGD) and tells it the external address; the owner's domain name kept
+//!   pointing at it (`dns_update`); the owner's TURN relay.
 //! - [`setup`]: first boot: the Wi-Fi and the box's name from a file on the card, or the
 //!   box's own setup Wi-Fi and its page.
 //! - [`clock`]: whether the system clock is known to be right.
+//! - [`durable`]: files written whole or not at all.
 //! - [`web`]: HTTPS (the join page, the signalling WebSocket, the owner and setup pages,
-//!   Hearth's own CA).
+//!   Hearth's own CA, certificates for the owner's name from an ACME CA).
 //! - [`daemon`]: the wiring: start-up, the hub task that does the cores' I/O, the control
 //!   socket the CLI talks to, systemd notification.
 //! - [`config`]: the owner's config file and the board profiles (`board/*.toml`).
@@ -32,6 +34,7 @@ pub mod call;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod durable;
 pub mod media;
 pub mod owner;
 pub mod privacy;

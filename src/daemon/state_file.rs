@@ -94,19 +94,9 @@ impl<T: Serialize + Default + Clone + Send + Sync + 'static> StateWriter<T> {
 }
 
 fn write_atomically<T: Serialize>(path: &Path, store: &T) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600) // hashes of tokens: still not for other users' eyes
-        .open(&tmp)?;
     let text = serde_json::to_string_pretty(store).map_err(std::io::Error::other)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    // Hashes of tokens: still not for other users' eyes.
+    crate::durable::write(path, text.as_bytes(), 0o600)
 }
 
 #[cfg(test)]

@@ -169,11 +169,19 @@ pub fn apply_file(
         }
     };
     if let Some(wifi) = &setup.wifi {
-        write(&root.join(WPA_FILE), &wifi.wpa_supplicant_conf(), 0o600)?;
+        crate::durable::write(
+            &root.join(WPA_FILE),
+            wifi.wpa_supplicant_conf().as_bytes(),
+            0o600,
+        )?;
     }
     if let Some(home) = &setup.home {
         let name = crate::call::protocol::clean_name(&home.name);
-        write(&root.join(BOX_NAME_FILE), &format!("{name}\n"), 0o644)?;
+        crate::durable::write(
+            &root.join(BOX_NAME_FILE),
+            format!("{name}\n").as_bytes(),
+            0o644,
+        )?;
     }
     std::fs::remove_file(file)?;
     if let Some(error_file) = error_file {
@@ -215,32 +223,6 @@ fn read_small(path: &Path) -> std::io::Result<String> {
     let mut text = String::new();
     file.take(16 * 1024).read_to_string(&mut text)?;
     Ok(text)
-}
-
-/// Write `text` to `path` whole or not at all (a temporary file, synced, renamed, the
-/// directory synced). The temporary file is made new, never opened through whatever is
-/// already there: root writes into Hearth's state dir, where the daemon's user could leave a
-/// link.
-pub(crate) fn write(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    match path.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -363,7 +345,7 @@ mod tests {
         let target = root.join(WPA_FILE);
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(&secret, target.with_extension("tmp")).unwrap();
-        write(&target, "network={}\n", 0o600).unwrap();
+        crate::durable::write(&target, "network={}\n".as_bytes(), 0o600).unwrap();
         assert_eq!(std::fs::read_to_string(&secret).unwrap(), wifi);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "network={}\n");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -90,12 +90,14 @@ pub fn prepare(paths: &HotspotPaths, networks: Vec<String>) -> Result<Hotspot, R
         move |e| RadioError::Io(what, e)
     };
     let wpa = paths.run_dir.join("wpa_supplicant.conf");
-    super::write(&wpa, &hotspot.wpa_supplicant_conf(), 0o600).map_err(io(&wpa))?;
+    crate::durable::write(&wpa, hotspot.wpa_supplicant_conf().as_bytes(), 0o600)
+        .map_err(io(&wpa))?;
     let network = paths.network_dir.join(NETWORK_FILE);
-    super::write(&network, &hotspot.network_file(), 0o644).map_err(io(&network))?;
+    crate::durable::write(&network, hotspot.network_file().as_bytes(), 0o644)
+        .map_err(io(&network))?;
     let json = paths.run_dir.join("hotspot.json");
     let text = serde_json::to_string_pretty(&hotspot).unwrap_or_default();
-    super::write(&json, &text, 0o640).map_err(io(&json))?;
+    crate::durable::write(&json, text.as_bytes(), 0o640).map_err(io(&json))?;
     // The daemon runs as `hearth` and shows the password on the TV; nobody else reads it.
     if let Some(gid) = group_id(&paths.root.join("etc/group"), "hearth") {
         std::os::unix::fs::chown(&json, None, Some(gid)).map_err(io(&json))?;
@@ -143,7 +145,11 @@ pub fn keep_wifi_if_it_works(root: &Path, within: std::time::Duration) -> bool {
         .and_then(|conf| ssid_in(&conf))
         .unwrap_or_default();
     let _ = std::fs::remove_file(&wpa);
-    let _ = super::write(&root.join(WIFI_FAILED_FILE), &format!("{name}\n"), 0o644);
+    let _ = crate::durable::write(
+        &root.join(WIFI_FAILED_FILE),
+        format!("{name}\n").as_bytes(),
+        0o644,
+    );
     for (verb, unit) in [
         ("stop", "wpa_supplicant@wlan0.service"),
         ("start", "hearth-hotspot.service"),

@@ -172,6 +172,16 @@ impl CertificateStatus {
     }
 }
 
+/// Tell the hub only what changed: the loop says the same thing every few seconds while it
+/// waits.
+fn publish(status: &watch::Sender<CertificateStatus>, now: CertificateStatus) {
+    status.send_if_modified(|shown| {
+        let changed = *shown != now;
+        *shown = now;
+        changed
+    });
+}
+
 /// What the task needs.
 pub struct AcmeSettings {
     pub config: AcmeConfig,
@@ -266,26 +276,29 @@ pub async fn keep_certified(
         if step == Step::Request {
             let dns_now = dns.as_ref().map(|d| d.borrow().clone());
             if let Err(reason) = checkable(&reach.borrow(), dns_now.as_ref()) {
-                status.send_replace(CertificateStatus::WaitingForReach { reason });
+                publish(&status, CertificateStatus::WaitingForReach { reason });
                 step = Step::WaitForClock;
             }
         }
         let wait = match step {
             Step::WaitForClock => {
                 if clock != ClockState::Synchronized {
-                    status.send_replace(CertificateStatus::WaitingForClock);
+                    publish(&status, CertificateStatus::WaitingForClock);
                 }
                 CLOCK_CHECK
             }
             Step::WaitUntil(at) => {
                 if plan.failures() == 0 {
                     if let Some(v) = current {
-                        status.send_replace(CertificateStatus::Valid {
-                            name: name.clone(),
-                            not_after_unix: unix_seconds(v.not_after),
-                            renew_at_unix: unix_seconds(v.renew_at()),
-                            issued,
-                        });
+                        publish(
+                            &status,
+                            CertificateStatus::Valid {
+                                name: name.clone(),
+                                not_after_unix: unix_seconds(v.not_after),
+                                renew_at_unix: unix_seconds(v.renew_at()),
+                                issued,
+                            },
+                        );
                     }
                 }
                 // Re-checked at least hourly: a clock stepped by NTP moves `at`.
@@ -294,7 +307,7 @@ pub async fn keep_certified(
                     .min(Duration::from_secs(3600))
             }
             Step::Request => {
-                status.send_replace(CertificateStatus::Requesting);
+                publish(&status, CertificateStatus::Requesting);
                 let request = request_certificate(&config, &name, &dir, &certs);
                 let result = match tokio::time::timeout(REQUEST_LIMIT, request).await {
                     Ok(result) => result,
@@ -320,12 +333,15 @@ pub async fn keep_certified(
                             humantime::format_rfc3339_seconds(retry_at)
                         );
                         tracing::debug!("ACME: {e}");
-                        status.send_replace(CertificateStatus::Failed {
-                            error: e.to_string(),
-                            retry_at_unix: unix_seconds(retry_at),
-                            failures: plan.failures(),
-                            current_not_after_unix: current.map(|v| unix_seconds(v.not_after)),
-                        });
+                        publish(
+                            &status,
+                            CertificateStatus::Failed {
+                                error: e.to_string(),
+                                retry_at_unix: unix_seconds(retry_at),
+                                failures: plan.failures(),
+                                current_not_after_unix: current.map(|v| unix_seconds(v.not_after)),
+                            },
+                        );
                     }
                 }
                 continue;
@@ -499,29 +515,12 @@ fn load_certificate(
 
 /// Private to the daemon's user; written whole or not at all.
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), AcmeError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| AcmeError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let temp = path.with_extension("new");
-    let _ = std::fs::remove_file(&temp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(io)?;
     let text = serde_json::to_vec_pretty(value).map_err(|e| io(e.into()))?;
-    file.write_all(&text).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&temp, path).map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)
+    crate::durable::write(path, &text, 0o600).map_err(io)
 }
 
 #[cfg(test)]

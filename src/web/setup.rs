@@ -154,7 +154,8 @@ async fn pick_wifi(
     let file = state.state_dir.join(REQUEST_FILE);
     let text = wifi_request(&wifi);
     let written =
-        tokio::task::spawn_blocking(move || crate::setup::write(&file, &text, 0o600)).await;
+        tokio::task::spawn_blocking(move || crate::durable::write(&file, text.as_bytes(), 0o600))
+            .await;
     match written {
         Ok(Ok(())) => {
             tracing::info!("setup page: the owner picked a Wi-Fi network");

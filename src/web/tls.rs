@@ -174,20 +174,11 @@ fn read(path: &Path) -> Result<Option<String>, TlsError> {
 }
 
 fn write(path: &Path, text: &str, secret: bool) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| TlsError::Io {
+    let mode = if secret { 0o600 } else { 0o644 };
+    crate::durable::write(path, text.as_bytes(), mode).map_err(|source| TlsError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)
+    })
 }
 
 fn sha256_hex(text: &str) -> String {

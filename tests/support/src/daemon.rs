@@ -266,14 +266,24 @@ impl Daemon {
         what: &str,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<serde_json::Value> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        self.status_within(what, Duration::from_secs(15), check)
+    }
+
+    /// `status_until` for what takes longer than 15 s (a certificate's renewal).
+    pub fn status_within(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = std::time::Instant::now() + within;
         loop {
             let status = self.status()?;
             if check(&status) {
                 return Ok(status);
             }
             if std::time::Instant::now() > deadline {
-                bail!("{what}: not within 15 s: {status}");
+                bail!("{what}: not within {within:?}: {status}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
