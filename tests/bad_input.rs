@@ -201,6 +201,7 @@ fn rows() -> Vec<(&'static str, Input, Expect)> {
         ("DNS updates without a name", config("[dns]\nupdate = \"dyndns2\"\nurl = \"https://dyn.example/nic/update\"\nusername = \"u\"\npassword = \"p\"\n"), ConfigError("key `dns.update`: needs remote.name")),
         ("an unknown DNS update protocol", config("[dns]\nupdate = \"carrier-pigeon\"\n"), ConfigError("is not one of")),
         ("a TSIG key that is not base64", config("[remote]\nname = \"box.example.org\"\n[dns]\nupdate = \"rfc2136\"\nserver = \"ns.example.org\"\nzone = \"example.org\"\nkey_name = \"k\"\nkey_secret = \"not base64!\"\n"), ConfigError("key_secret must be the TSIG key in base64")),
+        ("a name outside the DNS zone", config("[remote]\nname = \"box.example.org\"\n[dns]\nupdate = \"rfc2136\"\nserver = \"ns.example.net\"\nzone = \"example.net\"\nkey_name = \"k\"\nkey_secret = \"MDEyMzQ1Njc4OWFiY2RlZg==\"\n"), ConfigError("key `dns.zone`: remote.name is not in this zone")),
         ("a dyndns2 URL over HTTP", config("[remote]\nname = \"box.example.org\"\n[dns]\nupdate = \"dyndns2\"\nurl = \"http://dyn.example/nic/update\"\nusername = \"u\"\npassword = \"p\"\n"), ConfigError("url must be an https:// URL")),
         ("a misspelt board override", config("[board.camera]\nwidht = 640\n"), ConfigError("unknown field `widht`")),
         ("a board override of the wrong type", config("[board.camera]\nwidth = \"wide\"\n"), ConfigError("invalid type")),

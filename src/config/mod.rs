@@ -445,17 +445,30 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         ("acme", "enabled", config.acme.enabled),
         ("dns", "update", config.dns != name::DnsUpdateConfig::Off),
     ];
+    let invalid = |table: &str, key: &str, message: &str| {
+        let offset = offset_of(text, table, key).unwrap_or(0);
+        let (line, column) = line_and_column(text, offset);
+        ConfigError::Invalid {
+            path: path.to_string(),
+            line,
+            column,
+            key: format!("key `{table}.{key}`: "),
+            message: message.into(),
+        }
+    };
     for (table, key, on) in needs_name {
         if on && config.remote.name.is_empty() {
-            let offset = offset_of(text, table, key).unwrap_or(0);
-            let (line, column) = line_and_column(text, offset);
-            return Err(ConfigError::Invalid {
-                path: path.to_string(),
-                line,
-                column,
-                key: format!("key `{table}.{key}`: "),
-                message: "needs remote.name: the domain name to use".into(),
-            });
+            return Err(invalid(
+                table,
+                key,
+                "needs remote.name: the domain name to use",
+            ));
+        }
+    }
+    if let name::DnsUpdateConfig::Rfc2136 { zone, .. } = &config.dns {
+        let name = &config.remote.name;
+        if name != zone && !name.ends_with(&format!(".{zone}")) {
+            return Err(invalid("dns", "zone", "remote.name is not in this zone"));
         }
     }
     Ok(config)

@@ -407,7 +407,7 @@ async fn request_certificate(
         chain_pem,
         key_pem,
     };
-    write_json(&dir.join(CERTIFICATE_FILE), &stored)?;
+    store(dir.join(CERTIFICATE_FILE), stored).await?;
     Ok((validity, certified))
 }
 
@@ -445,13 +445,11 @@ async fn account(config: &AcmeConfig, dir: &Path) -> Result<Account, AcmeError> 
             None,
         )
         .await?;
-    write_json(
-        &path,
-        &StoredAccount {
-            directory: config.directory.clone(),
-            credentials,
-        },
-    )?;
+    let stored = StoredAccount {
+        directory: config.directory.clone(),
+        credentials,
+    };
+    store(path, stored).await?;
     Ok(account)
 }
 
@@ -511,6 +509,12 @@ fn load_certificate(
         return Ok(None);
     }
     usable(&stored.chain_pem, &stored.key_pem).map(Some)
+}
+
+/// `write_json` off the runtime's threads (it waits for the disk).
+async fn store<T: Serialize + Send + 'static>(path: PathBuf, value: T) -> Result<(), AcmeError> {
+    let written = tokio::task::spawn_blocking(move || write_json(&path, &value)).await;
+    written.map_err(|e| AcmeError::Unusable(format!("the write was cancelled: {e}")))?
 }
 
 /// Private to the daemon's user; written whole or not at all.
