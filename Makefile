@@ -10,13 +10,14 @@
 # Likewise `coturn` (the relay in tests/relay.rs) and `bind9` (the owner's DNS server in
 # tests/name.rs): Debian's packages start their servers on install, so their units are masked
 # first and the tests start their own in a namespace. `pebble` is the ACME test CA (it has no
-# unit); `libnss3-tools` gives certutil, with which a test browser trusts pebble's root.
+# unit); `libnss3-tools` gives certutil, with which a test browser trusts pebble's root;
+# `dnsmasq-base` is the simulated router's DHCP server (the binary only, no host service).
 DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fonts-dejavu-core \
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-alsa gstreamer1.0-x \
 	chromium firefox-esr nftables miniupnpd-nftables coturn \
-	pebble bind9 bind9-utils bind9-dnsutils libnss3-tools curl openssl
+	pebble bind9 bind9-utils bind9-dnsutils libnss3-tools curl openssl systemd dnsmasq-base
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
@@ -46,6 +47,12 @@ deps:
 		case " $$missing " in *" coturn "*) mask coturn;; esac; \
 		case " $$missing " in *" bind9 "*) mask named;; esac; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $$missing; \
+	fi
+	@# tests/clock.rs runs the image's systemd-timesyncd; where another NTP client is installed
+	@# (they conflict), it is unpacked into target/ rather than installed over that client.
+	@if [ ! -x /lib/systemd/systemd-timesyncd ] && [ ! -x target/timesyncd/lib/systemd/systemd-timesyncd ]; then \
+		mkdir -p target/timesyncd && cd target/timesyncd && apt-get download systemd-timesyncd && \
+		dpkg -x systemd-timesyncd_*.deb . ; \
 	fi
 
 build: deps

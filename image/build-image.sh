@@ -104,8 +104,8 @@ grep -qs '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 \
 
 # --- stage 1: the cached base root file system ---------------------------------------------
 # Packages of the base. No openssh-server (no network login at all). systemd-timesyncd asks
-# only the NTP server the home network names over DHCP (rootfs timesyncd.conf.d: no fallback
-# pool, no outbound connection the owner did not configure); fake-hwclock keeps the clock
+# only the NTP server the home network names over DHCP (rootfs timesyncd.conf.d: the fallback
+# is 127.0.0.1, never a pool: no outbound connection the owner did not configure); fake-hwclock keeps the clock
 # moving forward across reboots on a board without a real-time clock until then.
 # ca-certificates: the roots ACME and dynamic-DNS servers' HTTPS is checked against.
 COMMON_PKGS=(systemd-sysv udev dbus kmod iproute2 systemd-resolved adduser

@@ -318,3 +318,118 @@ impl Pebble {
         self.server.log()
     }
 }
+
+/// An NTP server (RFC 5905, server mode) answering with this machine's time: the home
+/// router's, for the box's timesyncd. Counts the requests it answered.
+pub struct NtpServer {
+    pub answered: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// Seconds from 1900 (NTP's era) to 1970.
+const NTP_TO_UNIX: u64 = 2_208_988_800;
+
+fn ntp_timestamp(t: std::time::SystemTime) -> [u8; 8] {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seconds = (since.as_secs() + NTP_TO_UNIX) as u32;
+    let fraction = ((u64::from(since.subsec_nanos()) << 32) / 1_000_000_000) as u32;
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&seconds.to_be_bytes());
+    out[4..].copy_from_slice(&fraction.to_be_bytes());
+    out
+}
+
+/// The answer to a client's request: leap 0, the client's version, mode 4 (server), stratum
+/// 2, the client's transmit time as origin, now as receive and transmit time.
+pub fn ntp_answer(request: &[u8]) -> Option<[u8; 48]> {
+    let (version, mode) = ((request.first()? >> 3) & 7, request.first()? & 7);
+    if request.len() < 48 || mode != 3 || !(3..=4).contains(&version) {
+        return None;
+    }
+    let now = ntp_timestamp(std::time::SystemTime::now());
+    let mut a = [0u8; 48];
+    a[0] = (version << 3) | 4;
+    a[1] = 2; // stratum: synchronised to a clock upstream
+    a[2] = request[2]; // poll, as asked
+    a[3] = (-20i8) as u8; // precision: about a microsecond
+                          // Root delay and dispersion (16.16 seconds): a millisecond each.
+    a[4..8].copy_from_slice(&66u32.to_be_bytes());
+    a[8..12].copy_from_slice(&66u32.to_be_bytes());
+    a[12..16].copy_from_slice(&[192, 168, 1, 1]);
+    a[16..24].copy_from_slice(&now);
+    a[24..32].copy_from_slice(&request[40..48]);
+    a[32..40].copy_from_slice(&now);
+    a[40..48].copy_from_slice(&now);
+    Some(a)
+}
+
+impl NtpServer {
+    /// On UDP port 123 of `ip` in `ns`, for as long as the test process lives (or an hour).
+    pub fn start(home: &Home, ns: Ns, ip: Ipv4Addr) -> Result<NtpServer> {
+        let socket = home.ns(ns).udp_bind(SocketAddr::from((ip, 123)))?;
+        socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let count = answered.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut buf = [0u8; 512];
+            while started.elapsed() < Duration::from_secs(3600) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some(answer) = ntp_answer(&buf[..n]) {
+                    if socket.send_to(&answer, from).is_ok() {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Ok(NtpServer { answered })
+    }
+}
+
+/// dnsmasq as the home router's DHCP server (no DNS): one address, the router as gateway,
+/// and (option 42) `ntp` as the NTP server.
+pub struct DhcpServer {
+    _server: Server,
+}
+
+impl DhcpServer {
+    pub fn start(home: &Home, address: Ipv4Addr, ntp: Ipv4Addr) -> Result<DhcpServer> {
+        let dir = crate::temp_dir("dnsmasq");
+        let range = format!("--dhcp-range={address},{address},255.255.255.0,1h");
+        let mut command = home.command_in(Ns::Router, "dnsmasq");
+        command
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--user=root",
+            ])
+            .args([
+                "--interface=br-lan",
+                "--bind-interfaces",
+                "--no-ping",
+                "--log-dhcp",
+            ])
+            .arg(range)
+            .arg(format!(
+                "--dhcp-option=option:router,{}",
+                crate::home::ROUTER_LAN_IP
+            ))
+            .arg(format!("--dhcp-option=option:ntp-server,{ntp}"))
+            .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
+        let log = dir.join("dnsmasq.log");
+        let out = std::fs::File::create(&log)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = command
+            .spawn()
+            .context("starting dnsmasq (`make deps` installs dnsmasq-base)")?;
+        Ok(DhcpServer {
+            _server: Server { child, log },
+        })
+    }
+}
