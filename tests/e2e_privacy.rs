@@ -95,6 +95,10 @@ async fn privacy_closes_the_devices_and_everyone_sees_it() -> Result<()> {
         "released by the switch"
     );
 
+    // The log is written in the background; asking for it returns once every line told of
+    // so far is there (and on the disk).
+    let (ok, _, err) = daemon.cli(&["privacy-log"]);
+    assert!(ok, "{err}");
     let log = std::fs::read_to_string(daemon.state_dir.join("privacy.log"))?;
     let lines: Vec<&str> = log.lines().collect();
     assert!(lines.len() >= 5, "{log}");

@@ -125,16 +125,13 @@ impl Hub {
     }
 
     async fn privacy_log(&self) -> Response {
-        let path = self.privacy.log_path().to_path_buf();
-        let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(path)).await;
-        match text {
-            Ok(Ok(text)) => {
+        match self.privacy.log().read().await {
+            Ok(text) => {
                 let lines: Vec<&str> = text.lines().collect();
                 let newest = &lines[lines.len().saturating_sub(PRIVACY_LOG_LINES)..];
                 Response::Ok(json!(newest))
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Response::Ok(json!([])),
-            _ => Response::Error("the privacy log cannot be read".into()),
+            Err(_) => Response::Error("the privacy log cannot be read".into()),
         }
     }
 
@@ -145,9 +142,7 @@ impl Hub {
         let text = format!("{name}\n");
         // Replaced, not rewritten: first-boot setup may have left it owned by root.
         let saved = tokio::task::spawn_blocking(move || {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(tmp, path)
+            crate::durable::write(&path, text.as_bytes(), 0o644)
         })
         .await;
         match saved {

@@ -30,7 +30,7 @@ pub struct PrivacyControl {
     lines: PrivacyLines,
     readings: mpsc::Receiver<Reading>,
     /// Append-only, one line per change.
-    log: PathBuf,
+    log: super::log::PrivacyLog,
     /// A hardware board: only the physical switch releases privacy.
     hardware: bool,
     /// When privacy last changed (wall clock, for the phones and the log).
@@ -46,7 +46,7 @@ impl PrivacyControl {
             machine,
             lines,
             readings,
-            log,
+            log: super::log::PrivacyLog::start(log),
             hardware,
             since: SystemTime::now(),
         };
@@ -92,7 +92,7 @@ impl PrivacyControl {
         self.machine.paused_by_software()
     }
 
-    pub fn log_path(&self) -> &std::path::Path {
+    pub fn log(&self) -> &super::log::PrivacyLog {
         &self.log
     }
 
@@ -127,22 +127,11 @@ impl PrivacyControl {
                         "{} privacy {state} ({cause})\n",
                         humantime::format_rfc3339_seconds(self.since)
                     );
-                    if let Err(e) = append(&self.log, &line) {
-                        tracing::error!("privacy log {}: {e}", self.log.display());
-                    }
+                    self.log.append(line);
                     effects.push(BoxEffect::Changed { on });
                 }
             }
         }
         effects
     }
-}
-
-fn append(path: &std::path::Path, line: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    file.write_all(line.as_bytes())
 }

@@ -176,6 +176,13 @@ impl Daemon {
         })
     }
 
+    /// SIGKILL, as a crash or the OOM killer would, and reap it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Everything it has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.state_dir.join(LOG_FILE)).unwrap_or_default()
