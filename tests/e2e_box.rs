@@ -174,3 +174,37 @@ async fn the_box_sees_hears_and_is_seen_and_heard() -> Result<()> {
     ann.close().await?;
     Ok(())
 }
+
+/// Issue 13, item 4: the TV and speaker are supervised like capture. A failing screen
+/// (simulated: the dev board's display "unplugged") is rebuilt, says so in the status, shows
+/// the phone again (it asked for a keyframe for its new decoder) and plays it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_screen_is_rebuilt_and_shows_the_phone_again() -> Result<()> {
+    let daemon = Daemon::start_with(
+        &temp_dir("e2e-box-screen"),
+        "[board.camera]\nwidth = 320\nheight = 180\nframerate = 15\n[board.display]\nwidth = 640\nheight = 360\n",
+    )?;
+    let mut ann = Phone::join(BrowserKind::Chromium, &daemon.join_url, "Ann").await?;
+    ann.wait_for("m.frames('p0') > 0", secs(20)).await?;
+    let ann_id = daemon.participant_id("Ann")?;
+    let decoded = |s: &serde_json::Value| s["box"]["screen"][&ann_id]["video_frames"].as_u64();
+    daemon.status_until("the box decodes Ann", |s| decoded(s).unwrap_or(0) > 10)?;
+
+    let (ok, _, err) = daemon.cli(&["simulate", "screen-failure"]);
+    assert!(ok, "{err}");
+    let rebuilt = daemon.status_until("the screen rebuilt", |s| {
+        s["box"]["screen_restarts"] == 1 && s["box"]["screen_problem"].is_null()
+    })?;
+    let before = decoded(&rebuilt).unwrap_or(0);
+    let samples = rebuilt["box"]["speaker_samples"].as_u64().unwrap_or(0);
+    // Decoding again needs a keyframe from Ann's browser, which sends one only when asked.
+    daemon.status_until("the rebuilt screen decodes Ann again", |s| {
+        decoded(s).unwrap_or(0) > before + 10
+            && s["box"]["speaker_samples"].as_u64().unwrap_or(0) > samples + 4800
+    })?;
+    let png = temp_dir("e2e-box-screen-png").join("screen.png");
+    let (ok, _, err) = daemon.cli(&["snapshot", png.to_str().unwrap_or_default()]);
+    assert!(ok, "the rebuilt screen takes snapshots: {err}");
+    ann.close().await?;
+    Ok(())
+}

@@ -153,6 +153,11 @@ impl Call {
         &self.sfu
     }
 
+    /// The box's screen was rebuilt (see `Sfu::box_decoders_restarted`).
+    pub fn box_decoders_restarted(&mut self) {
+        self.sfu.box_decoders_restarted();
+    }
+
     /// The media addresses offered to phones that join from now on.
     pub fn set_candidates(&mut self, candidates: sfu::Candidates) {
         self.sfu.set_candidates(candidates);

@@ -36,8 +36,8 @@ impl BoxMedia {
         let node = |name: &str| -> Option<PathBuf> { dev_devices.map(|d| d.join(name)) };
         BoxMedia {
             camera: capture::camera(profile, tx.clone(), node("camera")),
-            mic: capture::microphone(profile, tx, node("mic")),
-            tv: Screen::start(&profile.display, &profile.audio),
+            mic: capture::microphone(profile, tx.clone(), node("mic")),
+            tv: Screen::start(&profile.display, &profile.audio, tx),
             input,
             simulated: dev_devices.is_some(),
             camera_problem: None,

@@ -138,6 +138,8 @@ pub enum Simulation {
     Mic { action: Plug },
     /// Flip the simulated privacy switch.
     Switch { state: OnOff },
+    /// Make the dev board's screen fail as an unplugged display does (it is rebuilt).
+    ScreenFailure,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

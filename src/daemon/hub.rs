@@ -342,6 +342,13 @@ impl Hub {
                     media.released(kind);
                 }
             }
+            MediaInput::Event(MediaEvent::ScreenRestarted) => {
+                self.call.box_decoders_restarted();
+                // What the screen showed was replayed; the status line may have news.
+                if self.call.room().phones().next().is_none() {
+                    self.show_idle_screen();
+                }
+            }
             // A device vanishing while privacy is on is expected (the switch may cut a
             // webcam's power): nothing to tell.
             MediaInput::Event(MediaEvent::Device { .. }) if self.privacy.is_on() => {}

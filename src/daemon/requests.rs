@@ -181,6 +181,7 @@ impl Hub {
             Simulation::Switch { state } => return self.flip_switch(state, reply),
             Simulation::Camera { action } => (MediaKindTag::Video, action),
             Simulation::Mic { action } => (MediaKindTag::Audio, action),
+            Simulation::ScreenFailure => return self.fail_screen(reply),
         };
         let Some(media) = &self.media else {
             let _ = reply.send(Response::Error("box media is off".into()));
@@ -192,6 +193,19 @@ impl Hub {
                 let _ = reply.send(Response::Error(e));
             }
         }
+    }
+
+    /// Answered at once: the rebuild shows in `hearth status` (`box.screen_restarts`).
+    fn fail_screen(&mut self, reply: oneshot::Sender<Response>) {
+        let answer = match &self.media {
+            Some(media) if media.is_simulated() => {
+                media.tv(crate::media::tv::Command::SimulateFailure);
+                Response::Ok(serde_json::json!({ "screen": "failing" }))
+            }
+            Some(_) => Response::Error("this board's screen is real, not simulated".into()),
+            None => Response::Error("box media is off".into()),
+        };
+        let _ = reply.send(answer);
     }
 
     fn flip_switch(&mut self, state: OnOff, reply: oneshot::Sender<Response>) {

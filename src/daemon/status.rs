@@ -73,6 +73,8 @@ impl Hub {
             "mic": media.problem(MediaKindTag::Audio).unwrap_or("running"),
             "screen": per_phone,
             "screen_frames_dropped": counters.frames_dropped.load(Ordering::Relaxed),
+            "screen_restarts": counters.restarts.load(Ordering::Relaxed),
+            "screen_problem": counters.problem.lock().ok().and_then(|p| p.clone()),
             "speaker_samples": counters.speaker_samples.load(Ordering::Relaxed),
             "send_latency_us": self.metrics.send.summary(),
             "temperature_c": temperature(),

@@ -46,6 +46,8 @@ pub enum MediaEvent {
     },
     /// A device was closed for privacy (its pipeline reached NULL) at this moment.
     Released { kind: MediaKindTag, at: Instant },
+    /// The TV and speaker were rebuilt after a failure: their decoders start afresh.
+    ScreenRestarted,
 }
 
 impl BoxFrame {

@@ -40,8 +40,20 @@ pub enum Command {
     /// empty: none.
     Banner(String),
     Snapshot(PathBuf, oneshot::Sender<Result<(), String>>),
+    /// Dev board and tests: fail the way a lost HDMI or sound device does (an error from the
+    /// pipeline), so the screen is rebuilt.
+    SimulateFailure,
+    /// From the pipeline's bus: it failed (the screen is rebuilt).
+    Failed(String),
     Stop,
 }
+
+/// The first wait before the screen is rebuilt after a failure; it doubles while rebuilds
+/// keep failing, up to [`MAX_REBUILD_WAIT`].
+const FIRST_REBUILD_WAIT: Duration = Duration::from_millis(500);
+const MAX_REBUILD_WAIT: Duration = Duration::from_secs(30);
+/// A screen that ran this long before failing starts its waits from the first again.
+const RAN_WELL: Duration = Duration::from_secs(60);
 
 /// Phones' frames waiting for the screen's thread; more are dropped (like the box's own
 /// capture does), while commands (roster, idle screen, snapshot, stop) always get through.
@@ -53,6 +65,10 @@ const PHONE_QUEUE_BYTES: u64 = 1_000_000;
 #[derive(Debug, Default)]
 pub struct Counters {
     pub speaker_samples: AtomicU64,
+    /// Times the screen was rebuilt after a failure.
+    pub restarts: AtomicU64,
+    /// Why the screen is not working now (None while it does).
+    pub problem: Mutex<Option<String>>,
     /// Phones' frames dropped because the screen's thread was behind.
     pub frames_dropped: AtomicU64,
     /// Per phone: (video frames decoded, audio buffers decoded).
@@ -68,37 +84,32 @@ pub struct Screen {
 }
 
 impl Screen {
-    /// Start the TV and speaker. If they cannot start (no HDMI, no sound card), the call goes
-    /// on without them: the thread then only answers that the screen is unavailable.
-    pub fn start(display: &DisplayProfile, audio: &AudioProfile) -> Screen {
+    /// Start the TV and speaker. If they cannot start or fail later (no HDMI, a sound card
+    /// that vanished), the call goes on without them while they are rebuilt, with waits
+    /// growing to [`MAX_REBUILD_WAIT`]; `events` hears of each rebuild.
+    pub fn start(
+        display: &DisplayProfile,
+        audio: &AudioProfile,
+        events: tokio::sync::mpsc::Sender<super::MediaInput>,
+    ) -> Screen {
         let counters = Arc::new(Counters::default());
-        let state = State::build(display, audio, counters.clone());
         let (tx, rx) = std_mpsc::channel();
         let frames_queued = Arc::new(AtomicUsize::new(0));
         let inbox = Inbox {
             commands: rx,
             frames_queued: frames_queued.clone(),
         };
+        let supervisor = Supervisor {
+            display: display.clone(),
+            audio: audio.clone(),
+            counters: counters.clone(),
+            failures: tx.clone(),
+            events,
+            shown: Shown::default(),
+        };
         let thread = thread::Builder::new()
             .name("hearth-screen".into())
-            .spawn(move || match state {
-                Ok(state) => state.run(inbox),
-                Err(why) => {
-                    tracing::error!(
-                        "screen and speaker unavailable: {why}; the call goes on without them"
-                    );
-                    while let Ok(command) = inbox.recv() {
-                        match command {
-                            Command::Stop => break,
-                            Command::Snapshot(_, reply) => {
-                                let _ =
-                                    reply.send(Err(format!("the screen is unavailable: {why}")));
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            })
+            .spawn(move || supervisor.run(inbox))
             .ok();
         Screen {
             commands: tx,
@@ -121,6 +132,130 @@ impl Screen {
     }
 }
 
+/// What the screen was told to show, replayed into a rebuilt one.
+#[derive(Default)]
+struct Shown {
+    roster: Option<Vec<(ParticipantId, String)>>,
+    /// The idle screen's QR code and its text.
+    idle: Option<(String, String)>,
+    banner: Option<String>,
+}
+
+impl Shown {
+    /// Keep what `command` changes on screen.
+    fn remember(&mut self, command: &Command) {
+        match command {
+            Command::Roster(names) => self.roster = Some(names.clone()),
+            Command::Idle {
+                heading,
+                code,
+                caption,
+                status,
+            } => self.idle = Some((code.clone(), idle_markup(heading, caption, status))),
+            Command::Banner(text) => self.banner = Some(text.clone()),
+            _ => {}
+        }
+    }
+
+    fn replay(&self, state: &mut State) {
+        if let Some(names) = &self.roster {
+            state.roster(names.clone());
+        }
+        if let Some((code, text)) = &self.idle {
+            state.idle(code, text);
+        }
+        if let Some(text) = &self.banner {
+            state.banner.set_property("text", markup(text));
+        }
+    }
+}
+
+/// Keeps the screen running: builds it, and rebuilds it after a failure.
+struct Supervisor {
+    display: DisplayProfile,
+    audio: AudioProfile,
+    counters: Arc<Counters>,
+    /// The bus reports failures into the screen's own channel.
+    failures: std_mpsc::Sender<Command>,
+    events: tokio::sync::mpsc::Sender<super::MediaInput>,
+    shown: Shown,
+}
+
+impl Supervisor {
+    fn run(mut self, inbox: Inbox) {
+        let mut wait = FIRST_REBUILD_WAIT;
+        let mut built_once = false;
+        loop {
+            let started = std::time::Instant::now();
+            let why = match State::build(
+                &self.display,
+                &self.audio,
+                self.counters.clone(),
+                self.failures.clone(),
+            ) {
+                Ok(mut state) => {
+                    self.shown.replay(&mut state);
+                    self.set_problem(None);
+                    if built_once {
+                        self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                        let restarted =
+                            super::MediaInput::Event(super::MediaEvent::ScreenRestarted);
+                        let _ = self.events.blocking_send(restarted);
+                        tracing::info!("screen and speaker rebuilt");
+                    }
+                    built_once = true;
+                    match state.run(&inbox, &mut self.shown) {
+                        None => return,
+                        Some(why) => why,
+                    }
+                }
+                Err(why) => why,
+            };
+            if started.elapsed() >= RAN_WELL {
+                wait = FIRST_REBUILD_WAIT;
+            }
+            if self.set_problem(Some(why.clone())) {
+                tracing::error!(
+                    "screen and speaker: {why}; the call goes on without them, rebuilding"
+                );
+            }
+            if !self.wait_out(&inbox, wait, &why) {
+                return;
+            }
+            wait = (wait * 2).min(MAX_REBUILD_WAIT);
+        }
+    }
+
+    /// True when the problem is news (logged once, not at every attempt).
+    fn set_problem(&self, problem: Option<String>) -> bool {
+        let mut current = self
+            .counters
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let news = *current != problem;
+        *current = problem;
+        news
+    }
+
+    /// Wait `wait` without a screen: what it should show is remembered, frames are dropped,
+    /// snapshots are refused. False on Stop.
+    fn wait_out(&mut self, inbox: &Inbox, wait: Duration, why: &str) -> bool {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match inbox.recv_timeout(left) {
+                Ok(Command::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return false,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => return true,
+                Ok(Command::Snapshot(_, reply)) => {
+                    let _ = reply.send(Err(format!("the screen is unavailable: {why}")));
+                }
+                Ok(command) => self.shown.remember(&command),
+            }
+        }
+    }
+}
+
 /// The screen thread's end of the channel, which keeps the count of waiting frames.
 struct Inbox {
     commands: std_mpsc::Receiver<Command>,
@@ -128,10 +263,6 @@ struct Inbox {
 }
 
 impl Inbox {
-    fn recv(&self) -> Result<Command, std_mpsc::RecvError> {
-        self.commands.recv().inspect(|c| self.taken(c))
-    }
-
     fn recv_timeout(&self, wait: Duration) -> Result<Command, std_mpsc::RecvTimeoutError> {
         self.commands.recv_timeout(wait).inspect(|c| self.taken(c))
     }
@@ -597,6 +728,7 @@ impl State {
         display: &DisplayProfile,
         audio: &AudioProfile,
         counters: Arc<Counters>,
+        failures: std_mpsc::Sender<Command>,
     ) -> Result<State, String> {
         let plan = plan(display, audio, desktop());
         let pipeline = assemble(&plan)?;
@@ -624,17 +756,14 @@ impl State {
             count_samples(&speaker, counters.clone());
         }
         if let Some(bus) = pipeline.bus() {
-            // A fault here must be visible: the call itself goes on without the screen.
-            bus.set_sync_handler(|_, message| {
+            // A fault here must be visible, and the screen rebuilt: the call itself goes on.
+            bus.set_sync_handler(move |_, message| {
                 if let gst::MessageView::Error(e) = message.view() {
-                    tracing::error!(
-                        "screen: {} ({})",
-                        e.error(),
-                        message
-                            .src()
-                            .map(|s| s.path_string().to_string())
-                            .unwrap_or_default()
-                    );
+                    let from = message
+                        .src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default();
+                    let _ = failures.send(Command::Failed(format!("{} ({from})", e.error())));
                 }
                 gst::BusSyncReply::Drop
             });
@@ -663,7 +792,8 @@ impl State {
         })
     }
 
-    fn run(mut self, commands: Inbox) {
+    /// Until Stop (None) or a failure (why).
+    fn run(mut self, commands: &Inbox, shown: &mut Shown) -> Option<String> {
         let every = Duration::from_millis(1000 / BACKGROUND_FPS as u64);
         let mut next_background = std::time::Instant::now();
         loop {
@@ -678,6 +808,7 @@ impl State {
                     Err(std_mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                 };
+            shown.remember(&command);
             match command {
                 Command::Stop => break,
                 Command::Frame(frame) => self.frame(frame),
@@ -692,9 +823,21 @@ impl State {
                 Command::Snapshot(path, reply) => {
                     let _ = reply.send(self.snapshot(&path));
                 }
+                Command::SimulateFailure => {
+                    gst::element_error!(
+                        self.background_src,
+                        gst::ResourceError::NotFound,
+                        ["display unplugged (simulated)"]
+                    );
+                }
+                Command::Failed(why) => {
+                    let _ = self.pipeline.set_state(gst::State::Null);
+                    return Some(why);
+                }
             }
         }
         let _ = self.pipeline.set_state(gst::State::Null);
+        None
     }
 
     fn frame(&mut self, frame: PhoneFrame) {

@@ -117,6 +117,12 @@ impl BoxLeg {
         self.keyframe_due = Some(self.keyframe_due.map_or(earliest, |d| d.min(earliest)));
     }
 
+    /// The box's decoders were made anew (the screen restarted): each video track needs a
+    /// keyframe again, asked for at its next frame.
+    pub fn decoders_restarted(&mut self) {
+        self.decoding.clear();
+    }
+
     pub fn forget(&mut self, id: ParticipantId) {
         self.decoding.retain(|(origin, _)| *origin != id);
     }

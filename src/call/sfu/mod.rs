@@ -195,6 +195,13 @@ impl Sfu {
 
     /// Make the box a participant: its camera and mic go to every phone, and every phone's
     /// frames come to the box. Its encoder's bitrate stays within the range given.
+    /// The box's screen was rebuilt: phones are asked for keyframes as their video comes.
+    pub fn box_decoders_restarted(&mut self) {
+        if let Some(leg) = &mut self.box_leg {
+            leg.decoders_restarted();
+        }
+    }
+
     pub fn enable_box(&mut self, min_kbps: u32, max_kbps: u32) {
         let leg = BoxLeg::new(min_kbps, max_kbps);
         for peer in &mut self.peers {
