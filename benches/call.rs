@@ -14,6 +14,8 @@
 //! 4. The box in the call with two phones: daemon CPU and memory, encoder-to-socket latency.
 //! 5. The privacy switch flipped 100 times: switch edge to capture released and to phones told.
 //!
+//! `-- WORD…` runs only the figures named by a word: join, sfu, box, privacy.
+//!
 //! Prints figures; asserts nothing about speed. Run it inside `tests/in-netns` so all traffic
 //! stays on loopback (the Makefile does).
 
@@ -252,7 +254,7 @@ async fn privacy_toggles() -> Result<()> {
         bail!("privacy still on after the last flip: {privacy}");
     }
     println!(
-        "privacy switch edge -> capture released (pipeline NULL, device closed): median {} us, p99 {} us over {} closes ({TOGGLES} toggles, camera and mic each); goal < 50 ms",
+        "privacy switch edge -> camera and mic closed (their sources at NULL): median {} us, p99 {} us over {} closes ({TOGGLES} toggles, camera and mic each); goal < 50 ms",
         privacy["capture_release_us"]["median"], privacy["capture_release_us"]["p99"], privacy["capture_release_us"]["count"]
     );
     println!(
@@ -271,11 +273,25 @@ async fn main() -> Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         return Ok(());
     }
-    link_click_to_first_frame().await?;
-    late_joiner_two_phones().await?;
-    late_joiner_box().await?;
-    sfu_cpu_per_1000_packets().await?;
-    box_with_two_phones().await?;
-    privacy_toggles().await?;
+    // `cargo bench --bench call -- privacy`: only the figures whose name holds a word given.
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| words.is_empty() || words.iter().any(|w| name.contains(w.as_str()));
+    if wanted("join") {
+        link_click_to_first_frame().await?;
+        late_joiner_two_phones().await?;
+        late_joiner_box().await?;
+    }
+    if wanted("sfu") {
+        sfu_cpu_per_1000_packets().await?;
+    }
+    if wanted("box") {
+        box_with_two_phones().await?;
+    }
+    if wanted("privacy") {
+        privacy_toggles().await?;
+    }
     Ok(())
 }

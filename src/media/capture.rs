@@ -210,13 +210,14 @@ impl Supervisor {
                 }
                 Ok(Command::Pause) => {
                     self.paused = true;
-                    self.stop_pipeline();
+                    self.close_device();
                     let _ = self
                         .media
                         .blocking_send(MediaInput::Event(MediaEvent::Released {
                             kind: self.kind,
                             at: Instant::now(),
                         }));
+                    self.stop_pipeline();
                 }
                 Ok(Command::Resume) => {
                     self.paused = false;
@@ -324,6 +325,18 @@ impl Supervisor {
         if let Some(running) = self.running.take() {
             // NULL closes the device (its file descriptors) before we go on.
             let _ = running.pipeline.set_state(gst::State::Null);
+        }
+    }
+
+    /// Privacy: the device first, then the rest. The source's element to NULL closes the
+    /// device; its thread never waits for the encoder (a leaky queue lies between), so this
+    /// does not wait for a frame being encoded. Returns when the device is closed.
+    fn close_device(&mut self) {
+        if let Some(running) = &mut self.running {
+            for source in running.pipeline.iterate_sources().into_iter().flatten() {
+                let _ = source.set_state(gst::State::Null);
+            }
+            running._device = None;
         }
     }
 
