@@ -182,8 +182,15 @@ impl Supervisor {
         let mut retry_at = Instant::now();
         loop {
             if self.running.is_none() && !self.paused && Instant::now() >= retry_at {
+                let starting = Instant::now();
                 match self.start() {
                     Ok(running) => {
+                        // A privacy cut that comes meanwhile waits for this.
+                        tracing::debug!(
+                            "{:?} capture started in {:?}",
+                            self.kind,
+                            starting.elapsed()
+                        );
                         self.running = Some(running);
                         self.report(Ok(()));
                     }
