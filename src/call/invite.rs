@@ -64,7 +64,16 @@ pub fn unix_seconds(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn hash(token: &str) -> String {
+/// A capability secret: 128 random bits, base64url.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// How secrets are kept and compared: as the hex of their SHA-256, so comparing takes the
+/// same time however much of a guess is right.
+pub(crate) fn hash(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -85,9 +94,7 @@ impl InviteStore {
         now: SystemTime,
         max_sessions: Option<u32>,
     ) -> (Invite, String) {
-        let mut bytes = [0u8; TOKEN_BYTES];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let token = URL_SAFE_NO_PAD.encode(bytes);
+        let token = new_secret();
         let mut id_bytes = [0u8; 4];
         rand::rngs::OsRng.fill_bytes(&mut id_bytes);
         let created = unix_seconds(now);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use str0m::media::{MediaKind, MediaTime};
 
 use invite::{Invite, InviteError, InviteStore};
-use protocol::{parse_client_msg, ClientMsg, ServerMsg};
+use protocol::{parse_client_msg, ClientMsg, SeatKey, ServerMsg};
 use room::{ParticipantId, Room};
 use sfu::{PhoneFrame, Sfu, SfuEvent, SfuOutput, Transmit};
 use throttle::{redacted, GuessThrottle};
@@ -29,6 +29,9 @@ pub const KNOCK_LIMIT: Duration = Duration::from_secs(120);
 /// A participant that has not offered its media within this is removed: it holds a place
 /// in the call without being in it.
 const OFFER_LIMIT: Duration = Duration::from_secs(15);
+/// A participant whose connection broke keeps their place this long for their page to come
+/// back (a phone walking from Wi-Fi to mobile data, a box restarting its web server).
+pub const HOLD_LIMIT: Duration = Duration::from_secs(30);
 
 /// Limits that keep one link, or one address, from taking the call over.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +122,35 @@ enum Conn {
     },
 }
 
+/// What lets a participant's page take up its place again after its connection broke.
+#[derive(Debug)]
+struct Seat {
+    /// Kept hashed, as invite tokens are.
+    key_sha256: String,
+    /// The invite it was taken with: coming back needs that invite, still valid.
+    invite: String,
+    /// Since when it waits for its page (no connection); None while connected.
+    held_since: Option<Instant>,
+}
+
+impl Seat {
+    fn new(invite: String) -> (Seat, SeatKey) {
+        let key = invite::new_secret();
+        let seat = Seat {
+            key_sha256: invite::hash(&key),
+            invite,
+            held_since: None,
+        };
+        (seat, SeatKey(key))
+    }
+
+    fn renew_key(&mut self) -> SeatKey {
+        let key = invite::new_secret();
+        self.key_sha256 = invite::hash(&key);
+        SeatKey(key)
+    }
+}
+
 pub struct Call {
     room: Room,
     sfu: Sfu,
@@ -128,6 +160,8 @@ pub struct Call {
     /// Participants who paused the box: once each (only the switch at home releases it).
     pausers: std::collections::HashSet<ParticipantId>,
     conns: HashMap<ConnId, Conn>,
+    /// Every participant's place in the call, which their page can come back to.
+    seats: HashMap<ParticipantId, Seat>,
     outputs: VecDeque<Output>,
 }
 
@@ -141,6 +175,7 @@ impl Call {
             throttle: GuessThrottle::default(),
             pausers: Default::default(),
             conns: HashMap::new(),
+            seats: HashMap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -229,8 +264,14 @@ impl Call {
             .insert(conn, Conn::AwaitingJoin { since: now, from });
     }
 
+    /// A signalling connection closed without a goodbye (a goodbye is `leave`): the place
+    /// of a participant whose media was set up is held for their page to come back (see
+    /// [`HOLD_LIMIT`]); one that broke before is simply gone.
     pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
         match self.conns.remove(&conn) {
+            Some(Conn::Joined {
+                id, offered: true, ..
+            }) => self.hold(id, now),
             Some(Conn::Joined { id, .. }) => self.leave(id),
             Some(Conn::Knocking { .. }) => self.tell_knocks(now),
             _ => {}
@@ -265,8 +306,17 @@ impl Call {
                     token,
                     name,
                     video_codecs,
+                    rejoin,
                 },
-            ) => self.join(conn, from, &token, &name, &video_codecs, now, wall),
+            ) => {
+                let asked = Asked {
+                    token: &token,
+                    name: &name,
+                    video_codecs: &video_codecs,
+                    rejoin: rejoin.as_ref(),
+                };
+                self.join(conn, from, asked, now, wall)
+            }
             (Conn::AwaitingJoin { .. }, _) => {
                 self.refuse(conn, "Join first, with the invite link.")
             }
@@ -292,8 +342,18 @@ impl Call {
     }
 
     /// Time passed: close connections that never joined and participants that never
-    /// offered media, advance the media sessions.
+    /// offered media, give up places held too long, advance the media sessions.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let gone: Vec<ParticipantId> = self
+            .seats
+            .iter()
+            .filter(|(_, seat)| seat.held_since.is_some_and(|t| now >= t + HOLD_LIMIT))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            tracing::info!("{id} did not come back within {} s", HOLD_LIMIT.as_secs());
+            self.leave(id);
+        }
         let stale: Vec<(ConnId, Option<ParticipantId>)> = self
             .conns
             .iter()
@@ -334,20 +394,18 @@ impl Call {
     /// join limit of connections still waiting.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let conns = self.conns.values().filter_map(Conn::deadline);
-        conns.chain(self.sfu.poll_timeout()).min()
+        let held = self.seats.values().filter_map(|s| s.held_since);
+        let held = held.map(|since| since + HOLD_LIMIT);
+        conns.chain(held).chain(self.sfu.poll_timeout()).min()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn join(
-        &mut self,
-        conn: ConnId,
-        from: IpAddr,
-        token: &str,
-        name: &str,
-        video_codecs: &[String],
-        now: Instant,
-        wall: SystemTime,
-    ) {
+    fn join(&mut self, conn: ConnId, from: IpAddr, asked: Asked, now: Instant, wall: SystemTime) {
+        let Asked {
+            token,
+            name,
+            video_codecs,
+            rejoin,
+        } = asked;
         if self.throttle.is_throttled(from, now) {
             if self.throttle.record_throttled(from, now) {
                 tracing::info!(
@@ -367,6 +425,11 @@ impl Call {
             }
         };
         self.save_invites();
+        // Coming back needs the link (still valid: a revoked one does not let anyone back)
+        // and the key of a place taken with it.
+        if let Some(id) = rejoin.and_then(|key| self.seat_of(key, &invite.id)) {
+            return self.resume(conn, id, now);
+        }
         let allowed = invite
             .max_sessions
             .unwrap_or(self.limits.sessions_per_invite);
@@ -402,9 +465,11 @@ impl Call {
         video_codecs: &[String],
         now: Instant,
     ) {
-        match self.room.join(name, video_codecs, now) {
+        let (seat, key) = Seat::new(invite.clone());
+        match self.room.join(name, video_codecs, key, now) {
             Ok((id, messages)) => {
                 tracing::info!("{id} joined with invite {invite}");
+                self.seats.insert(id, seat);
                 let joined = Conn::Joined {
                     id,
                     invite,
@@ -417,6 +482,61 @@ impl Call {
             }
             Err(refused) => self.refuse(conn, &refused.to_string()),
         }
+    }
+
+    /// The participant whose place this key opens, if it was taken with this invite and
+    /// its participant is still in the call.
+    fn seat_of(&self, key: &SeatKey, invite: &str) -> Option<ParticipantId> {
+        let digest = invite::hash(&key.0);
+        self.seats
+            .iter()
+            .find(|(_, seat)| seat.key_sha256 == digest && seat.invite == invite)
+            .map(|(id, _)| *id)
+            .filter(|id| self.room.participant(*id).is_some())
+    }
+
+    /// A participant's page is back on connection `conn`: it takes over the place (from the
+    /// old connection too, should the box not have noticed that one break yet) and sets up
+    /// its media afresh. The others keep the same tile.
+    fn resume(&mut self, conn: ConnId, id: ParticipantId, now: Instant) {
+        if let Some(old) = self.conn_of(id) {
+            self.conns.remove(&old);
+            self.outputs.push_back(Output::Close(old));
+        }
+        self.sfu.handle_peer_left(id);
+        let Some(seat) = self.seats.get_mut(&id) else {
+            return;
+        };
+        seat.held_since = None;
+        let key = seat.renew_key();
+        let invite = seat.invite.clone();
+        let Some(messages) = self.room.rejoin(id, key) else {
+            return;
+        };
+        tracing::info!("{id} is back");
+        let joined = Conn::Joined {
+            id,
+            invite,
+            since: now,
+            offered: false,
+        };
+        self.conns.insert(conn, joined);
+        self.send_all(messages);
+    }
+
+    /// A participant's connection broke: their media stops, their place waits for them.
+    fn hold(&mut self, id: ParticipantId, now: Instant) {
+        self.sfu.handle_peer_left(id);
+        let Some(seat) = self.seats.get_mut(&id) else {
+            return self.leave(id);
+        };
+        seat.held_since = Some(now);
+        tracing::info!(
+            "{id}: connection broke; their place waits {} s for them",
+            HOLD_LIMIT.as_secs()
+        );
+        let messages = self.room.set_reconnecting(id, true);
+        self.send_all(messages);
     }
 
     /// Someone at home answered a knock (the owner page, or the switch flicked at the box).
@@ -479,7 +599,12 @@ impl Call {
     /// An owner removes someone from the call. False when there is no such participant.
     pub fn remove_participant(&mut self, id: ParticipantId) -> bool {
         let Some(conn) = self.conn_of(id) else {
-            return false;
+            // Someone whose page is away: no more waiting for it.
+            let held = self.seats.get(&id).is_some_and(|s| s.held_since.is_some());
+            if held {
+                self.leave(id);
+            }
+            return held;
         };
         self.conns.remove(&conn);
         self.leave(id);
@@ -497,14 +622,22 @@ impl Call {
         self.send_all(messages);
     }
 
+    /// Devices in the call with this invite: connected, knocking, or with a place held.
     fn sessions_of(&self, invite_id: &str) -> usize {
-        self.conns
+        let connected = self
+            .conns
             .values()
             .filter(|c| match c {
                 Conn::Joined { invite, .. } | Conn::Knocking { invite, .. } => invite == invite_id,
                 Conn::AwaitingJoin { .. } => false,
             })
-            .count()
+            .count();
+        let held = self
+            .seats
+            .values()
+            .filter(|s| s.held_since.is_some() && s.invite == invite_id)
+            .count();
+        connected + held
     }
 
     fn joined_message(&mut self, conn: ConnId, id: ParticipantId, msg: ClientMsg, now: Instant) {
@@ -599,6 +732,7 @@ impl Call {
     }
 
     fn leave(&mut self, id: ParticipantId) {
+        self.seats.remove(&id);
         self.sfu.handle_peer_left(id);
         let messages = self.room.leave(id);
         if !messages.is_empty() || self.room.participants().iter().all(|p| p.id != id) {
@@ -621,6 +755,11 @@ impl Call {
         }
     }
 
+    /// The signalling connection of a participant (none while their place is held).
+    pub fn conn_of_participant(&self, id: ParticipantId) -> Option<ConnId> {
+        self.conn_of(id)
+    }
+
     fn conn_of(&self, id: ParticipantId) -> Option<ConnId> {
         self.conns
             .iter()
@@ -636,21 +775,30 @@ impl Call {
                         .push_back(Output::Send(conn, ServerMsg::Offer { sdp }));
                 }
             }
+            // The page sees its connection close and comes back with new media.
             SfuEvent::PeerLost(id, reason) => {
                 tracing::info!("{id}: media connection lost ({reason:?})");
                 if let Some(conn) = self.conn_of(id) {
                     self.conns.remove(&conn);
                     self.outputs.push_back(Output::Close(conn));
                 }
-                let messages = self.room.leave(id);
-                self.send_all(messages);
-                self.screen_roster();
+                if let Some(now) = self.sfu.now() {
+                    self.hold(id, now);
+                }
             }
             SfuEvent::BoxKeyframe => self.outputs.push_back(Output::BoxKeyframe),
             SfuEvent::BoxBitrate(kbps) => self.outputs.push_back(Output::BoxBitrate(kbps)),
             SfuEvent::ToBox(frame) => self.outputs.push_back(Output::ToBox(frame)),
         }
     }
+}
+
+/// What a `join` asks for.
+struct Asked<'a> {
+    token: &'a str,
+    name: &'a str,
+    video_codecs: &'a [String],
+    rejoin: Option<&'a SeatKey>,
 }
 
 /// What a connection that never presents a token is told, once its address has used up
@@ -877,6 +1025,174 @@ mod tests {
             let out = connect_and_say(&mut call, ConnId(conn), &join_text(&family, "Kid"), now);
             assert!(refused(&out, ConnId(conn)).is_none());
         }
+    }
+
+    /// The key in the welcome sent to `conn`.
+    fn seat_key(out: &[Output], conn: ConnId) -> String {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Send(c, ServerMsg::Welcome { rejoin, .. }) if *c == conn => {
+                    Some(rejoin.0.clone())
+                }
+                _ => None,
+            })
+            .expect("a welcome")
+    }
+
+    /// A phone's real offer (audio and video, send-only), as a browser makes one.
+    fn offer_text() -> String {
+        use str0m::media::Direction;
+        let mut phone = str0m::Rtc::builder().build(Instant::now());
+        let mut change = phone.sdp_api();
+        change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let (offer, _) = change.apply().expect("an offer");
+        serde_json::json!({"type": "offer", "sdp": offer.to_sdp_string()}).to_string()
+    }
+
+    /// Join on `conn` and offer media: in the call, with a place to come back to. Its key.
+    fn join_with_media(call: &mut Call, conn: ConnId, token: &str, name: &str) -> String {
+        let now = Instant::now();
+        let out = connect_and_say(call, conn, &join_text(token, name), now);
+        let key = seat_key(&out, conn);
+        let out = say(call, conn, &offer_text(), now);
+        assert!(
+            sent_to(&out, conn).iter().any(|m| m.contains("answer")),
+            "answered"
+        );
+        key
+    }
+
+    fn rejoin_text(token: &str, name: &str, key: &str) -> String {
+        serde_json::json!({"type": "join", "token": token, "name": name, "rejoin": key}).to_string()
+    }
+
+    fn reconnecting(call: &Call, id: ParticipantId) -> bool {
+        call.room()
+            .participant(id)
+            .expect("still in the call")
+            .reconnecting
+    }
+
+    #[test]
+    fn a_broken_connection_keeps_the_place_and_the_key_takes_it_up_again() {
+        let (mut call, good, _) = call();
+        let now = Instant::now();
+        let key = join_with_media(&mut call, ConnId(1), &good, "Gran");
+        assert_eq!(key.len(), 22, "128 bits, base64url");
+        join_with_media(&mut call, ConnId(2), &good, "Ann");
+        let (gran, ann) = (ParticipantId(1), ParticipantId(2));
+
+        call.handle_closed(ConnId(1), now);
+        let out = drain(&mut call);
+        assert!(reconnecting(&call, gran));
+        let told = sent_to(&out, ConnId(2));
+        assert!(
+            told.iter().any(|m| m.contains(r#""reconnecting":true"#)),
+            "{told:?}"
+        );
+
+        // A wrong key is a join like any other: here the link is on its two devices already
+        // (Ann, and Gran's held place).
+        let later = now + Duration::from_secs(5);
+        let out = connect_and_say(
+            &mut call,
+            ConnId(3),
+            &rejoin_text(&good, "X", "AAAA"),
+            later,
+        );
+        assert!(refused(&out, ConnId(3)).is_some_and(|r| r.contains("2 devices")));
+
+        let out = connect_and_say(
+            &mut call,
+            ConnId(4),
+            &rejoin_text(&good, "Gran", &key),
+            later,
+        );
+        let welcome = &sent_to(&out, ConnId(4))[0];
+        assert!(welcome.contains(r#""you":"p1""#), "{welcome}");
+        let new_key = seat_key(&out, ConnId(4));
+        assert_ne!(new_key, key, "a new key each time");
+        assert!(!reconnecting(&call, gran));
+        let told = sent_to(&out, ConnId(2));
+        assert!(told
+            .iter()
+            .any(|m| m.contains("roster") && !m.contains("reconnecting")));
+        assert_eq!(call.room().phones().count(), 2, "no new participant");
+        assert!(call.room().participant(ann).is_some());
+
+        // The old key opens nothing any more; a second page with the new one takes the place
+        // over from the first (whose break the box may not have noticed yet).
+        let out = connect_and_say(&mut call, ConnId(5), &rejoin_text(&good, "G", &key), later);
+        assert!(refused(&out, ConnId(5)).is_some_and(|r| r.contains("2 devices")));
+        let out = connect_and_say(
+            &mut call,
+            ConnId(6),
+            &rejoin_text(&good, "G", &new_key),
+            later,
+        );
+        assert!(sent_to(&out, ConnId(6))[0].contains(r#""you":"p1""#));
+        assert!(out.iter().any(|o| matches!(o, Output::Close(ConnId(4)))));
+        call.handle_closed(ConnId(4), later);
+        assert!(
+            !reconnecting(&call, gran),
+            "the old connection's end changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_place_is_given_up_after_the_hold_and_never_with_another_or_a_revoked_link() {
+        let (mut call, good, _) = call();
+        let now = Instant::now();
+        let key = join_with_media(&mut call, ConnId(1), &good, "Gran");
+        call.handle_closed(ConnId(1), now);
+        drain(&mut call);
+
+        // The key with another link: a new participant with that link.
+        let (other_invite, other) =
+            call.create_invite("Other", Duration::from_secs(60), SystemTime::now(), None);
+        let out = connect_and_say(&mut call, ConnId(2), &rejoin_text(&other, "O", &key), now);
+        assert!(sent_to(&out, ConnId(2))[0].contains(r#""you":"p2""#));
+        // A held place counts against its link's devices.
+        connect_and_say(&mut call, ConnId(3), &join_text(&good, "Second"), now);
+        let out = connect_and_say(&mut call, ConnId(4), &join_text(&good, "Third"), now);
+        assert!(
+            refused(&out, ConnId(4)).is_some(),
+            "2 devices: one held, one here"
+        );
+
+        call.handle_timeout(now + HOLD_LIMIT - Duration::from_millis(1));
+        assert!(call.room().participant(ParticipantId(1)).is_some());
+        call.handle_timeout(now + HOLD_LIMIT);
+        assert!(call.room().participant(ParticipantId(1)).is_none(), "gone");
+        let out = connect_and_say(&mut call, ConnId(5), &rejoin_text(&good, "G", &key), now);
+        assert!(!sent_to(&out, ConnId(5))[0].contains(r#""you":"p1""#));
+
+        // Revoking the link ends coming back with it.
+        let key = join_with_media(&mut call, ConnId(6), &other, "P");
+        call.handle_closed(ConnId(6), now);
+        call.revoke_invite(&other_invite.id).unwrap();
+        let out = connect_and_say(&mut call, ConnId(7), &rejoin_text(&other, "P", &key), now);
+        assert!(refused(&out, ConnId(7)).is_some());
+    }
+
+    #[test]
+    fn a_goodbye_frees_the_place_at_once() {
+        let (mut call, good, _) = call();
+        let now = Instant::now();
+        let key = join_with_media(&mut call, ConnId(1), &good, "Gran");
+        say(&mut call, ConnId(1), r#"{"type":"leave"}"#, now);
+        assert!(call.room().phones().next().is_none());
+        let out = connect_and_say(&mut call, ConnId(2), &rejoin_text(&good, "G", &key), now);
+        assert!(sent_to(&out, ConnId(2))[0].contains(r#""you":"p2""#));
+        // A page that breaks before its media is set up is gone at once.
+        call.handle_closed(ConnId(2), now);
+        assert!(call.room().phones().next().is_none());
+        // An owner removes someone whose page is away.
+        join_with_media(&mut call, ConnId(3), &good, "Gran");
+        call.handle_closed(ConnId(3), now);
+        assert!(call.remove_participant(ParticipantId(3)));
+        assert!(call.room().phones().next().is_none());
     }
 
     #[test]

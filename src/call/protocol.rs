@@ -27,6 +27,10 @@ pub enum ClientMsg {
         /// from `RTCRtpReceiver.getCapabilities('video')`.
         #[serde(default)]
         video_codecs: Vec<String>,
+        /// The key from an earlier `welcome`: the page coming back after its connection
+        /// broke, to take up its place in the call again (same participant, same tile).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rejoin: Option<SeatKey>,
     },
     Offer {
         sdp: String,
@@ -74,6 +78,9 @@ pub enum ServerMsg {
         /// the clock and the secret are); none when no relay is configured.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServer>,
+        /// What this page presents (`join.rejoin`) to come back as the same participant if
+        /// its connection breaks.
+        rejoin: SeatKey,
     },
     /// Everyone in the call, this participant included, in join order.
     Roster {
@@ -109,6 +116,21 @@ pub struct RosterEntry {
     /// The box only: privacy is on, since this Unix time (the page shows it in local time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy_since: Option<u64>,
+    /// Their connection broke and their page is coming back (the tile stays meanwhile).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reconnecting: bool,
+}
+
+/// A participant's key to their own place in the call: 128 random bits, known only to the
+/// page it was given to. Never printed (it would let its holder take the place over).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SeatKey(pub String);
+
+impl std::fmt::Debug for SeatKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<seat key>")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -199,7 +221,8 @@ mod tests {
             ClientMsg::Join {
                 token: "abc".into(),
                 name: "Gran".into(),
-                video_codecs: vec!["VP8".into()]
+                video_codecs: vec!["VP8".into()],
+                rejoin: None,
             }
         );
     }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::call::protocol::{RosterEntry, ServerMsg, VideoCodec};
+use crate::call::protocol::{RosterEntry, SeatKey, ServerMsg, VideoCodec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ParticipantId(pub u64);
@@ -11,6 +11,11 @@ pub struct ParticipantId(pub u64);
 impl ParticipantId {
     /// The box itself, when its camera, mic, screen and speaker are in the call.
     pub const BOX: ParticipantId = ParticipantId(0);
+
+    /// From its printed form ("p1").
+    pub fn parse(text: &str) -> Option<ParticipantId> {
+        text.strip_prefix('p')?.parse().ok().map(ParticipantId)
+    }
 }
 
 impl std::fmt::Display for ParticipantId {
@@ -31,6 +36,8 @@ pub struct Participant {
     pub note: Option<String>,
     /// The box only: privacy on since (Unix seconds).
     pub privacy_since: Option<u64>,
+    /// Their connection broke; their place is held for their page to come back.
+    pub reconnecting: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -86,6 +93,7 @@ impl Room {
                 joined_at: now,
                 note: None,
                 privacy_since: None,
+                reconnecting: false,
             },
         );
     }
@@ -151,10 +159,13 @@ impl Room {
         }
     }
 
+    /// A new participant. `seat` is the key their page may come back with
+    /// (see [`Room::rejoin`]); it goes into their welcome.
     pub fn join(
         &mut self,
         name: &str,
         video_codecs: &[String],
+        seat: SeatKey,
         now: Instant,
     ) -> Result<(ParticipantId, Vec<Outgoing>), JoinRefused> {
         if self.phones().count() >= self.max_participants {
@@ -189,18 +200,48 @@ impl Room {
             joined_at: now,
             note: None,
             privacy_since: None,
+            reconnecting: false,
         });
-        let mut out = vec![(
-            id,
-            ServerMsg::Welcome {
-                you: id.to_string(),
-                publish_video_codec: self.publish_codec(),
-                ice_servers: Vec::new(),
-            },
-        )];
+        let mut out = vec![(id, self.welcome(id, seat))];
         out.extend(self.codec_change_since(codec_before, Some(id)));
         out.extend(self.roster_for_all());
         Ok((id, out))
+    }
+
+    fn welcome(&self, id: ParticipantId, seat: SeatKey) -> ServerMsg {
+        ServerMsg::Welcome {
+            you: id.to_string(),
+            publish_video_codec: self.publish_codec(),
+            ice_servers: Vec::new(),
+            rejoin: seat,
+        }
+    }
+
+    /// A participant's connection broke (`true`) and their place is held, or their page is
+    /// back (`false`): everyone's tile for them says so. Unknown ids are ignored.
+    pub fn set_reconnecting(&mut self, id: ParticipantId, reconnecting: bool) -> Vec<Outgoing> {
+        match self.participants.iter_mut().find(|p| p.id == id) {
+            Some(p) if p.reconnecting != reconnecting => {
+                p.reconnecting = reconnecting;
+                self.roster_for_all()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A participant's page is back after its connection broke: the same place, welcomed
+    /// again (with a fresh `seat` key), and the tiles lose "reconnecting". None when the
+    /// participant is no longer in the call.
+    pub fn rejoin(&mut self, id: ParticipantId, seat: SeatKey) -> Option<Vec<Outgoing>> {
+        self.participant(id)?;
+        let mut out = vec![(id, self.welcome(id, seat))];
+        let roster = self.set_reconnecting(id, false);
+        out.extend(if roster.is_empty() {
+            self.roster_for_all()
+        } else {
+            roster
+        });
+        Some(out)
     }
 
     /// A guest's name as shown: cleaned, and never the box's own (nobody can pose as it).
@@ -267,6 +308,7 @@ impl Room {
                 video: p.video,
                 note: p.note.clone(),
                 privacy_since: p.privacy_since,
+                reconnecting: p.reconnecting,
             })
             .collect();
         self.phones()
@@ -303,8 +345,12 @@ mod tests {
     fn join_welcomes_and_tells_everyone() {
         let now = Instant::now();
         let mut room = Room::new(8);
-        let (a, _) = room.join("Ann", &codecs(&["H264", "VP8"]), now).unwrap();
-        let (b, out) = room.join("Bob", &codecs(&["H264", "VP8"]), now).unwrap();
+        let (a, _) = room
+            .join("Ann", &codecs(&["H264", "VP8"]), SeatKey::default(), now)
+            .unwrap();
+        let (b, out) = room
+            .join("Bob", &codecs(&["H264", "VP8"]), SeatKey::default(), now)
+            .unwrap();
         assert!(matches!(
             &out[0],
             (p, ServerMsg::Welcome { publish_video_codec: VideoCodec::H264, .. }) if *p == b
@@ -317,8 +363,12 @@ mod tests {
     fn a_vp8_only_joiner_switches_the_room_and_back_when_gone() {
         let now = Instant::now();
         let mut room = Room::new(8);
-        let (a, _) = room.join("Ann", &codecs(&["H264", "VP8"]), now).unwrap();
-        let (f, out) = room.join("Fox", &codecs(&["VP8", "VP9"]), now).unwrap();
+        let (a, _) = room
+            .join("Ann", &codecs(&["H264", "VP8"]), SeatKey::default(), now)
+            .unwrap();
+        let (f, out) = room
+            .join("Fox", &codecs(&["VP8", "VP9"]), SeatKey::default(), now)
+            .unwrap();
         assert!(out.contains(&(
             a,
             ServerMsg::PublishCodec {
@@ -352,14 +402,15 @@ mod tests {
     fn full_room_and_codecless_browser_are_refused() {
         let now = Instant::now();
         let mut room = Room::new(1);
-        room.join("Ann", &[], now).unwrap();
+        room.join("Ann", &[], SeatKey::default(), now).unwrap();
         assert_eq!(
-            room.join("Bob", &[], now).unwrap_err(),
+            room.join("Bob", &[], SeatKey::default(), now).unwrap_err(),
             JoinRefused::Full(1)
         );
         let mut room = Room::new(4);
         assert_eq!(
-            room.join("Old", &codecs(&["AV1"]), now).unwrap_err(),
+            room.join("Old", &codecs(&["AV1"]), SeatKey::default(), now)
+                .unwrap_err(),
             JoinRefused::NoCommonCodec
         );
     }
@@ -369,11 +420,13 @@ mod tests {
         let now = Instant::now();
         let mut room = Room::new(1);
         room.add_box("Home", now);
-        let (a, out) = room.join("Ann", &[], now).unwrap();
+        let (a, out) = room.join("Ann", &[], SeatKey::default(), now).unwrap();
         assert_eq!(roster_names(&out, a).unwrap(), vec!["Home", "Ann"]);
         let mut other = Room::new(4);
         other.add_box("Home", now);
-        let (_, out) = other.join(" HOME\u{200B}", &[], now).unwrap();
+        let (_, out) = other
+            .join(" HOME\u{200B}", &[], SeatKey::default(), now)
+            .unwrap();
         assert_eq!(
             roster_names(&out, ParticipantId(1)).unwrap(),
             vec!["Home", "HOME (guest)"],
@@ -381,7 +434,7 @@ mod tests {
         );
         assert!(out.iter().all(|(p, _)| *p != ParticipantId::BOX));
         assert_eq!(
-            room.join("Bob", &[], now).unwrap_err(),
+            room.join("Bob", &[], SeatKey::default(), now).unwrap_err(),
             JoinRefused::Full(1)
         );
         let out = room.set_box_state(true, false, Some("camera unavailable".into()), None);
@@ -394,11 +447,36 @@ mod tests {
     }
 
     #[test]
+    fn a_participant_coming_back_keeps_their_place_and_is_welcomed_again() {
+        let now = Instant::now();
+        let mut room = Room::new(8);
+        let (a, _) = room.join("Ann", &[], SeatKey("k1".into()), now).unwrap();
+        let (b, _) = room.join("Bob", &[], SeatKey::default(), now).unwrap();
+        let out = room.set_reconnecting(a, true);
+        let told_bob = out.iter().any(|(p, m)| {
+            *p == b
+                && matches!(m, ServerMsg::Roster { participants }
+                    if participants.iter().any(|e| e.id == a.to_string() && e.reconnecting))
+        });
+        assert!(told_bob, "{out:?}");
+        assert!(room.set_reconnecting(a, true).is_empty(), "said once");
+        let out = room.rejoin(a, SeatKey("k2".into())).unwrap();
+        assert!(
+            matches!(&out[0], (p, ServerMsg::Welcome { you, rejoin, .. })
+            if *p == a && you == "p1" && rejoin.0 == "k2")
+        );
+        assert_eq!(roster_names(&out, b).unwrap(), vec!["Ann", "Bob"]);
+        assert!(room.participant(a).is_some_and(|p| !p.reconnecting));
+        room.leave(a);
+        assert!(room.rejoin(a, SeatKey::default()).is_none());
+    }
+
+    #[test]
     fn leave_twice_is_harmless_and_mute_is_broadcast_once() {
         let now = Instant::now();
         let mut room = Room::new(8);
-        let (a, _) = room.join("Ann", &[], now).unwrap();
-        let (b, _) = room.join("Bob", &[], now).unwrap();
+        let (a, _) = room.join("Ann", &[], SeatKey::default(), now).unwrap();
+        let (b, _) = room.join("Bob", &[], SeatKey::default(), now).unwrap();
         assert_eq!(room.set_mute(a, false, true).len(), 2);
         assert!(room.set_mute(a, false, true).is_empty());
         assert_eq!(roster_names(&room.leave(b), a).unwrap(), vec!["Ann"]);

@@ -129,7 +129,7 @@ pub enum Plug {
     Unplug,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(rename_all = "snake_case")]
 pub enum Simulation {
     /// Unplug or plug the dev board's camera.
@@ -140,6 +140,12 @@ pub enum Simulation {
     Switch { state: OnOff },
     /// Make the dev board's screen fail as an unplugged display does (it is rebuilt).
     ScreenFailure,
+    /// Break a phone's signalling connection as a lost network does (no goodbye): its page
+    /// should come back by itself as the same participant.
+    SignallingCut {
+        /// The participant ("p1"), as `hearth status` names them.
+        participant: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -111,11 +111,7 @@ impl Hub {
     }
 
     fn remove(&mut self, participant: &str) -> Response {
-        let id = participant
-            .strip_prefix('p')
-            .and_then(|n| n.parse().ok())
-            .map(ParticipantId)
-            .filter(|id| *id != ParticipantId::BOX);
+        let id = ParticipantId::parse(participant).filter(|id| *id != ParticipantId::BOX);
         match id {
             Some(id) if self.call.remove_participant(id) => {
                 Response::Ok(json!({ "removed": participant }))

@@ -12,6 +12,7 @@ use super::hub::Hub;
 use crate::call::invite::unix_seconds;
 use crate::config::MAX_INVITE_TTL;
 use crate::media::{tv, MediaKindTag};
+use crate::web::signalling::WsCommand;
 
 /// How long a request waits for its effect before it is answered with an error.
 const EFFECT_LIMIT: Duration = Duration::from_secs(10);
@@ -182,6 +183,9 @@ impl Hub {
             Simulation::Camera { action } => (MediaKindTag::Video, action),
             Simulation::Mic { action } => (MediaKindTag::Audio, action),
             Simulation::ScreenFailure => return self.fail_screen(reply),
+            Simulation::SignallingCut { participant } => {
+                return self.cut_signalling(&participant, reply)
+            }
         };
         let Some(media) = &self.media else {
             let _ = reply.send(Response::Error("box media is off".into()));
@@ -193,6 +197,20 @@ impl Hub {
                 let _ = reply.send(Response::Error(e));
             }
         }
+    }
+
+    /// Answered once the connection is dropped; the page's return shows in `hearth status`.
+    fn cut_signalling(&mut self, participant: &str, reply: oneshot::Sender<Response>) {
+        let conn = crate::call::room::ParticipantId::parse(participant)
+            .and_then(|id| self.call.conn_of_participant(id));
+        let answer = match conn.and_then(|conn| self.conns.get(&conn)) {
+            Some(tx) => {
+                let _ = tx.try_send(WsCommand::Drop);
+                Response::Ok(serde_json::json!({ "cut": participant }))
+            }
+            None => Response::Error(format!("{participant:?} has no connection to cut")),
+        };
+        let _ = reply.send(answer);
     }
 
     /// Answered at once: the rebuild shows in `hearth status` (`box.screen_restarts`).

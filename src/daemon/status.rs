@@ -44,6 +44,7 @@ impl Hub {
                 "name": p.name,
                 "mic": p.audio,
                 "camera": p.video,
+                "reconnecting": p.reconnecting,
                 "in_call_secs": now.saturating_duration_since(p.joined_at).as_secs(),
                 "media_connected": peer.is_some_and(|m| m.connected),
                 "tracks_published": peer.map_or(0, |m| m.tracks_published),

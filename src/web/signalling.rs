@@ -66,6 +66,9 @@ pub enum WsEvent {
 pub enum WsCommand {
     Send(ServerMsg),
     Close,
+    /// End the connection without a close frame, as a broken network does (`hearth
+    /// simulate signalling-cut`).
+    Drop,
 }
 
 pub(super) async fn websocket(
@@ -176,6 +179,7 @@ async fn write<K>(
                     let _ = deliver(&mut sink, Message::Close(None), timing).await;
                     return;
                 }
+                WsCommand::Drop => return,
             }
         }
     }
@@ -273,6 +277,7 @@ mod tests {
             video: true,
             note: None,
             privacy_since: None,
+            reconnecting: false,
         };
         WsCommand::Send(ServerMsg::Roster {
             participants: vec![entry],
@@ -295,6 +300,7 @@ mod tests {
                 WsCommand::Send(ServerMsg::Error { message }) => format!("error {message}"),
                 WsCommand::Send(other) => format!("{other:?}"),
                 WsCommand::Close => "close".into(),
+                WsCommand::Drop => "drop".into(),
             })
             .collect()
     }

@@ -28,8 +28,12 @@ use peer::{Peer, Propagate, TrackOut, Urgency};
 const SILENCE_LIMIT: Duration = Duration::from_secs(4);
 /// A peer that never completes ICE + DTLS within this is dropped.
 const CONNECT_LIMIT: Duration = Duration::from_secs(15);
-/// Keyframe requests to one publisher's track are merged within this window.
+/// Keyframe requests to one publisher's track are merged within this window...
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+/// ...and while a requested keyframe is on its way, for up to this long: on a lossy link
+/// every lost packet would otherwise ask again, and a keyframe is the largest thing a phone
+/// sends, so asking too often makes the loss and the freezes worse.
+const KEYFRAME_PATIENCE: Duration = Duration::from_secs(1);
 /// Where each phone's bandwidth estimate starts; TWCC corrects it within a second or two.
 const BWE_START_KBPS: u64 = 5000;
 /// With nothing else due, the peers' clocks still advance this often.
@@ -147,6 +151,10 @@ pub struct SfuCounters {
     pub packets_forwarded: u64,
     pub packets_received: u64,
     pub keyframe_requests_sent: u64,
+    /// Keyframe requests that came from subscribers (their decoder lost its place).
+    pub keyframe_requests_received: u64,
+    /// Publishers' video frames that came with a gap before them NACKs could not fill.
+    pub frames_after_gap: u64,
     /// The box's own frames written to phones (one per frame per phone).
     pub box_frames_sent: u64,
 }
@@ -215,6 +223,11 @@ impl Sfu {
     /// addresses, and addresses on the router that forward to one of them.
     pub fn set_candidates(&mut self, candidates: Candidates) {
         self.candidates = candidates;
+    }
+
+    /// The time of the latest input.
+    pub fn now(&self) -> Option<Instant> {
+        self.now
     }
 
     pub fn candidates(&self) -> &Candidates {
@@ -556,14 +569,19 @@ impl Sfu {
         let Some(track) = peer.tracks_in.iter_mut().find(|t| t.mid == mid) else {
             return;
         };
+        let within = |since: Option<Instant>, limit: Duration| {
+            since.is_some_and(|t| now.saturating_duration_since(t) < limit)
+        };
         if urgency == Urgency::Repair
-            && track
-                .last_keyframe_request
-                .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+            && (within(track.last_keyframe_request, KEYFRAME_REQUEST_INTERVAL)
+                || within(track.keyframe_asked_since, KEYFRAME_PATIENCE))
         {
             return;
         }
         track.last_keyframe_request = Some(now);
+        if !within(track.keyframe_asked_since, KEYFRAME_PATIENCE) {
+            track.keyframe_asked_since = Some(now);
+        }
         if let Some(mut writer) = peer.rtc.writer(mid) {
             if writer.request_keyframe(None, kind).is_ok() {
                 self.counters.keyframe_requests_sent += 1;

@@ -12,12 +12,21 @@ use str0m::{Event, IceConnectionState, Output, Rtc};
 use super::{packet_count, LostReason, SfuCounters, Transmit};
 use crate::call::room::ParticipantId;
 
+/// Packets kept per subscribed video track to resend on request, and for how long.
+const RTX_CACHE_PACKETS: usize = 2000;
+const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
+/// Resends stop while they are more than this share of what a track sends (a congested
+/// link is not helped by more resends).
+const RTX_SHARE_CAP: f32 = 0.5;
+
 /// A track this phone publishes.
 #[derive(Debug)]
 pub(super) struct TrackIn {
     pub mid: Mid,
     pub kind: MediaKind,
     pub last_keyframe_request: Option<Instant>,
+    /// Since when a keyframe has been asked for and not yet come.
+    pub keyframe_asked_since: Option<Instant>,
 }
 
 /// Where a subscribed track stands: offered by the server, answered, or on its way out.
@@ -174,6 +183,15 @@ impl Peer {
             if let TrackOutState::Negotiating(m) = track.state {
                 track.state = TrackOutState::Open(m);
                 newly_open.push((track.origin, track.origin_mid, track.kind));
+                if track.kind == MediaKind::Video {
+                    if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(m, None) {
+                        // str0m stops repairing a stream once a sixth of it is resends.
+                        // Browsers ask again for packets that only came out of order, so on
+                        // a jittery link that is soon reached, and then real losses go
+                        // unrepaired and every one costs a keyframe and a freeze.
+                        stream.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_SHARE_CAP));
+                    }
+                }
             }
         }
         self.tracks_out
@@ -257,17 +275,26 @@ impl Peer {
                     mid: added.mid,
                     kind: added.kind,
                     last_keyframe_request: None,
+                    keyframe_asked_since: None,
                 });
                 propagate.push(Propagate::TrackOpened(self.id, added.mid, added.kind));
             }
             Event::MediaData(data) => {
                 counters.packets_received += packet_count(&data);
-                if !data.contiguous {
-                    // Loss the NACKs could not repair: subscribers need a fresh keyframe.
+                let video = data.params.spec().codec.is_video();
+                if data.is_keyframe() {
+                    let track = self.tracks_in.iter_mut().find(|t| t.mid == data.mid);
+                    if let Some(track) = track {
+                        track.keyframe_asked_since = None;
+                    }
+                } else if video && !data.contiguous {
+                    counters.frames_after_gap += 1;
+                    // Video loss the NACKs could not repair: subscribers need a fresh
+                    // keyframe. (Audio has none: its decoder conceals the gap.)
                     propagate.push(Propagate::KeyframeWanted {
                         publisher: self.id,
                         mid: data.mid,
-                        kind: KeyframeRequestKind::Fir,
+                        kind: KeyframeRequestKind::Pli,
                         urgency: Urgency::Repair,
                     });
                 }
@@ -277,6 +304,7 @@ impl Peer {
                 self.estimate_kbps = Some((estimate.as_u64() / 1000) as u32);
             }
             Event::KeyframeRequest(req) => {
+                counters.keyframe_requests_received += 1;
                 if let Some(t) = self.tracks_out.iter().find(|t| t.mid() == Some(req.mid)) {
                     propagate.push(Propagate::KeyframeWanted {
                         publisher: t.origin,

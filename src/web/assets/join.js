@@ -9,10 +9,20 @@
     pauseBox: $('pause-box'), waiting: $('waiting'), stopWaiting: $('stop-waiting'),
   };
   const NAME_KEY = 'hearth.name';
-  const hearth = (window.hearth = { pc: null, roster: [], state: 'idle' });
+  // joins: welcomes so far, first and after each break (tests wait on it).
+  const hearth = (window.hearth = { pc: null, roster: [], state: 'idle', joins: 0 });
+  // After a break: wait this long before each try, the last one repeating, for at most GIVE_UP_MS.
+  const RETRY_MS = [250, 500, 1000, 2000, 3000];
+  const GIVE_UP_MS = 3 * 60 * 1000;
+  // ICE 'disconnected' this long (the network changed, or went) ends the connection; 'failed'
+  // comes much later.
+  const ICE_GRACE_MS = 3000;
 
-  let session = 0; // bumped on every teardown; callbacks of older sessions compare and bail out
+  let session = 0; // bumped on every connection's end; callbacks of older ones compare and bail out
+  let call = 0; // bumped on every full teardown (the camera is stopped then)
   let ws = null, pc = null, localStream = null, me = null, chain = Promise.resolve();
+  // The key to our place in the call, from `welcome`, and the state of coming back to it.
+  let seat = null, token = '', myName = '', retries = 0, brokeAt = 0, retryTimer = 0, iceTimer = 0;
   let audioTr = null, videoTr = null, mediaReady = Promise.resolve(null);
   let publishCodec = 'H264', prefsApplied = false, audioOn = false, videoOn = false, note = '';
   const tiles = new Map(); // participant id -> { el, video, avatar, name, flags, isMe }
@@ -106,16 +116,16 @@
     }
   }
 
-  const inProgress = () => ['joining', 'waiting', 'in-call'].includes(hearth.state);
+  const inProgress = () => ['joining', 'waiting', 'in-call', 'reconnecting'].includes(hearth.state);
 
   async function join() {
     if (inProgress()) return;
     unlockPlayback(); // inside the user's tap, so Safari will let the call's sound play
     teardown();
-    const token = readToken();
+    token = readToken();
     if (!token) { setState('idle'); idleView(); return; }
     const s = session;
-    const name = els.name.value.trim();
+    const name = (myName = els.name.value.trim());
     try { localStorage.setItem(NAME_KEY, name); } catch (_) { /* private mode */ }
     setState('joining');
     show('lobby');
@@ -137,20 +147,25 @@
     }
     ws = sock;
     sock.onopen = () => {
-      if (s === session) send({ type: 'join', token, name, video_codecs: decodableCodecs() });
+      if (s !== session) return;
+      const msg = { type: 'join', token, name, video_codecs: decodableCodecs() };
+      if (seat) msg.rejoin = seat; // back after a break: the same place in the call
+      send(msg);
     };
     sock.onmessage = (e) => { if (s === session) onMessage(e.data, s); };
     sock.onclose = () => { if (s === session) disconnected(); };
   }
 
-  // Put the camera and mic into the call (replaceTrack needs no renegotiation).
-  async function attachLocal(stream, s) {
-    if (s !== session) { if (stream) stream.getTracks().forEach((t) => t.stop()); return; }
+  // Put the camera and mic into the call (replaceTrack needs no renegotiation). After a
+  // break the same stream goes into the new connection, muted or not as before.
+  async function attachLocal(stream, s, c) {
+    if (c !== call) { if (stream) stream.getTracks().forEach((t) => t.stop()); return; }
     localStream = stream;
+    if (s !== session) return; // the connection that replaced this one attaches it
     const a = stream && stream.getAudioTracks()[0];
     const v = stream && stream.getVideoTracks()[0];
-    audioOn = !!a;
-    videoOn = !!v;
+    audioOn = !!a && a.enabled;
+    videoOn = !!v && v.enabled;
     if (!stream) {
       note = 'Your camera and microphone are not available, so the others cannot see or hear you. You can still see and hear them.';
     } else if (!videoOn) {
@@ -251,15 +266,20 @@
   // A knock-first link: nothing of the call (no roster, no media) until someone at home lets
   // this phone in (then `welcome` comes) or does not (`refused`).
   function waiting(message) {
-    if (hearth.state !== 'joining') return;
+    if (hearth.state !== 'joining' && hearth.state !== 'reconnecting') return;
     setState('waiting');
     show('waiting');
     say(message || 'Waiting for someone at home to let you in…');
   }
 
   function welcome(msg, s) {
-    if (pc || (hearth.state !== 'joining' && hearth.state !== 'waiting')) return;
-    me = String(msg.you);
+    if (pc || !['joining', 'waiting', 'reconnecting'].includes(hearth.state)) return;
+    const you = String(msg.you);
+    if (me && me !== you) removeTile(me); // the box restarted: a new place, a new id
+    me = you;
+    seat = typeof msg.rejoin === 'string' && msg.rejoin ? msg.rejoin : null;
+    retries = 0;
+    hearth.joins += 1;
     publishCodec = msg.publish_video_codec === 'VP8' ? 'VP8' : 'H264';
     // The owner's relay, if the box has one, for networks that block UDP.
     const iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
@@ -269,7 +289,13 @@
       if (s === session && conn.connectionState === 'failed') disconnected();
     };
     conn.oniceconnectionstatechange = () => {
-      if (s === session && conn.iceConnectionState === 'failed') disconnected();
+      if (s !== session) return;
+      const state = conn.iceConnectionState;
+      clearTimeout(iceTimer);
+      if (state === 'failed') disconnected();
+      else if (state === 'disconnected') {
+        iceTimer = setTimeout(() => { if (s === session) disconnected(); }, ICE_GRACE_MS);
+      }
     };
     // Send-only slots now, filled by attachLocal when the camera is ready: the call does not
     // wait for camera start-up (often the slowest step of joining).
@@ -290,7 +316,8 @@
       // ICE-lite server: no trickle, no waiting for gathering.
       send({ type: 'offer', sdp: conn.localDescription.sdp });
     });
-    mediaReady.then((stream) => attachLocal(stream, s));
+    const c = call;
+    mediaReady.then((stream) => attachLocal(stream, s, c));
   }
 
   function onRemoteTrack(e) {
@@ -380,6 +407,7 @@
 
   // "Camera and mic off since 18:02", in this phone's own clock and language.
   function noteOf(p) {
+    if (p.reconnecting) return 'Reconnecting…';
     if (!p.privacy_since) return p.note;
     const since = new Date(p.privacy_since * 1000);
     const time = since.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
@@ -422,23 +450,33 @@
   }
 
   // ---------- ending ----------
-  function teardown() {
+  // The signalling and media connections end; the camera, the tiles and our place stay.
+  function dropConnection() {
     session += 1;
+    clearTimeout(retryTimer);
+    clearTimeout(iceTimer);
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = null;
       try { ws.close(); } catch (_) { /* already closed */ }
       ws = null;
     }
     if (pc) { try { pc.close(); } catch (_) { /* already closed */ } pc = null; }
-    if (localStream) localStream.getTracks().forEach((t) => t.stop());
-    localStream = null;
-    for (const id of [...tiles.keys()]) removeTile(id);
+    for (const t of tiles.values()) if (!t.isMe) t.video.srcObject = null;
     remoteStreams.clear();
     pendingAttach.clear();
-    me = null;
     audioTr = videoTr = null;
     chain = Promise.resolve();
     hearth.pc = null;
+  }
+
+  function teardown() {
+    dropConnection();
+    call += 1;
+    if (localStream) localStream.getTracks().forEach((t) => t.stop());
+    localStream = null;
+    for (const id of [...tiles.keys()]) removeTile(id);
+    me = null;
+    seat = null;
     hearth.roster = [];
     els.tap.hidden = true;
     els.who.textContent = '';
@@ -461,11 +499,33 @@
     say(knocking ? 'You stopped waiting' : 'You left the call');
   }
 
+  // The connection broke. In a call (or coming back to one), try again by ourselves: the
+  // same link and our place's key, so the others keep our tile. Otherwise, or after
+  // GIVE_UP_MS of trying, say so and offer "Join again".
   function disconnected() {
-    teardown();
-    setState('disconnected');
-    show('after');
-    say('Disconnected');
+    const wasIn = hearth.state === 'in-call' || hearth.state === 'reconnecting';
+    if (!wasIn || !token || (brokeAt && retries > 0 && Date.now() - brokeAt > GIVE_UP_MS)) {
+      teardown();
+      setState('disconnected');
+      show('after');
+      say('Disconnected');
+      return;
+    }
+    if (hearth.state === 'in-call') brokeAt = Date.now();
+    dropConnection();
+    setState('reconnecting');
+    show('call');
+    say('Reconnecting…');
+    const s = session;
+    const delay = RETRY_MS[Math.min(retries, RETRY_MS.length - 1)];
+    retries += 1;
+    retryTimer = setTimeout(() => { if (s === session) openSocket(token, myName, s); }, delay);
+  }
+
+  function retryNow() { // the network is back: no need to wait out the pause
+    if (hearth.state !== 'reconnecting' || ws) return;
+    clearTimeout(retryTimer);
+    openSocket(token, myName, session);
   }
 
   // ---------- start ----------
@@ -480,6 +540,7 @@
   els.tap.addEventListener('click', unlockPlayback);
   window.addEventListener('resize', layout);
   window.addEventListener('hashchange', idleView);
+  window.addEventListener('online', retryNow);
   window.addEventListener('pagehide', () => { // closing the tab: say goodbye rather than time out
     if (inProgress()) leave();
   });

@@ -14,6 +14,8 @@ const LOG_FILE: &str = "test-hearth.log";
 
 pub struct Daemon {
     child: Child,
+    /// How it was started, for `restart`.
+    launch: Launch,
     pub state_dir: PathBuf,
     pub https_port: u16,
     pub udp_port: u16,
@@ -119,61 +121,33 @@ impl Daemon {
             None => format!("[web]\n{ports}[call]\nudp_port = {udp_port}\n{extra_config}"),
         };
         std::fs::write(&config, text)?;
-        let mut command = match prefix.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(hearth_bin());
-                command
-            }
-            None => Command::new(hearth_bin()),
+        let launch = Launch {
+            board: board.to_string(),
+            config,
+            prefix: prefix.to_vec(),
+            run_args: run_args.iter().map(|a| a.to_string()).collect(),
         };
-        let mut child = command
-            .arg("--state-dir")
-            .arg(state_dir)
-            .args(["run", "--board", board, "--config"])
-            .arg(&config)
-            .args(run_args)
-            .env("HEARTH_LOG", "hearth=debug")
-            // Tests never open windows on a developer's desktop.
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting hearth")?;
-        // Its log goes to the test's stderr as before, and to a file `log()` reads.
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let mut log_file = std::fs::File::create(state_dir.join(LOG_FILE))?;
-        std::thread::spawn(move || {
-            use std::io::Write;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                let _ = writeln!(log_file, "{line}");
-            }
-        });
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("Join: ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let join_url = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                bail!("hearth printed no join link within 30 s");
-            }
-        };
+        let (child, join_url) = spawn(state_dir, &launch)?;
         Ok(Daemon {
             child,
+            launch,
             state_dir: state_dir.to_path_buf(),
             https_port,
             udp_port,
             join_url,
         })
+    }
+
+    /// Start it again as it was started (same state dir, config and ports), as systemd's
+    /// `Restart=always` does after a crash: `kill` it first.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            bail!("hearth still runs: kill or stop it before restarting it");
+        }
+        let (child, join_url) = spawn(&self.state_dir, &self.launch)?;
+        self.child = child;
+        self.join_url = join_url;
+        Ok(())
     }
 
     /// SIGKILL, as a crash or the OOM killer would, and reap it.
@@ -299,6 +273,71 @@ impl Daemon {
     pub fn ws_url(&self) -> String {
         format!("wss://127.0.0.1:{}/ws", self.https_port)
     }
+}
+
+/// How a daemon was started.
+struct Launch {
+    board: String,
+    config: PathBuf,
+    prefix: Vec<std::ffi::OsString>,
+    run_args: Vec<String>,
+}
+
+/// Start `hearth run` and wait for the join link it prints.
+fn spawn(state_dir: &Path, launch: &Launch) -> Result<(Child, String)> {
+    let mut command = match launch.prefix.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(hearth_bin());
+            command
+        }
+        None => Command::new(hearth_bin()),
+    };
+    let mut child = command
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["run", "--board", &launch.board, "--config"])
+        .arg(&launch.config)
+        .args(&launch.run_args)
+        .env("HEARTH_LOG", "hearth=debug")
+        // Tests never open windows on a developer's desktop.
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting hearth")?;
+    // Its log goes to the test's stderr as before, and to a file `log()` reads.
+    let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    // Appended to: a restarted daemon's log follows the one before.
+    let mut log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir.join(LOG_FILE))?;
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = writeln!(log_file, "{line}");
+        }
+    });
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("Join: ") {
+                let _ = tx.send(url.to_string());
+            }
+        }
+    });
+    let join_url = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(url) => url,
+        Err(_) => {
+            let _ = child.kill();
+            bail!("hearth printed no join link within 30 s");
+        }
+    };
+    Ok((child, join_url))
 }
 
 pub fn cli(state_dir: &Path, args: &[&str]) -> (bool, String, String) {

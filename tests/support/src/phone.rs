@@ -311,8 +311,17 @@ impl Phone {
         &self.name
     }
 
-    /// Quit the browser (its page leaves the call as a closed tab does).
-    pub async fn close(self) -> Result<()> {
+    /// Close the page as a person closes the tab (it says goodbye from `pagehide`), then
+    /// quit the browser.
+    pub async fn close(mut self) -> Result<()> {
+        // A browser that is already gone has no page to close.
+        let _ = self.browser.goto("about:blank").await;
+        self.browser.close().await
+    }
+
+    /// Quit the browser without closing the page first, as a crash or a phone that loses
+    /// power does: the page says no goodbye.
+    pub async fn crash(self) -> Result<()> {
         self.browser.close().await
     }
 
