@@ -12,16 +12,19 @@
 # first and the tests start their own in a namespace. `pebble` is the ACME test CA (it has no
 # unit); `libnss3-tools` gives certutil, with which a test browser trusts pebble's root;
 # `dnsmasq-base` is the simulated router's DHCP server (the binary only, no host service).
+# `iptables` hands datagrams to the bad network the tests and benchmarks make for themselves
+# (tests/support/src/impair.rs: NFQUEUE, as this kernel has no netem).
 DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fonts-dejavu-core \
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-alsa gstreamer1.0-x \
 	chromium firefox-esr nftables miniupnpd-nftables coturn \
-	pebble bind9 bind9-utils bind9-dnsutils libnss3-tools curl openssl systemd dnsmasq-base
+	pebble bind9 bind9-utils bind9-dnsutils libnss3-tools curl openssl systemd dnsmasq-base \
+	iptables
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
-.PHONY: deps build run test bench fuzz cross deb deb-arm64
+.PHONY: deps build run test bench soak fuzz cross deb deb-arm64
 
 SYSROOT := $(CURDIR)/target/sysroot-arm64
 ARM64 := aarch64-unknown-linux-gnu
@@ -69,9 +72,17 @@ test: deps
 	./tests/in-netns $(CARGO) test --release --locked --offline
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 
+# Figures of a call (benches/call.rs) and of a call on a bad network (benches/impaired.rs).
 bench: deps
 	$(CARGO) build --release --locked --all-targets
-	./tests/in-netns $(CARGO) bench --locked --offline
+	./tests/in-netns $(CARGO) bench --locked --offline --bench call --bench impaired
+
+# Half an hour of phones joining, leaving, muting and reconnecting with the box's media on:
+# fails if the daemon's memory, descriptors or threads grow (SOAK_MINUTES to change).
+SOAK_MINUTES ?= 30
+soak: deps
+	$(CARGO) build --release --locked --all-targets
+	./tests/in-netns $(CARGO) bench --locked --offline --bench soak -- --minutes $(SOAK_MINUTES)
 
 # Coverage-guided fuzzing on stable Rust: AFL++ through cargo-afl, over the targets in
 # fuzz/targets/ (signalling messages, the config file, invite tokens, the SFU's datagrams),

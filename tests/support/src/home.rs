@@ -570,7 +570,7 @@ fn parse_mapping(line: &str) -> Option<Mapping> {
 }
 
 /// `tool` on PATH, or in /usr/sbin or /sbin.
-fn find_tool(tool: &str) -> Option<PathBuf> {
+pub(crate) fn find_tool(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])

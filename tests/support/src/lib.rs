@@ -17,9 +17,11 @@ pub mod attack;
 pub mod browser;
 pub mod daemon;
 pub mod home;
+pub mod impair;
 pub mod netns;
 pub mod phone;
 pub mod servers;
+pub mod stats;
 pub mod wss;
 
 pub use browser::{Browser, BrowserKind, Trust};

@@ -106,6 +106,19 @@ impl Netns {
         }
     }
 
+    /// Something that moves the thread calling it into this namespace, for a thread of its
+    /// own that lives on (sockets it makes there stay there).
+    pub fn entry(&self) -> impl FnOnce() -> io::Result<()> + Send + 'static {
+        let fd = self.fd.clone();
+        move || {
+            // SAFETY: setns(2) on a descriptor this closure keeps open.
+            if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+    }
+
     /// A `Command` for `program` that starts inside this namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
