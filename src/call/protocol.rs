@@ -8,6 +8,10 @@
 //! 4. server `answer`
 //! 5. from then on only the server offers (`offer` → client `answer`) when tracks of other
 //!    participants come or go; so there is never glare.
+//!
+//! A page whose connection broke opens a new socket and starts again at 1, its `join`
+//! carrying the `rejoin` key of its last `welcome`: it gets the same place (participant id)
+//! if the box still holds it, else a new one, and sets up its media afresh.
 
 use serde::{Deserialize, Serialize};
 
@@ -246,6 +250,19 @@ mod tests {
         })
         .unwrap();
         assert_eq!(json, r#"{"type":"publish_codec","codec":"VP8"}"#);
+    }
+
+    #[test]
+    fn a_seat_key_is_never_printed() {
+        let welcome = ServerMsg::Welcome {
+            you: "p1".into(),
+            publish_video_codec: VideoCodec::H264,
+            ice_servers: Vec::new(),
+            rejoin: SeatKey("kEy1234567890".into()),
+        };
+        assert!(!format!("{welcome:?}").contains("kEy1234567890"));
+        let json = serde_json::to_string(&welcome).unwrap();
+        assert!(json.contains(r#""rejoin":"kEy1234567890""#), "{json}");
     }
 
     #[test]
