@@ -140,6 +140,7 @@ fn spawn(
                 commands: tx,
                 min_kbps,
                 max_kbps,
+                wanted_kbps: Default::default(),
                 running: None,
                 present: true,
                 paused: true,
@@ -167,6 +168,9 @@ struct Supervisor {
     commands: std_mpsc::Sender<Command>,
     min_kbps: u32,
     max_kbps: u32,
+    /// The bitrate last asked for: what the encoder is set to whenever a setting runs (they
+    /// run on GStreamer's thread pool, in no promised order).
+    wanted_kbps: std::sync::Arc<std::sync::atomic::AtomicU32>,
     running: Option<Running>,
     /// False while a simulated device is unplugged (dev board).
     present: bool,
@@ -347,13 +351,18 @@ impl Supervisor {
         }
     }
 
+    /// Asked of the encoder on GStreamer's own thread pool (`call_async`), as is a new
+    /// bitrate: the encoder takes such requests between two frames, which under load can be
+    /// a hundred milliseconds, and this thread must be free for a privacy cut meanwhile.
     fn force_keyframe(&self) {
         if let Some(running) = &self.running {
             tracing::debug!("{:?}: keyframe requested", self.kind);
             let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
                 .all_headers(true)
                 .build();
-            running.sink.send_event(event);
+            running.sink.call_async(move |sink| {
+                sink.send_event(event);
+            });
         }
     }
 
@@ -366,17 +375,28 @@ impl Supervisor {
             return;
         };
         let kbps = kbps.clamp(self.min_kbps, self.max_kbps.max(self.min_kbps));
-        match name.as_str() {
-            "x264enc" => encoder.set_property("bitrate", kbps),
-            "openh264enc" => encoder.set_property("bitrate", kbps * 1000),
-            "v4l2h264enc" => {
-                let controls = gst::Structure::builder("controls")
-                    .field("video_bitrate", (kbps * 1000) as i32)
-                    .build();
-                encoder.set_property("extra-controls", controls);
-            }
-            _ => {}
+        self.wanted_kbps
+            .store(kbps, std::sync::atomic::Ordering::Relaxed);
+        let (name, wanted) = (name.clone(), self.wanted_kbps.clone());
+        // See `force_keyframe`.
+        encoder.call_async(move |encoder| {
+            let kbps = wanted.load(std::sync::atomic::Ordering::Relaxed);
+            set_encoder_bitrate(encoder, &name, kbps)
+        });
+    }
+}
+
+fn set_encoder_bitrate(encoder: &gst::Element, name: &str, kbps: u32) {
+    match name {
+        "x264enc" => encoder.set_property("bitrate", kbps),
+        "openh264enc" => encoder.set_property("bitrate", kbps * 1000),
+        "v4l2h264enc" => {
+            let controls = gst::Structure::builder("controls")
+                .field("video_bitrate", (kbps * 1000) as i32)
+                .build();
+            encoder.set_property("extra-controls", controls);
         }
+        _ => {}
     }
 }
 
