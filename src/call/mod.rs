@@ -470,13 +470,7 @@ impl Call {
             Ok((id, messages)) => {
                 tracing::info!("{id} joined with invite {invite}");
                 self.seats.insert(id, seat);
-                let joined = Conn::Joined {
-                    id,
-                    invite,
-                    since: now,
-                    offered: false,
-                };
-                self.conns.insert(conn, joined);
+                self.connect_participant(conn, id, invite, now);
                 self.send_all(messages);
                 self.screen_roster();
             }
@@ -514,6 +508,18 @@ impl Call {
             return;
         };
         tracing::info!("{id} is back");
+        self.connect_participant(conn, id, invite, now);
+        self.send_all(messages);
+    }
+
+    /// `conn` now speaks for participant `id`, whose media is yet to be offered.
+    fn connect_participant(
+        &mut self,
+        conn: ConnId,
+        id: ParticipantId,
+        invite: String,
+        now: Instant,
+    ) {
         let joined = Conn::Joined {
             id,
             invite,
@@ -521,7 +527,6 @@ impl Call {
             offered: false,
         };
         self.conns.insert(conn, joined);
-        self.send_all(messages);
     }
 
     /// A participant's connection broke: their media stops, their place waits for them.

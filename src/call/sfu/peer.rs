@@ -185,7 +185,7 @@ impl Peer {
                 newly_open.push((track.origin, track.origin_mid, track.kind));
                 if track.kind == MediaKind::Video {
                     if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(m, None) {
-                        // str0m stops repairing a stream once a sixth of it is resends.
+                        // str0m stops repairing a stream once 15 % of it is resends.
                         // Browsers ask again for packets that only came out of order, so on
                         // a jittery link that is soon reached, and then real losses go
                         // unrepaired and every one costs a keyframe and a freeze.
