@@ -319,12 +319,6 @@ impl Phone {
         self.browser.close().await
     }
 
-    /// Quit the browser without closing the page first, as a crash or a phone that loses
-    /// power does: the page says no goodbye.
-    pub async fn crash(self) -> Result<()> {
-        self.browser.close().await
-    }
-
     /// Run `before` (JS statements), then wait for `condition`; the reply's `took` counts from
     /// just before `before`, its `at` from the navigation.
     async fn wait(&mut self, before: &str, condition: &str, within: Duration) -> Result<Value> {
