@@ -1,17 +1,26 @@
-//! The box's own leg in the SFU: its camera and mic, encoded once by GStreamer, written
-//! straight into every phone's session; phones' frames handed to its TV and speaker; and the
-//! keyframe requests and bitrate its encoder is asked for. No loopback WebRTC peer.
+//! The box's own leg in the SFU: its camera and mic, encoded once by GStreamer, packetized
+//! once and written straight into every phone's session; phones' packets made whole frames
+//! again for its TV and speaker; and the keyframe requests and bitrate its encoder is asked
+//! for. No loopback WebRTC peer.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::format::Codec;
-use str0m::media::{MediaData, MediaKind, MediaTime, Mid, Pt, Writer};
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{MediaKind, MediaTime, Mid, Pt};
+use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::Rtc;
 
+use super::payload;
 use super::peer::{Peer, TrackOut};
+use super::reassembly::Reassembly;
 use super::{PhoneCodec, PhoneFrame, SfuCounters, SfuEvent};
 use crate::call::room::ParticipantId;
+
+/// The largest RTP payload the box sends: with headers, SRTP and UDP it stays well under a
+/// 1280-byte IPv6 path MTU (and a mobile link's tunnels).
+const MAX_PAYLOAD: usize = 1100;
 
 /// The box's encoder is asked for a keyframe at most this often.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
@@ -19,10 +28,12 @@ const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 pub(super) struct BoxLeg {
     /// The box's tracks (its mic and camera), offered to every phone.
     tracks: [(MediaKind, Mid); 2],
+    /// The next sequence number of each of the box's tracks, as `tracks`.
+    next_seq: [u64; 2],
     /// Phones' frames for the TV and speaker, until polled.
     to_box: Vec<PhoneFrame>,
-    /// Phone video tracks the box has started decoding: each needed a keyframe first.
-    decoding: HashSet<(ParticipantId, Mid)>,
+    /// Each phone track the box plays, being put back together.
+    playing: HashMap<(ParticipantId, Mid), Reassembly>,
     keyframe_due: Option<Instant>,
     last_keyframe: Option<Instant>,
     /// The encoder's bitrate range, and what it was last told.
@@ -38,8 +49,9 @@ impl BoxLeg {
                 (MediaKind::Audio, Mid::from("boxa")),
                 (MediaKind::Video, Mid::from("boxv")),
             ],
+            next_seq: [0; 2],
             to_box: Vec::new(),
-            decoding: HashSet::new(),
+            playing: HashMap::new(),
             keyframe_due: None,
             last_keyframe: None,
             min_kbps,
@@ -59,9 +71,10 @@ impl BoxLeg {
             .map(|(kind, mid)| TrackOut::new(ParticipantId::BOX, *mid, *kind))
     }
 
-    /// Write one of the box's encoded frames to every connected phone subscribed to it.
+    /// Packetize one of the box's encoded frames and write it to every connected phone
+    /// subscribed to it.
     pub fn write(
-        &self,
+        &mut self,
         peers: &mut [Peer],
         kind: MediaKind,
         rtp_time: MediaTime,
@@ -69,44 +82,81 @@ impl BoxLeg {
         now: Instant,
         counters: &mut SfuCounters,
     ) {
-        let Some(&(_, origin_mid)) = self.tracks.iter().find(|(k, _)| *k == kind) else {
+        let Some(track) = self.tracks.iter().position(|(k, _)| *k == kind) else {
             return;
         };
-        let data: Arc<[u8]> = data.into();
+        let origin_mid = self.tracks[track].1;
+        let payloads: Vec<Arc<[u8]>> = match kind {
+            MediaKind::Video => payload::packetize_h264(data, MAX_PAYLOAD)
+                .into_iter()
+                .map(Arc::from)
+                .collect(),
+            MediaKind::Audio => vec![Arc::from(data)],
+        };
+        if payloads.is_empty() {
+            return;
+        }
+        let first_seq = self.next_seq[track];
+        self.next_seq[track] += payloads.len() as u64;
+        let time = rtp_time.numer() as u32;
+        let video = kind == MediaKind::Video;
         for peer in peers {
             // The box encodes only H.264: a phone that cannot decode it gets no box video.
-            if !peer.connected || (kind == MediaKind::Video && !peer.decodes_h264) {
+            if video && !peer.decodes_h264 {
                 continue;
             }
             let Some(mid) = peer.mid_for(ParticipantId::BOX, origin_mid) else {
                 continue;
             };
-            let Some(writer) = peer.rtc.writer(mid) else {
+            let Some(pt) = payload_type(&peer.rtc, mid, kind) else {
                 continue;
             };
-            let Some(pt) = payload_type(&writer, kind) else {
-                continue;
-            };
-            match writer.write(pt, now, rtp_time, data.clone()) {
-                Ok(()) => counters.box_frames_sent += 1,
-                Err(e) => tracing::debug!("{}: box frame not written: {e}", peer.id),
+            let last = payloads.len() - 1;
+            let mut sent = false;
+            for (i, payload) in payloads.iter().enumerate() {
+                let seq = first_seq + i as u64;
+                sent |= peer.send(ParticipantId::BOX, origin_mid, seq, |seq| {
+                    RtpWrite::new(pt, seq, time, now, payload.clone())
+                        .marker(video && i == last)
+                        .nackable(video)
+                });
+            }
+            if sent {
+                counters.box_frames_sent += 1;
             }
         }
     }
 
-    /// A phone's frame reached the SFU: the box plays it. True when this is the first frame
-    /// of a video track, which the box's decoder cannot start without a keyframe.
-    pub fn hear(&mut self, origin: ParticipantId, data: &MediaData) -> bool {
-        let first_video =
-            data.params.spec().codec.is_video() && self.decoding.insert((origin, data.mid));
-        if let Some(codec) = phone_codec(data) {
-            self.to_box.push(PhoneFrame {
+    /// A phone's packet reached the SFU: the box plays it once its frame is whole. True when
+    /// the phone should send a keyframe (the box's decoder starts, or lost its place).
+    pub fn hear(
+        &mut self,
+        origin: ParticipantId,
+        mid: Mid,
+        params: PayloadParams,
+        packet: &RtpPacket,
+        now: Instant,
+    ) -> bool {
+        let Some(codec) = phone_codec(params.spec().codec) else {
+            return false;
+        };
+        let assembled = self
+            .playing
+            .entry((origin, mid))
+            .or_insert_with(|| Reassembly::new(params.spec().codec))
+            .push(
+                *packet.seq_no,
+                packet.header.marker,
+                packet.payload.clone(),
+                now,
+            );
+        self.to_box
+            .extend(assembled.frames.into_iter().map(|data| PhoneFrame {
                 from: origin,
                 codec,
-                data: data.data.clone(),
-            });
-        }
-        first_video
+                data: data.into(),
+            }));
+        assembled.wants_keyframe
     }
 
     /// A phone needs a keyframe from the box's encoder: at most one per interval.
@@ -120,11 +170,11 @@ impl BoxLeg {
     /// The box's decoders were made anew (the screen restarted): each video track needs a
     /// keyframe again, asked for at its next frame.
     pub fn decoders_restarted(&mut self) {
-        self.decoding.clear();
+        self.playing.values_mut().for_each(Reassembly::restart);
     }
 
     pub fn forget(&mut self, id: ParticipantId) {
-        self.decoding.retain(|(origin, _)| *origin != id);
+        self.playing.retain(|(origin, _), _| *origin != id);
     }
 
     /// Events for the box's media edge; returns when a keyframe request falls due.
@@ -169,8 +219,8 @@ impl BoxLeg {
     }
 }
 
-fn phone_codec(data: &MediaData) -> Option<PhoneCodec> {
-    match data.params.spec().codec {
+fn phone_codec(codec: Codec) -> Option<PhoneCodec> {
+    match codec {
         Codec::H264 => Some(PhoneCodec::H264),
         Codec::Vp8 => Some(PhoneCodec::Vp8),
         Codec::Opus => Some(PhoneCodec::Opus),
@@ -178,11 +228,15 @@ fn phone_codec(data: &MediaData) -> Option<PhoneCodec> {
     }
 }
 
-/// The payload type for the box's frames: Opus, or H.264 with packetization-mode 1
-/// (constrained baseline preferred), as the box's encoder makes.
-fn payload_type(writer: &Writer, kind: MediaKind) -> Option<Pt> {
+/// The payload type for the box's frames on a phone's `mid`: Opus, or H.264 with
+/// packetization-mode 1 (constrained baseline preferred), as the box's encoder makes.
+fn payload_type(rtc: &Rtc, mid: Mid, kind: MediaKind) -> Option<Pt> {
+    let negotiated = rtc.media(mid)?.remote_pts();
     let mut best: Option<(u8, Pt)> = None;
-    for params in writer.payload_params() {
+    for params in rtc.codec_config().params() {
+        if !negotiated.contains(&params.pt()) {
+            continue;
+        }
         let spec = params.spec();
         let rank = match (kind, spec.codec) {
             (MediaKind::Audio, Codec::Opus) => 0,

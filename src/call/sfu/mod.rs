@@ -1,11 +1,14 @@
 //! The media plane: one str0m `Rtc` per phone (`peer`), all on one UDP port, forwarding
-//! each publisher's frames to every other peer without decoding them, plus the box's own leg
-//! (`box_leg`). Sans-IO like str0m itself: `handle_*` take datagrams, SDP and the current
+//! each publisher's RTP packets to every other peer as they arrive (str0m's RTP mode: no
+//! frame is held back for a missing packet, each subscriber's own NACKs repair its own
+//! link), plus the box's own leg (`box_leg`). Sans-IO like str0m itself: `handle_*` take datagrams, SDP and the current
 //! time; `poll_output` gives datagrams to send and events (SDP to signal, peers lost, frames
 //! for the box); `poll_timeout` says when `handle_timeout` is due. The socket is the daemon's.
 
 mod box_leg;
+mod payload;
 mod peer;
+mod reassembly;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -14,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
+use str0m::format::PayloadParams;
+use str0m::media::{KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpPacket;
 use str0m::{Candidate, Input, Rtc};
 
 use crate::call::protocol::VideoCodec;
@@ -149,12 +154,11 @@ pub enum LostReason {
 pub struct SfuCounters {
     /// Incoming RTP packets times the subscribers they were written to.
     pub packets_forwarded: u64,
+    /// Publishers' RTP packets (resends included).
     pub packets_received: u64,
     pub keyframe_requests_sent: u64,
     /// Keyframe requests that came from subscribers (their decoder lost its place).
     pub keyframe_requests_received: u64,
-    /// Publishers' video frames that came with a gap before them NACKs could not fill.
-    pub frames_after_gap: u64,
     /// The box's own frames written to phones (one per frame per phone).
     pub box_frames_sent: u64,
 }
@@ -264,7 +268,7 @@ impl Sfu {
         now: Instant,
     ) {
         self.input_at(now);
-        if let Some(leg) = &self.box_leg {
+        if let Some(leg) = &mut self.box_leg {
             leg.write(
                 &mut self.peers,
                 kind,
@@ -323,6 +327,7 @@ impl Sfu {
     fn new_rtc(&self, publish: VideoCodec, now: Instant) -> Rtc {
         let config = Rtc::builder()
             .set_ice_lite(true)
+            .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false);
         let config = match publish {
@@ -415,11 +420,23 @@ impl Sfu {
         );
         // Which peer a datagram belongs to is known only to the peers themselves (ICE ufrag,
         // DTLS/SRTP 5-tuple).
-        if let Some(peer) = self.peers.iter_mut().find(|p| p.rtc.accepts(&input)) {
-            peer.last_heard = Some(now);
-            if peer.rtc.handle_input(input).is_err() {
-                peer.lost = Some(LostReason::Failed);
-            }
+        let Some(peer) = self.peers.iter_mut().find(|p| p.rtc.accepts(&input)) else {
+            return;
+        };
+        peer.last_heard = Some(now);
+        if peer.rtc.handle_input(input).is_err() {
+            peer.lost = Some(LostReason::Failed);
+            return;
+        }
+        // In RTP mode str0m holds one received packet until polled: take it now, before the
+        // next datagram, and forward it.
+        let mut transmits = Vec::new();
+        let mut propagate = Vec::new();
+        peer.drain(now, &mut transmits, &mut propagate, &mut self.counters);
+        self.outputs
+            .extend(transmits.into_iter().map(SfuOutput::Transmit));
+        for item in propagate {
+            self.apply(item, now);
         }
     }
 
@@ -523,7 +540,12 @@ impl Sfu {
                     peer.tracks_out.push(TrackOut::new(origin, mid, kind));
                 }
             }
-            Propagate::Media(origin, data) => self.forward(origin, &data, now),
+            Propagate::Rtp {
+                origin,
+                mid,
+                params,
+                packet,
+            } => self.forward(origin, mid, params, &packet, now),
             Propagate::KeyframeWanted {
                 publisher,
                 mid,
@@ -533,18 +555,24 @@ impl Sfu {
         }
     }
 
-    /// One publisher's frame to the box and to every other peer.
-    fn forward(&mut self, origin: ParticipantId, data: &MediaData, now: Instant) {
+    /// One publisher's packet to the box and to every other peer.
+    fn forward(
+        &mut self,
+        origin: ParticipantId,
+        mid: Mid,
+        params: PayloadParams,
+        packet: &RtpPacket,
+        now: Instant,
+    ) {
         if let Some(leg) = &mut self.box_leg {
-            if leg.hear(origin, data) {
+            if leg.hear(origin, mid, params, packet, now) {
                 let kind = KeyframeRequestKind::Pli;
-                self.request_keyframe(origin, data.mid, kind, Urgency::NewSubscriber, now);
+                self.request_keyframe(origin, mid, kind, Urgency::Repair, now);
             }
         }
-        let packets = packet_count(data);
         for peer in self.peers.iter_mut().filter(|p| p.id != origin) {
-            if peer.forward(origin, data) {
-                self.counters.packets_forwarded += packets;
+            if peer.forward(origin, mid, params, packet) {
+                self.counters.packets_forwarded += 1;
             }
         }
     }
@@ -582,10 +610,9 @@ impl Sfu {
         if !within(track.keyframe_asked_since, KEYFRAME_PATIENCE) {
             track.keyframe_asked_since = Some(now);
         }
-        if let Some(mut writer) = peer.rtc.writer(mid) {
-            if writer.request_keyframe(None, kind).is_ok() {
-                self.counters.keyframe_requests_sent += 1;
-            }
+        if let Some(stream) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            stream.request_keyframe(kind);
+            self.counters.keyframe_requests_sent += 1;
         }
     }
 
@@ -595,10 +622,6 @@ impl Sfu {
             .find(|p| p.id == id)
             .ok_or(SfuError::UnknownPeer)
     }
-}
-
-fn packet_count(data: &MediaData) -> u64 {
-    (**data.seq_range.end()).saturating_sub(**data.seq_range.start()) + 1
 }
 
 #[cfg(test)]

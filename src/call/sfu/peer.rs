@@ -5,11 +5,12 @@ use std::time::Instant;
 
 use str0m::bwe::BweKind;
 use str0m::change::SdpPendingOffer;
-use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Event, IceConnectionState, Output, Rtc};
 
-use super::{packet_count, LostReason, SfuCounters, Transmit};
+use super::{payload, LostReason, SfuCounters, Transmit};
 use crate::call::room::ParticipantId;
 
 /// Packets kept per subscribed video track to resend on request, and for how long.
@@ -46,6 +47,9 @@ pub(super) struct TrackOut {
     pub origin_mid: Mid,
     pub kind: MediaKind,
     state: TrackOutState,
+    /// Subtracted from the origin's extended sequence numbers: the first packet this phone
+    /// gets is numbered below 65536, as SRTP needs (its rollover counter starts at 0).
+    seq_base: Option<u64>,
 }
 
 impl TrackOut {
@@ -55,7 +59,15 @@ impl TrackOut {
             origin_mid,
             kind,
             state: TrackOutState::ToOpen,
+            seq_base: None,
         }
+    }
+
+    /// The origin's sequence number in this phone's numbering; None for a packet older than
+    /// the first this phone got.
+    fn rebase(&mut self, seq: u64) -> Option<SeqNo> {
+        let base = *self.seq_base.get_or_insert(seq & !0xFFFF);
+        seq.checked_sub(base).map(SeqNo::from)
     }
 
     /// The mid on this phone's connection, once the phone has accepted the track.
@@ -80,7 +92,13 @@ impl TrackOut {
 /// Something one peer produced that others must act on.
 pub(super) enum Propagate {
     TrackOpened(ParticipantId, Mid, MediaKind),
-    Media(ParticipantId, Box<MediaData>),
+    /// A publisher's packet, with the codec its payload type stands for.
+    Rtp {
+        origin: ParticipantId,
+        mid: Mid,
+        params: PayloadParams,
+        packet: Box<RtpPacket>,
+    },
     KeyframeWanted {
         publisher: ParticipantId,
         mid: Mid,
@@ -279,26 +297,37 @@ impl Peer {
                 });
                 propagate.push(Propagate::TrackOpened(self.id, added.mid, added.kind));
             }
-            Event::MediaData(data) => {
-                counters.packets_received += packet_count(&data);
-                let video = data.params.spec().codec.is_video();
-                if data.is_keyframe() {
-                    let track = self.tracks_in.iter_mut().find(|t| t.mid == data.mid);
+            Event::RtpPacket(packet) => {
+                counters.packets_received += 1;
+                let pt = packet.header.payload_type;
+                let params = self
+                    .rtc
+                    .codec_config()
+                    .params()
+                    .iter()
+                    .find(|p| p.pt() == pt);
+                let Some(&params) = params else {
+                    return;
+                };
+                let mut api = self.rtc.direct_api();
+                let Some(mid) = api.stream_rx(&packet.header.ssrc).map(|s| s.mid()) else {
+                    return;
+                };
+                let codec = params.spec().codec;
+                if codec.is_video() && payload::starts_keyframe(codec, &packet.payload) {
+                    let track = self.tracks_in.iter_mut().find(|t| t.mid == mid);
                     if let Some(track) = track {
                         track.keyframe_asked_since = None;
                     }
-                } else if video && !data.contiguous {
-                    counters.frames_after_gap += 1;
-                    // Video loss the NACKs could not repair: subscribers need a fresh
-                    // keyframe. (Audio has none: its decoder conceals the gap.)
-                    propagate.push(Propagate::KeyframeWanted {
-                        publisher: self.id,
-                        mid: data.mid,
-                        kind: KeyframeRequestKind::Pli,
-                        urgency: Urgency::Repair,
-                    });
                 }
-                propagate.push(Propagate::Media(self.id, Box::new(data)));
+                // Losses the NACKs cannot repair are the subscribers' to notice: their
+                // decoders ask for a keyframe, which is relayed.
+                propagate.push(Propagate::Rtp {
+                    origin: self.id,
+                    mid,
+                    params,
+                    packet: Box::new(packet),
+                });
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.estimate_kbps = Some((estimate.as_u64() / 1000) as u32);
@@ -326,40 +355,78 @@ impl Peer {
             .and_then(TrackOut::open_mid)
     }
 
-    /// Write one publisher's frame to this subscriber. False when it does not subscribe
-    /// (yet) or cannot decode that codec.
-    pub fn forward(&mut self, origin: ParticipantId, data: &MediaData) -> bool {
-        if data.params.spec().codec == Codec::H264 && !self.decodes_h264 {
+    /// Forward one publisher's packet to this subscriber as it came (payload untouched).
+    /// False when it does not subscribe (yet) or cannot decode that codec.
+    pub fn forward(
+        &mut self,
+        origin: ParticipantId,
+        origin_mid: Mid,
+        params: PayloadParams,
+        packet: &RtpPacket,
+    ) -> bool {
+        let codec = params.spec().codec;
+        if codec == Codec::H264 && !self.decodes_h264 {
             return false;
         }
-        let Some(mid) = self.mid_for(origin, data.mid) else {
-            return false;
-        };
-        let Some(mut writer) = self.rtc.writer(mid) else {
-            return false;
-        };
         // The subscriber may number the same codec differently: map by codec parameters.
-        let Some(pt) = writer.match_params(data.params) else {
+        let Some(pt) = self.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
             return false;
         };
         // Header extensions the receiver plays by: a phone that negotiated CVO sends its
         // camera unrotated and says how to turn it (dropped, a portrait phone shows sideways);
         // the audio level is what the receiver's browser reports per source. str0m writes
-        // them under this subscriber's extension ids.
-        let ext = &data.ext_vals;
-        if let Some(o) = ext.video_orientation {
-            writer = writer.video_orientation(o);
-        }
-        if let Some(level) = ext.audio_level {
-            writer = writer.audio_level(level, ext.voice_activity.unwrap_or(false));
-        }
-        if writer
-            .write(pt, data.network_time, data.time, data.data.clone())
-            .is_err()
-        {
-            self.lost = Some(LostReason::Failed);
+        // them under this subscriber's extension ids, with its own mid and transport numbers.
+        let header = &packet.header;
+        let ext = ExtensionValues {
+            audio_level: header.ext_vals.audio_level,
+            voice_activity: header.ext_vals.voice_activity,
+            video_orientation: header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        self.send(origin, origin_mid, *packet.seq_no, |seq| {
+            RtpWrite::new(
+                pt,
+                seq,
+                header.timestamp,
+                packet.timestamp,
+                packet.payload.clone(),
+            )
+            .marker(header.marker)
+            .ext_vals(ext)
+            .nackable(codec.is_video())
+        })
+    }
+
+    /// Write one packet of `origin`'s track, numbered `seq` in the origin's sequence, to this
+    /// phone. False when the phone is not connected or does not receive that track.
+    pub fn send(
+        &mut self,
+        origin: ParticipantId,
+        origin_mid: Mid,
+        seq: u64,
+        write: impl FnOnce(SeqNo) -> RtpWrite,
+    ) -> bool {
+        if !self.connected {
             return false;
         }
+        let track = self
+            .tracks_out
+            .iter_mut()
+            .find(|t| t.origin == origin && t.origin_mid == origin_mid);
+        let Some(track) = track else {
+            return false;
+        };
+        let Some(mid) = track.open_mid() else {
+            return false;
+        };
+        let Some(seq) = track.rebase(seq) else {
+            return false;
+        };
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+            return false;
+        };
+        stream.write_rtp(write(seq));
         true
     }
 }
