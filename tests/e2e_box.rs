@@ -208,3 +208,44 @@ async fn a_failed_screen_is_rebuilt_and_shows_the_phone_again() -> Result<()> {
     ann.close().await?;
     Ok(())
 }
+
+/// Firefox here decodes no H.264 (it would fetch OpenH264 itself, which it cannot here): the
+/// box encodes VP8 for it alone while Chromium keeps the box's H.264, and the VP8 encoder
+/// stops when Firefox leaves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_phone_without_h264_gets_the_box_in_vp8_and_the_others_keep_h264() -> Result<()> {
+    let daemon = Daemon::start_with(
+        &temp_dir("e2e-box-vp8"),
+        "[board.camera]\nwidth = 320\nheight = 180\nframerate = 15\n[board.display]\nwidth = 640\nheight = 360\n",
+    )?;
+    let mut ann = Phone::join(BrowserKind::Chromium, &daemon.join_url, "Ann").await?;
+    ann.wait_for("m.codec('p0') === 'video/H264'", secs(20))
+        .await?;
+    let status = daemon.status()?;
+    assert_eq!(
+        status["box"]["camera_vp8"], false,
+        "no VP8 while no phone needs it"
+    );
+
+    let mut fay = Phone::join(BrowserKind::Firefox, &daemon.join_url, "Fay").await?;
+    fay.wait_for(
+        "m.codec('p0') === 'video/VP8' && m.frames('p0') > 10",
+        secs(20),
+    )
+    .await?;
+    daemon.status_until("the camera encodes VP8", |s| s["box"]["camera_vp8"] == true)?;
+    // Meanwhile Ann goes on decoding the box in H.264.
+    let before = ann.media().await?.frames("p0");
+    let more = format!(
+        "m.codec('p0') === 'video/H264' && m.frames('p0') > {}",
+        before + 10
+    );
+    ann.wait_for(&more, secs(10)).await?;
+
+    fay.close().await?;
+    daemon.status_until("the camera's VP8 stops when Fay has left", |s| {
+        s["box"]["camera_vp8"] == false
+    })?;
+    ann.close().await?;
+    Ok(())
+}

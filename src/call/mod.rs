@@ -14,7 +14,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use str0m::media::{MediaKind, MediaTime};
+use str0m::format::Codec;
+use str0m::media::MediaTime;
 
 use invite::{Invite, InviteError, InviteStore};
 use protocol::{parse_client_msg, ClientMsg, SeatKey, ServerMsg};
@@ -62,6 +63,8 @@ pub enum Output {
     BoxKeyframe,
     /// The box's encoder should aim at this many kbit/s.
     BoxBitrate(u32),
+    /// The box's camera should encode VP8 too (a phone without H.264 takes its video).
+    BoxVp8(bool),
     /// A phone's frame for the box's screen or speaker.
     ToBox(PhoneFrame),
     /// The phones now in the call, for the box's screen (tiles, names, idle screen).
@@ -238,12 +241,12 @@ impl Call {
     /// One of the box's encoded frames for the phones.
     pub fn handle_box_frame(
         &mut self,
-        kind: MediaKind,
+        codec: Codec,
         rtp_time: MediaTime,
         data: &[u8],
         now: Instant,
     ) {
-        self.sfu.handle_box_frame(kind, rtp_time, data, now);
+        self.sfu.handle_box_frame(codec, rtp_time, data, now);
     }
 
     /// The box's camera or mic changed (device trouble, privacy); everyone is told.
@@ -793,6 +796,7 @@ impl Call {
             }
             SfuEvent::BoxKeyframe => self.outputs.push_back(Output::BoxKeyframe),
             SfuEvent::BoxBitrate(kbps) => self.outputs.push_back(Output::BoxBitrate(kbps)),
+            SfuEvent::BoxVp8(on) => self.outputs.push_back(Output::BoxVp8(on)),
             SfuEvent::ToBox(frame) => self.outputs.push_back(Output::ToBox(frame)),
         }
     }
@@ -1046,7 +1050,7 @@ mod tests {
 
     /// A phone's real offer (audio and video, send-only), as a browser makes one.
     fn offer_text() -> String {
-        use str0m::media::Direction;
+        use str0m::media::{Direction, MediaKind};
         let mut phone = str0m::Rtc::builder().build(Instant::now());
         let mut change = phone.sdp_api();
         change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);

@@ -26,6 +26,8 @@ pub struct BoxMedia {
     /// before the privacy switch has been read.
     camera_closed: bool,
     mic_closed: bool,
+    /// The camera encodes VP8 as well, for a phone that cannot decode H.264.
+    camera_vp8: bool,
 }
 
 impl BoxMedia {
@@ -44,6 +46,7 @@ impl BoxMedia {
             mic_problem: None,
             camera_closed: true,
             mic_closed: true,
+            camera_vp8: false,
         }
     }
 
@@ -61,6 +64,16 @@ impl BoxMedia {
 
     pub fn camera(&self) -> &Device {
         &self.camera
+    }
+
+    /// VP8 from the camera as well as H.264, or not.
+    pub fn set_camera_vp8(&mut self, on: bool) {
+        self.camera_vp8 = on;
+        self.camera.set_vp8(on);
+    }
+
+    pub fn camera_vp8(&self) -> bool {
+        self.camera_vp8
     }
 
     pub fn is_simulated(&self) -> bool {

@@ -94,6 +94,12 @@ impl Hub {
                     media.camera().set_bitrate(kbps);
                 }
             }
+            Output::BoxVp8(on) => {
+                if let Some(media) = &mut self.media {
+                    tracing::info!("the camera's VP8 {}", if on { "starts" } else { "stops" });
+                    media.set_camera_vp8(on);
+                }
+            }
             Output::ToBox(frame) => self.tv(tv::Command::Frame(frame)),
             Output::ScreenRoster(phones) => {
                 let empty = phones.is_empty();

@@ -71,6 +71,8 @@ impl Hub {
             .unwrap_or_default();
         Some(json!({
             "camera": media.problem(MediaKindTag::Video).unwrap_or("running"),
+            // VP8 as well as H.264: a phone that cannot decode H.264 takes the box's video.
+            "camera_vp8": media.camera_vp8(),
             "mic": media.problem(MediaKindTag::Audio).unwrap_or("running"),
             "screen": per_phone,
             "screen_frames_dropped": counters.frames_dropped.load(Ordering::Relaxed),

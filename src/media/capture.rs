@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use str0m::format::Codec;
 use tokio::sync::mpsc;
 
 use super::plan::{self, CameraFound, Chain};
@@ -25,6 +26,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 enum Command {
     KeyframeNow,
     Bitrate(u32),
+    /// Encode VP8 as well (camera only): a phone that cannot decode H.264 is in the call.
+    Vp8(bool),
     /// A GStreamer error or end-of-stream from the running pipeline.
     Failed(String),
     /// Dev board only: the simulated device disappears or comes back.
@@ -48,6 +51,10 @@ impl Device {
 
     pub fn set_bitrate(&self, kbps: u32) {
         let _ = self.commands.send(Command::Bitrate(kbps));
+    }
+
+    pub fn set_vp8(&self, on: bool) {
+        let _ = self.commands.send(Command::Vp8(on));
     }
 
     pub fn simulate_present(&self, present: bool) {
@@ -141,6 +148,7 @@ fn spawn(
                 min_kbps,
                 max_kbps,
                 wanted_kbps: Default::default(),
+                vp8: false,
                 running: None,
                 present: true,
                 paused: true,
@@ -159,6 +167,8 @@ struct Running {
     _device: Option<std::fs::File>,
     encoder: Option<(String, gst::Element)>,
     sink: gst_app::AppSink,
+    /// The camera's VP8 branch: its valve and its appsink.
+    vp8: Option<(gst::Element, gst_app::AppSink)>,
 }
 
 struct Supervisor {
@@ -171,6 +181,8 @@ struct Supervisor {
     /// The bitrate last asked for: what the encoder is set to whenever a setting runs (they
     /// run on GStreamer's thread pool, in no promised order).
     wanted_kbps: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Whether VP8 is wanted, for this pipeline and any rebuilt one.
+    vp8: bool,
     running: Option<Running>,
     /// False while a simulated device is unplugged (dev board).
     present: bool,
@@ -213,6 +225,16 @@ impl Supervisor {
                 Ok(Command::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                 Ok(Command::KeyframeNow) => self.force_keyframe(),
                 Ok(Command::Bitrate(kbps)) => self.set_bitrate(kbps),
+                Ok(Command::Vp8(on)) => {
+                    self.vp8 = on;
+                    if let Some(Running {
+                        vp8: Some((gate, _)),
+                        ..
+                    }) = &self.running
+                    {
+                        gate.set_property("drop", !on);
+                    }
+                }
                 Ok(Command::Failed(why)) => {
                     tracing::warn!("{:?} capture stopped: {why}; retrying every 2 s", self.kind);
                     self.stop_pipeline();
@@ -303,7 +325,19 @@ impl Supervisor {
                 .find(|e| e.factory().is_some_and(|f| f.name() == name.as_str()))?;
             Some((name, element))
         });
-        sink.set_callbacks(frames_to_hub(self.kind, self.media.clone()));
+        let codec = match self.kind {
+            MediaKindTag::Video => Codec::H264,
+            MediaKindTag::Audio => Codec::Opus,
+        };
+        sink.set_callbacks(frames_to_hub(self.kind, codec, self.media.clone()));
+        let vp8_sink = pipeline
+            .by_name("vp8")
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
+        let vp8 = pipeline.by_name(plan::VP8_GATE).zip(vp8_sink);
+        if let Some((gate, vp8_sink)) = &vp8 {
+            gate.set_property("drop", !self.vp8);
+            vp8_sink.set_callbacks(frames_to_hub(self.kind, Codec::Vp8, self.media.clone()));
+        }
         report_failures(&pipeline, self.commands.clone());
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
             let _ = pipeline.set_state(gst::State::Null);
@@ -314,6 +348,7 @@ impl Supervisor {
             _device: device,
             encoder,
             sink,
+            vp8,
         })
     }
 
@@ -360,7 +395,12 @@ impl Supervisor {
             let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
                 .all_headers(true)
                 .build();
+            let vp8_sink = running.vp8.as_ref().map(|(_, sink)| sink.clone());
             running.sink.call_async(move |sink| {
+                // Both encoders: the request may come from a phone that gets either.
+                if let Some(vp8_sink) = vp8_sink {
+                    vp8_sink.send_event(event.clone());
+                }
                 sink.send_event(event);
             });
         }
@@ -404,6 +444,7 @@ fn set_encoder_bitrate(encoder: &gst::Element, name: &str, kbps: u32) {
 /// frame is dropped rather than stalling capture.
 fn frames_to_hub(
     kind: MediaKindTag,
+    codec: Codec,
     frames: mpsc::Sender<MediaInput>,
 ) -> gst_app::AppSinkCallbacks {
     gst_app::AppSinkCallbacks::builder()
@@ -417,6 +458,7 @@ fn frames_to_hub(
             };
             let frame = BoxFrame {
                 kind,
+                codec,
                 pts: buffer
                     .pts()
                     .map(|t| Duration::from_nanos(t.nseconds()))

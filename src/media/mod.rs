@@ -11,6 +11,7 @@ pub mod tv;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::format::Codec;
 use str0m::media::{Frequency, MediaKind, MediaTime};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,10 +20,12 @@ pub enum MediaKindTag {
     Video,
 }
 
-/// One encoded frame of the box's camera (H.264 access unit) or mic (Opus packet).
+/// One encoded frame of the box's camera (H.264 access unit, or VP8 frame for phones without
+/// H.264) or mic (Opus packet).
 #[derive(Debug, Clone)]
 pub struct BoxFrame {
     pub kind: MediaKindTag,
+    pub codec: Codec,
     /// Presentation time in the pipeline's running time.
     pub pts: Duration,
     pub data: Arc<[u8]>,

@@ -14,6 +14,8 @@ pub enum Stage {
         props: Vec<(&'static str, String)>,
     },
     Caps(String),
+    /// Starts a second branch from the named element (a `tee`): `name.` in gst-launch.
+    Branch(&'static str),
 }
 
 impl Stage {
@@ -36,7 +38,7 @@ impl Chain {
             .iter()
             .filter_map(|s| match s {
                 Stage::Element { factory, .. } => Some(*factory),
-                Stage::Caps(_) => None,
+                Stage::Caps(_) | Stage::Branch(_) => None,
             })
             .collect()
     }
@@ -47,7 +49,7 @@ impl Chain {
             .iter()
             .filter_map(|s| match s {
                 Stage::Caps(c) => Some(c.as_str()),
-                Stage::Element { .. } => None,
+                Stage::Element { .. } | Stage::Branch(_) => None,
             })
             .collect()
     }
@@ -62,10 +64,15 @@ impl fmt::Display for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, stage) in self.0.iter().enumerate() {
             if i > 0 {
-                f.write_str(" ! ")?;
+                f.write_str(if matches!(stage, Stage::Branch(_)) {
+                    "  "
+                } else {
+                    " ! "
+                })?;
             }
             match stage {
                 Stage::Caps(caps) => f.write_str(caps)?,
+                Stage::Branch(from) => write!(f, "{from}.")?,
                 Stage::Element { factory, props } => {
                     f.write_str(factory)?;
                     for (key, value) in props {
@@ -146,7 +153,15 @@ pub fn choose_encoder<'a>(
     Err(format!("no H.264 encoder: {}", skipped.join(", ")))
 }
 
-/// camera → scale/convert → encoder → H.264 access units into the appsink `video`.
+/// The tee the camera's raw frames are split at, and the valve that keeps the VP8 encoder idle
+/// until a phone needs VP8 (`capture` opens it).
+pub const CAMERA_SPLIT: &str = "split";
+pub const VP8_GATE: &str = "vp8_gate";
+/// What the VP8 encoder aims at: its picture is a quarter of the camera's, for a phone or two.
+pub const VP8_KBPS: u32 = 400;
+
+/// camera → scale/convert → encoder → H.264 access units into the appsink `video`; and from
+/// the same frames, behind a closed valve, VP8 at half the size into the appsink `vp8`.
 pub fn video_capture(
     camera: &CameraProfile,
     found: &CameraFound,
@@ -162,21 +177,53 @@ pub fn video_capture(
             "video/x-raw,format=I420,width={},height={},framerate={}/1",
             camera.width, camera.height, camera.framerate
         )))
-        .push(Stage::element(
-            "queue",
-            &[("max-size-buffers", "2"), ("leaky", "downstream")],
-        ));
+        .push(Stage::element("tee", &[("name", CAMERA_SPLIT)]))
+        // Each encoder behind its own leaky queue: the camera's thread never waits for one
+        // (a privacy cut closes the camera without waiting for a frame being encoded).
+        .push(leaky_queue());
     // A keyframe every two seconds at most, so a lost one is soon replaced.
     let key_interval = camera.framerate.saturating_mul(2);
     chain.0.extend(h264_encoder(encoder, kbps, key_interval).0);
     chain
         .push(Stage::element("h264parse", &[("config-interval", "-1")]))
         .push(Stage::Caps(H264_OUT_CAPS.into()))
+        .push(appsink("video"));
+    let half = |n: u32| (n / 4 * 2).max(2);
+    chain
+        .push(Stage::Branch(CAMERA_SPLIT))
+        .push(leaky_queue())
+        .push(Stage::element(
+            "valve",
+            &[("name", VP8_GATE), ("drop", "true")],
+        ))
+        .push(Stage::element("videoscale", &[]))
+        .push(Stage::Caps(format!(
+            "video/x-raw,width={},height={}",
+            half(camera.width),
+            half(camera.height)
+        )))
+        .push(Stage::element(
+            "vp8enc",
+            &[
+                ("deadline", "1"),
+                ("cpu-used", "8"),
+                ("end-usage", "cbr"),
+                ("target-bitrate", &(VP8_KBPS * 1000).to_string()),
+                ("keyframe-max-dist", &key_interval.to_string()),
+                ("lag-in-frames", "0"),
+                ("error-resilient", "default"),
+                ("threads", "1"),
+            ],
+        ))
+        .push(Stage::Caps("video/x-vp8".into()))
+        // Not waiting for a first buffer to start: behind a closed valve none comes, and a
+        // sink that waits holds the whole pipeline out of PLAYING.
         .push(Stage::element(
             "appsink",
             &[
-                ("name", "video"),
+                ("name", "vp8"),
                 ("sync", "false"),
+                ("async", "false"),
                 ("max-buffers", "4"),
                 ("drop", "true"),
             ],
@@ -184,7 +231,28 @@ pub fn video_capture(
     chain
 }
 
+fn leaky_queue() -> Stage {
+    Stage::element(
+        "queue",
+        &[("max-size-buffers", "2"), ("leaky", "downstream")],
+    )
+}
+
+fn appsink(name: &str) -> Stage {
+    Stage::element(
+        "appsink",
+        &[
+            ("name", name),
+            ("sync", "false"),
+            ("max-buffers", "4"),
+            ("drop", "true"),
+        ],
+    )
+}
+
 /// The camera's raw frames at the profile's size and rate; None when there is no camera.
+/// A leaky queue right behind the device: its thread only hands frames over, so a privacy
+/// cut that stops it never waits for a frame being converted or overlaid.
 fn camera_source(camera: &CameraProfile, found: &CameraFound) -> Option<Chain> {
     let raw = format!(
         "video/x-raw,width={},height={},framerate={}/1",
@@ -199,6 +267,7 @@ fn camera_source(camera: &CameraProfile, found: &CameraFound) -> Option<Chain> {
                     &[("is-live", "true"), ("pattern", "ball")],
                 ))
                 .push(Stage::Caps(raw))
+                .push(leaky_queue())
                 .push(Stage::element(
                     "clockoverlay",
                     &[("time-format", "%H:%M:%S"), ("font-desc", "Sans 36")],
@@ -207,12 +276,14 @@ fn camera_source(camera: &CameraProfile, found: &CameraFound) -> Option<Chain> {
         CameraFound::Libcamera => {
             chain
                 .push(Stage::element("libcamerasrc", &[]))
-                .push(Stage::Caps(raw));
+                .push(Stage::Caps(raw))
+                .push(leaky_queue());
         }
         CameraFound::V4l2 { device } => {
             // Webcams offer many formats; let GStreamer pick, then fit size and rate.
             chain
                 .push(Stage::element("v4l2src", &[("device", device)]))
+                .push(leaky_queue())
                 .push(Stage::element("videorate", &[("drop-only", "true")]))
                 .push(Stage::element("videoscale", &[]));
         }
@@ -353,10 +424,17 @@ mod tests {
             chain.factories(),
             [
                 "libcamerasrc",
+                "queue",
                 "videoconvert",
+                "tee",
                 "queue",
                 "v4l2h264enc",
                 "h264parse",
+                "appsink",
+                "queue",
+                "valve",
+                "videoscale",
+                "vp8enc",
                 "appsink"
             ]
         );
@@ -367,7 +445,15 @@ mod tests {
                 "video/x-raw,format=I420,width=1280,height=720,framerate=30/1",
                 "video/x-h264,level=(string)4,profile=constrained-baseline",
                 H264_OUT_CAPS,
+                "video/x-raw,width=640,height=360",
+                "video/x-vp8",
             ]
+        );
+        assert!(
+            chain
+                .to_string()
+                .contains("appsink name=video sync=false max-buffers=4 drop=true  split. ! queue"),
+            "the VP8 branch starts at the tee: {chain}"
         );
         assert!(chain.to_string().contains(
             "v4l2h264enc extra-controls=\"controls,video_bitrate=1500000,h264_i_frame_period=60,repeat_sequence_header=1\""
@@ -391,12 +477,19 @@ mod tests {
             chain.factories(),
             [
                 "v4l2src",
+                "queue",
                 "videorate",
                 "videoscale",
                 "videoconvert",
+                "tee",
                 "queue",
                 "x264enc",
                 "h264parse",
+                "appsink",
+                "queue",
+                "valve",
+                "videoscale",
+                "vp8enc",
                 "appsink"
             ]
         );

@@ -314,14 +314,12 @@ impl World {
         let n = self.box_audio.len() as u64;
         let audio = frame(ParticipantId::BOX, Codec::Opus, n, false);
         let time = MediaTime::new(n * 960, Frequency::FORTY_EIGHT_KHZ);
-        self.sfu
-            .handle_box_frame(MediaKind::Audio, time, &audio, now);
+        self.sfu.handle_box_frame(Codec::Opus, time, &audio, now);
         self.box_audio.push(audio);
         let key = std::mem::take(&mut self.box_keyframe_wanted);
         let video = frame(ParticipantId::BOX, Codec::H264, n, key);
         let time = MediaTime::new(n * 1800, Frequency::NINETY_KHZ);
-        self.sfu
-            .handle_box_frame(MediaKind::Video, time, &video, now);
+        self.sfu.handle_box_frame(Codec::H264, time, &video, now);
         self.box_video.push(video);
     }
 

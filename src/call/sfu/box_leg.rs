@@ -25,11 +25,35 @@ const MAX_PAYLOAD: usize = 1100;
 /// The box's encoder is asked for a keyframe at most this often.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 
+/// One encoding of the box's: its own sequence numbers, so that a phone sees no gap where
+/// packets of another encoding went to other phones.
+struct BoxStream {
+    codec: Codec,
+    /// Index into `BoxLeg::tracks`.
+    track: usize,
+    next_seq: u64,
+    /// VP8's picture id, one per frame.
+    next_picture: u16,
+}
+
+impl BoxStream {
+    fn new(codec: Codec, track: usize) -> BoxStream {
+        BoxStream {
+            codec,
+            track,
+            next_seq: 0,
+            next_picture: 0,
+        }
+    }
+}
+
 pub(super) struct BoxLeg {
     /// The box's tracks (its mic and camera), offered to every phone.
     tracks: [(MediaKind, Mid); 2],
-    /// The next sequence number of each of the box's tracks, as `tracks`.
-    next_seq: [u64; 2],
+    /// What the box sends on those tracks: Opus; H.264, and VP8 for phones without H.264.
+    streams: [BoxStream; 3],
+    /// Whether the camera was last told to encode VP8 as well.
+    vp8_told: bool,
     /// Phones' frames for the TV and speaker, until polled.
     to_box: Vec<PhoneFrame>,
     /// Each phone track the box plays, being put back together.
@@ -49,7 +73,12 @@ impl BoxLeg {
                 (MediaKind::Audio, Mid::from("boxa")),
                 (MediaKind::Video, Mid::from("boxv")),
             ],
-            next_seq: [0; 2],
+            streams: [
+                BoxStream::new(Codec::Opus, 0),
+                BoxStream::new(Codec::H264, 1),
+                BoxStream::new(Codec::Vp8, 1),
+            ],
+            vp8_told: false,
             to_box: Vec::new(),
             playing: HashMap::new(),
             keyframe_due: None,
@@ -72,43 +101,46 @@ impl BoxLeg {
     }
 
     /// Packetize one of the box's encoded frames and write it to every connected phone
-    /// subscribed to it.
+    /// subscribed to it that decodes its codec: H.264 to those that can, VP8 to the others.
     pub fn write(
         &mut self,
         peers: &mut [Peer],
-        kind: MediaKind,
+        codec: Codec,
         rtp_time: MediaTime,
         data: &[u8],
         now: Instant,
         counters: &mut SfuCounters,
     ) {
-        let Some(track) = self.tracks.iter().position(|(k, _)| *k == kind) else {
+        let Some(stream) = self.streams.iter_mut().find(|s| s.codec == codec) else {
             return;
         };
-        let origin_mid = self.tracks[track].1;
-        let payloads: Vec<Arc<[u8]>> = match kind {
-            MediaKind::Video => payload::packetize_h264(data, MAX_PAYLOAD)
-                .into_iter()
-                .map(Arc::from)
-                .collect(),
-            MediaKind::Audio => vec![Arc::from(data)],
-        };
+        let (kind, origin_mid) = self.tracks[stream.track];
+        let payloads: Vec<Arc<[u8]>> = match codec {
+            Codec::H264 => payload::packetize_h264(data, MAX_PAYLOAD),
+            Codec::Vp8 => {
+                stream.next_picture = stream.next_picture.wrapping_add(1);
+                payload::packetize_vp8(data, stream.next_picture, MAX_PAYLOAD)
+            }
+            _ => vec![data.to_vec()],
+        }
+        .into_iter()
+        .map(Arc::from)
+        .collect();
         if payloads.is_empty() {
             return;
         }
-        let first_seq = self.next_seq[track];
-        self.next_seq[track] += payloads.len() as u64;
+        let first_seq = stream.next_seq;
+        stream.next_seq += payloads.len() as u64;
         let time = rtp_time.numer() as u32;
         let video = kind == MediaKind::Video;
         for peer in peers {
-            // The box encodes only H.264: a phone that cannot decode it gets no box video.
-            if video && !peer.decodes_h264 {
+            if video && (codec == Codec::H264) != peer.decodes_h264 {
                 continue;
             }
             let Some(mid) = peer.mid_for(ParticipantId::BOX, origin_mid) else {
                 continue;
             };
-            let Some(pt) = payload_type(&peer.rtc, mid, kind) else {
+            let Some(pt) = payload_type(&peer.rtc, mid, codec) else {
                 continue;
             };
             let last = payloads.len() - 1;
@@ -185,6 +217,11 @@ impl BoxLeg {
         events: &mut Vec<SfuEvent>,
     ) -> Option<Instant> {
         events.extend(self.to_box.drain(..).map(SfuEvent::ToBox));
+        let vp8 = self.vp8_wanted(peers);
+        if vp8 != self.vp8_told {
+            self.vp8_told = vp8;
+            events.push(SfuEvent::BoxVp8(vp8));
+        }
         if let Some(kbps) = self.bitrate(peers) {
             events.push(SfuEvent::BoxBitrate(kbps));
         }
@@ -199,12 +236,23 @@ impl BoxLeg {
         }
     }
 
+    /// Whether a phone that cannot decode H.264 takes the box's video: only then does the
+    /// camera encode VP8 as well.
+    fn vp8_wanted(&self, peers: &[Peer]) -> bool {
+        let video_mid = self.tracks[1].1;
+        peers.iter().any(|p| {
+            !p.decodes_h264
+                && p.lost.is_none()
+                && p.mid_for(ParticipantId::BOX, video_mid).is_some()
+        })
+    }
+
     /// The slowest connected phone's estimate, when it moved more than 10 % from what the
-    /// encoder was last told (board/README explains why the slowest).
+    /// H.264 encoder was last told (board/README explains why the slowest).
     fn bitrate(&mut self, peers: &[Peer]) -> Option<u32> {
         let lowest = peers
             .iter()
-            .filter(|p| p.connected)
+            .filter(|p| p.connected && p.decodes_h264)
             .filter_map(|p| p.estimate_kbps)
             .min()?
             .clamp(self.min_kbps, self.max_kbps);
@@ -228,9 +276,9 @@ fn phone_codec(codec: Codec) -> Option<PhoneCodec> {
     }
 }
 
-/// The payload type for the box's frames on a phone's `mid`: Opus, or H.264 with
+/// The payload type for the box's frames on a phone's `mid`: Opus, VP8, or H.264 with
 /// packetization-mode 1 (constrained baseline preferred), as the box's encoder makes.
-fn payload_type(rtc: &Rtc, mid: Mid, kind: MediaKind) -> Option<Pt> {
+fn payload_type(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
     let negotiated = rtc.media(mid)?.remote_pts();
     let mut best: Option<(u8, Pt)> = None;
     for params in rtc.codec_config().params() {
@@ -238,9 +286,9 @@ fn payload_type(rtc: &Rtc, mid: Mid, kind: MediaKind) -> Option<Pt> {
             continue;
         }
         let spec = params.spec();
-        let rank = match (kind, spec.codec) {
-            (MediaKind::Audio, Codec::Opus) => 0,
-            (MediaKind::Video, Codec::H264) if spec.format.packetization_mode == Some(1) => {
+        let rank = match (codec, spec.codec) {
+            (Codec::Opus, Codec::Opus) | (Codec::Vp8, Codec::Vp8) => 0,
+            (Codec::H264, Codec::H264) if spec.format.packetization_mode == Some(1) => {
                 match spec.format.profile_level_id {
                     Some(0x42e01f) => 0,
                     _ => 1,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::format::PayloadParams;
+use str0m::format::{Codec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
@@ -122,6 +122,9 @@ pub enum SfuEvent {
     BoxKeyframe,
     /// The box's encoder should aim at this bitrate: the lowest phone's estimate.
     BoxBitrate(u32),
+    /// The box's camera should encode VP8 as well (true) or stop (false): a phone that cannot
+    /// decode H.264 is in the call, or the last one left.
+    BoxVp8(bool),
     /// A phone's frame, for the box's screen and speaker.
     ToBox(PhoneFrame),
 }
@@ -258,11 +261,11 @@ impl Sfu {
             .collect()
     }
 
-    /// One of the box's encoded frames (H.264 access unit or Opus packet) for every phone
-    /// subscribed to it. `rtp_time` is the capture time in the track's clock.
+    /// One of the box's encoded frames (H.264 access unit, VP8 frame or Opus packet) for every
+    /// phone subscribed to it. `rtp_time` is the capture time in the track's clock.
     pub fn handle_box_frame(
         &mut self,
-        kind: MediaKind,
+        codec: Codec,
         rtp_time: MediaTime,
         data: &[u8],
         now: Instant,
@@ -271,7 +274,7 @@ impl Sfu {
         if let Some(leg) = &mut self.box_leg {
             leg.write(
                 &mut self.peers,
-                kind,
+                codec,
                 rtp_time,
                 data,
                 now,

@@ -1,7 +1,7 @@
 //! RTP payload formats, for the box's own leg only (phones' packets are forwarded as they
 //! came): H.264 (RFC 6184: single NAL units, STAP-A, FU-A), VP8 (RFC 7741) and Opus
-//! (RFC 7587, one packet per payload). The box's encoder gives Annex B access units and its
-//! decoders take them; phones speak RTP.
+//! (RFC 7587, one packet per payload). The box's encoders give Annex B access units and VP8
+//! frames, and its decoders take them; phones speak RTP.
 
 use str0m::format::Codec;
 
@@ -41,6 +41,27 @@ pub fn packetize_h264(access_unit: &[u8], max_payload: usize) -> Vec<Vec<u8>> {
         }
     }
     payloads
+}
+
+/// A VP8 frame as RTP payloads of at most `max_payload` bytes, in order, each behind a
+/// payload descriptor carrying the frame's 15-bit picture id (receivers tell a lost frame by
+/// it); the first starts the frame's partition 0. The marker belongs on the last.
+pub fn packetize_vp8(frame: &[u8], picture_id: u16, max_payload: usize) -> Vec<Vec<u8>> {
+    const DESCRIPTOR: usize = 4;
+    let id = (picture_id & 0x7FFF) | 0x8000;
+    let [id_hi, id_lo] = id.to_be_bytes();
+    frame
+        .chunks(max_payload.max(DESCRIPTOR + 1) - DESCRIPTOR)
+        .enumerate()
+        .map(|(i, chunk)| {
+            // X (extensions follow), S on the first; then I (a picture id follows).
+            let first = if i == 0 { 0x90 } else { 0x80 };
+            let mut payload = Vec::with_capacity(chunk.len() + DESCRIPTOR);
+            payload.extend_from_slice(&[first, 0x80, id_hi, id_lo]);
+            payload.extend_from_slice(chunk);
+            payload
+        })
+        .collect()
 }
 
 /// The NAL units of an Annex B byte stream, without start codes (or the whole input as one
@@ -264,6 +285,26 @@ mod tests {
         }
         assert_eq!(depacketize(Codec::Vp8, &[&[0x80]]), None);
         assert_eq!(depacketize(Codec::Vp8, &[&[0x90, 0x80]]), None);
+    }
+
+    #[test]
+    fn a_vp8_frame_survives_packetizing_and_depacketizing() {
+        // A key frame's tag (lowest bit clear), then its data.
+        let frame: Vec<u8> = std::iter::once(0x10)
+            .chain((0..2500).map(|i| i as u8))
+            .collect();
+        let payloads = packetize_vp8(&frame, 0x7FFF + 5, 1100);
+        assert_eq!(payloads.len(), 3);
+        assert!(payloads.iter().all(|p| p.len() <= 1100));
+        assert!(starts_keyframe(Codec::Vp8, &payloads[0]));
+        assert!(!starts_keyframe(Codec::Vp8, &payloads[1]), "not a start");
+        assert_eq!(
+            &payloads[0][2..4],
+            &[0x80, 4],
+            "the picture id wraps at 15 bits"
+        );
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        assert_eq!(depacketize(Codec::Vp8, &refs).unwrap(), frame);
     }
 
     #[test]

@@ -22,7 +22,8 @@ use crate::netns::Netns;
 ///   received a packet.
 /// - `m.from.pN = { frames, packets }`: video frames decoded and audio packets received from
 ///   participant pN, attributed through the tracks its tile plays; `m.frames('pN')` and
-///   `m.packets('pN')` give 0 for someone nothing came from.
+///   `m.packets('pN')` give 0 for someone nothing came from; `m.codec('pN')` is the MIME
+///   type of the video decoded from them ('video/H264', 'video/VP8'; '' before any).
 /// - `m.tiles`: the participants with a tile, this phone's own included; `m.text('pN')` is
 ///   the text of pN's tile ('' without one).
 const MEDIA: &str = r#"async () => {
@@ -31,6 +32,7 @@ const MEDIA: &str = r#"async () => {
     video: 0, audio: 0, from: {}, tiles: tiles.map((t) => t.dataset.participant),
     frames: (p) => (m.from[p] ? m.from[p].frames : 0),
     packets: (p) => (m.from[p] ? m.from[p].packets : 0),
+    codec: (p) => (m.from[p] && m.from[p].codec) || '',
     text: (p) => { const t = tiles.find((t) => t.dataset.participant === p); return t ? t.innerText : ''; },
   };
   const pc = window.hearth && window.hearth.pc;
@@ -43,13 +45,16 @@ const MEDIA: &str = r#"async () => {
   // trackIdentifier is the receiving track's id in Chromium and Firefox; should a browser
   // leave it out, the transceiver of the stat's mid names the track.
   const byMid = new Map(pc.getTransceivers().map((t) => [t.mid, t.receiver.track.id]));
-  (await pc.getStats()).forEach((s) => {
+  const stats = await pc.getStats();
+  stats.forEach((s) => {
     if (s.type !== 'inbound-rtp') return;
     const who = owner.get(s.trackIdentifier || byMid.get(s.mid));
     const from = who ? (m.from[who] = m.from[who] || { frames: 0, packets: 0 }) : null;
     if (s.kind === 'video') {
       if (s.framesDecoded > 0) m.video++;
       if (from) from.frames += s.framesDecoded || 0;
+      const codec = s.codecId && stats.get(s.codecId);
+      if (from && codec && s.framesDecoded > 0) from.codec = codec.mimeType;
     } else if (s.kind === 'audio') {
       if (s.packetsReceived > 0) m.audio++;
       if (from) from.packets += s.packetsReceived || 0;
