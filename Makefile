@@ -24,7 +24,7 @@ DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fon
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
-.PHONY: deps build run test bench soak fuzz cross deb deb-arm64
+.PHONY: deps build run test bench bench-janus soak fuzz cross deb deb-arm64
 
 SYSROOT := $(CURDIR)/target/sysroot-arm64
 ARM64 := aarch64-unknown-linux-gnu
@@ -76,6 +76,17 @@ test: deps
 bench: deps
 	$(CARGO) build --release --locked --all-targets
 	./tests/in-netns $(CARGO) bench --locked --offline --bench call --bench impaired
+
+# Hearth's SFU and Janus's VideoRoom side by side (benches/janus.rs): CPU per 1000 forwarded
+# packets, N = 3 and 4, three alternating runs each. Debian's janus is installed here, its
+# unit masked first as coturn's is: the bench starts its own Janus inside the namespace.
+bench-janus: deps
+	@dpkg-query -W -f='$${Status}\n' janus 2>/dev/null | grep -q '^install ok installed' || { \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO mkdir -p /etc/systemd/system && $$SUDO ln -sf /dev/null /etc/systemd/system/janus.service; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends janus; }
+	$(CARGO) build --release --locked --all-targets
+	./tests/in-netns $(CARGO) bench --locked --offline --bench janus
 
 # Half an hour of phones joining, leaving, muting and reconnecting with the box's media on:
 # fails if the daemon's memory, descriptors or threads grow (SOAK_MINUTES to change).

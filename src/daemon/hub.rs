@@ -31,6 +31,9 @@ use crate::web::signalling::{WsCommand, WsEvent};
 
 /// Largest datagram read from the media socket (a UDP payload on a 1500-byte link fits).
 const MAX_DATAGRAM: usize = 2000;
+/// Datagrams taken in one go when several are waiting (a bound, so that signalling, control
+/// and the privacy switch never wait behind a flood).
+const DATAGRAM_BATCH: usize = 32;
 
 /// Where join links point and how long they last unless asked otherwise.
 pub struct JoinLinks {
@@ -239,7 +242,17 @@ impl Hub {
             let deadline = self.next_deadline(Instant::now());
             tokio::select! {
                 received = self.media_sockets.recv(&mut buf) => match received {
-                    Ok(datagram) => self.handle_datagram(datagram, &buf),
+                    Ok(datagram) => {
+                        self.handle_datagram(datagram, &buf);
+                        // Those already waiting too, so that one pass of the SFU and one round
+                        // of sends serve them all, not a wake-up each.
+                        for _ in 0..DATAGRAM_BATCH {
+                            let Some(datagram) = self.media_sockets.try_recv(&mut buf) else {
+                                break;
+                            };
+                            self.handle_datagram(datagram, &buf);
+                        }
+                    }
                     Err(e) => tracing::debug!("udp receive: {e}"),
                 },
                 Some(event) = inputs.signalling.recv() => self.handle_signalling(event),

@@ -35,7 +35,8 @@ pub struct Received {
 }
 
 pub struct MediaSockets {
-    sockets: Vec<UdpSocket>,
+    /// Each socket with its own address, asked of the kernel once (not at every datagram).
+    sockets: Vec<(UdpSocket, SocketAddr)>,
     accept: Accept,
     /// Where the next receive starts looking, so one busy address cannot starve another.
     next: AtomicUsize,
@@ -61,10 +62,13 @@ impl MediaSockets {
                 .map_err(|e| MediaSocketError::Bind(addr, e))?;
             let socket =
                 UdpSocket::from_std(socket).map_err(|e| MediaSocketError::Bind(addr, e))?;
+            let local = socket
+                .local_addr()
+                .map_err(|e| MediaSocketError::Bind(addr, e))?;
             if port == 0 {
-                port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+                port = local.port();
             }
-            sockets.push(socket);
+            sockets.push((socket, local));
         }
         Ok(MediaSockets {
             sockets,
@@ -75,10 +79,7 @@ impl MediaSockets {
 
     /// The addresses phones can send media to.
     pub fn hosts(&self) -> Vec<SocketAddr> {
-        self.sockets
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
+        self.sockets.iter().map(|(_, local)| *local).collect()
     }
 
     pub fn port(&self) -> u16 {
@@ -98,15 +99,13 @@ impl MediaSockets {
             let count = self.sockets.len();
             let start = self.next.fetch_add(1, Ordering::Relaxed);
             for i in 0..count {
-                let socket = &self.sockets[(start + i) % count];
+                let (socket, local) = &self.sockets[(start + i) % count];
                 let mut read = ReadBuf::new(buf);
                 if let Poll::Ready(result) = socket.poll_recv_from(cx, &mut read) {
-                    let received = result.and_then(|source| {
-                        Ok(Received {
-                            len: read.filled().len(),
-                            source,
-                            destination: socket.local_addr()?,
-                        })
+                    let received = result.map(|source| Received {
+                        len: read.filled().len(),
+                        source,
+                        destination: *local,
                     });
                     return Poll::Ready(received);
                 }
@@ -114,6 +113,22 @@ impl MediaSockets {
             Poll::Pending
         })
         .await
+    }
+
+    /// A datagram already waiting on any of the addresses, without waiting for one: None
+    /// when there is none (or the receive failed, which the next `recv` reports).
+    pub fn try_recv(&self, buf: &mut [u8]) -> Option<Received> {
+        let count = self.sockets.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..count).find_map(|i| {
+            let (socket, local) = &self.sockets[(start + i) % count];
+            let (len, source) = socket.try_recv_from(buf).ok()?;
+            Some(Received {
+                len,
+                source,
+                destination: *local,
+            })
+        })
     }
 
     /// Send from the socket bound to `source` (the first one when none is).
@@ -126,10 +141,18 @@ impl MediaSockets {
         let socket = self
             .sockets
             .iter()
-            .find(|s| s.local_addr().is_ok_and(|a| a == source))
+            .find(|(_, local)| *local == source)
             .or_else(|| self.sockets.first())
+            .map(|(socket, _)| socket)
             .ok_or_else(|| std::io::Error::other("no media socket"))?;
-        socket.send_to(data, destination).await
+        // Straight into the socket's buffer when it has room, as it nearly always has; only a
+        // full buffer waits for the runtime to say it has drained.
+        match socket.try_send_to(data, destination) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                socket.send_to(data, destination).await
+            }
+            sent => sent,
+        }
     }
 }
 
@@ -187,10 +210,21 @@ mod tests {
         );
         let phone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         phone.send_to(b"to the second", hosts[1]).unwrap();
+        phone.send_to(b"and again", hosts[1]).unwrap();
         let mut buf = [0u8; 64];
         let got = sockets.recv(&mut buf).await.unwrap();
         assert_eq!(&buf[..got.len], b"to the second");
         assert_eq!(got.destination, hosts[1]);
+        // What else is waiting is taken without waiting, until nothing is.
+        let waiting = sockets
+            .try_recv(&mut buf)
+            .expect("the second datagram is waiting");
+        assert_eq!(&buf[..waiting.len], b"and again");
+        assert_eq!(waiting.destination, hosts[1]);
+        assert!(
+            sockets.try_recv(&mut buf).is_none(),
+            "nothing more is waiting"
+        );
         sockets
             .send(got.destination, got.source, b"back")
             .await

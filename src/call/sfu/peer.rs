@@ -164,6 +164,14 @@ impl Peer {
         if self.pending.is_some() {
             return None;
         }
+        // Asked after every datagram: most of the time there is nothing to change.
+        let changes = self
+            .tracks_out
+            .iter()
+            .any(|t| matches!(t.state, TrackOutState::ToOpen | TrackOutState::ToStop(_)));
+        if !changes {
+            return None;
+        }
         let mut change = self.rtc.sdp_api();
         for track in &mut self.tracks_out {
             match track.state {

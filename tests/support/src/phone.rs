@@ -308,6 +308,11 @@ impl Phone {
         self.browser.eval(expression).await
     }
 
+    /// The browser underneath, for benchmarks that treat Hearth's pages and others alike.
+    pub fn browser_mut(&mut self) -> &mut Browser {
+        &mut self.browser
+    }
+
     pub fn kind(&self) -> BrowserKind {
         self.browser.kind()
     }
