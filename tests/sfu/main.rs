@@ -354,3 +354,25 @@ fn the_box_reaches_every_phone_and_hears_their_keyframe_requests() {
         "the phone's PLI did not reach the box's encoder"
     );
 }
+
+#[test]
+fn a_payload_larger_than_any_link_carries_is_dropped_and_the_call_goes_on() {
+    // str0m would copy a forwarded payload behind the subscriber's header into a fixed
+    // buffer: too big a one must never get that far. This phone packetizes at 1500 bytes,
+    // so its keyframes' fragments are over the SFU's limit; its small frames are not.
+    let mut w = World::new();
+    w.join(1, browser().set_mtu(1500..=usize::MAX), Codec::H264);
+    w.join(2, browser(), Codec::H264);
+    // Phone 2's subscription asks phone 1 for a keyframe (3000 bytes: fragments of ~1450).
+    let a = ParticipantId(1);
+    let dropped = w.run_until(Duration::from_secs(3), |w| {
+        w.sfu.counters().packets_too_big > 0
+            && w.phone(2).media_from(w.phone(1), MediaKind::Audio).count() > 20
+    });
+    assert!(
+        dropped,
+        "{a}'s oversized packets: {} dropped; its audio reached phone 2: {}",
+        w.sfu.counters().packets_too_big,
+        w.phone(2).media_from(w.phone(1), MediaKind::Audio).count()
+    );
+}

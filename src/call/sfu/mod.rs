@@ -160,6 +160,8 @@ pub struct SfuCounters {
     /// Publishers' RTP packets (resends included).
     pub packets_received: u64,
     pub keyframe_requests_sent: u64,
+    /// Publishers' packets dropped for a payload larger than any link carries.
+    pub packets_too_big: u64,
     /// Keyframe requests that came from subscribers (their decoder lost its place).
     pub keyframe_requests_received: u64,
     /// The box's own frames written to phones (one per frame per phone).

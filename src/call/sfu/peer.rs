@@ -16,6 +16,11 @@ use crate::call::room::ParticipantId;
 /// Packets kept per subscribed video track to resend on request, and for how long.
 const RTX_CACHE_PACKETS: usize = 2000;
 const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
+/// The largest payload forwarded. str0m writes a forwarded packet into a 2000-byte buffer
+/// behind the subscriber's own header (up to ~30 bytes, 2 more for a resend) without checking
+/// its size; browsers send at most ~1200, and on a 1500-byte link no more fits anyway. A
+/// bigger one is a phone's mistake or mischief and is dropped, never forwarded.
+const MAX_FORWARDED_PAYLOAD: usize = 1400;
 /// Resends stop while they are more than this share of what a track sends (a congested
 /// link is not helped by more resends).
 const RTX_SHARE_CAP: f32 = 0.5;
@@ -307,6 +312,10 @@ impl Peer {
             }
             Event::RtpPacket(packet) => {
                 counters.packets_received += 1;
+                if packet.payload.len() > MAX_FORWARDED_PAYLOAD {
+                    counters.packets_too_big += 1;
+                    return;
+                }
                 let pt = packet.header.payload_type;
                 let params = self
                     .rtc
