@@ -218,16 +218,7 @@ pub fn video_capture(
         .push(Stage::Caps("video/x-vp8".into()))
         // Not waiting for a first buffer to start: behind a closed valve none comes, and a
         // sink that waits holds the whole pipeline out of PLAYING.
-        .push(Stage::element(
-            "appsink",
-            &[
-                ("name", "vp8"),
-                ("sync", "false"),
-                ("async", "false"),
-                ("max-buffers", "4"),
-                ("drop", "true"),
-            ],
-        ));
+        .push(appsink("vp8").with("async", "false"));
     chain
 }
 
@@ -236,6 +227,16 @@ fn leaky_queue() -> Stage {
         "queue",
         &[("max-size-buffers", "2"), ("leaky", "downstream")],
     )
+}
+
+impl Stage {
+    /// The same element with one more property.
+    fn with(mut self, key: &'static str, value: &str) -> Stage {
+        if let Stage::Element { props, .. } = &mut self {
+            props.push((key, value.to_string()));
+        }
+        self
+    }
 }
 
 fn appsink(name: &str) -> Stage {
