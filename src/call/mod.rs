@@ -14,13 +14,12 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use str0m::format::Codec;
 use str0m::media::MediaTime;
 
 use invite::{Invite, InviteError, InviteStore};
 use protocol::{parse_client_msg, ClientMsg, SeatKey, ServerMsg};
 use room::{ParticipantId, Room};
-use sfu::{PhoneFrame, Sfu, SfuEvent, SfuOutput, Transmit};
+use sfu::{BoxEncoding, PhoneFrame, Sfu, SfuEvent, SfuOutput, Transmit};
 use throttle::{redacted, GuessThrottle};
 
 /// A connection that has not presented a token within this is closed.
@@ -241,12 +240,12 @@ impl Call {
     /// One of the box's encoded frames for the phones.
     pub fn handle_box_frame(
         &mut self,
-        codec: Codec,
+        encoding: BoxEncoding,
         rtp_time: MediaTime,
         data: &[u8],
         now: Instant,
     ) {
-        self.sfu.handle_box_frame(codec, rtp_time, data, now);
+        self.sfu.handle_box_frame(encoding, rtp_time, data, now);
     }
 
     /// The box's camera or mic changed (device trouble, privacy); everyone is told.

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use str0m::format::Codec;
 use tokio::sync::mpsc;
 
 use super::plan::{self, CameraFound, Chain};
 use super::{BoxFrame, MediaEvent, MediaInput, MediaKindTag};
+use crate::call::sfu::BoxEncoding;
 use crate::config::board::Profile;
 
 const RETRY_EVERY: Duration = Duration::from_secs(2);
@@ -167,6 +167,8 @@ struct Running {
     _device: Option<std::fs::File>,
     encoder: Option<(String, gst::Element)>,
     sink: gst_app::AppSink,
+    /// The camera's half-size H.264, for phones on a weak link.
+    low_sink: Option<gst_app::AppSink>,
     /// The camera's VP8 branch: its valve and its appsink.
     vp8: Option<(gst::Element, gst_app::AppSink)>,
 }
@@ -318,25 +320,33 @@ impl Supervisor {
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or("the pipeline has no appsink")?;
         let encoder = encoder_name.and_then(|name| {
-            let element = pipeline
-                .iterate_elements()
-                .into_iter()
-                .flatten()
-                .find(|e| e.factory().is_some_and(|f| f.name() == name.as_str()))?;
+            let element = pipeline.by_name(plan::HIGH_ENCODER).or_else(|| {
+                pipeline
+                    .iterate_elements()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e.factory().is_some_and(|f| f.name() == name.as_str()))
+            })?;
             Some((name, element))
         });
-        let codec = match self.kind {
-            MediaKindTag::Video => Codec::H264,
-            MediaKindTag::Audio => Codec::Opus,
+        let encoding = match self.kind {
+            MediaKindTag::Video => BoxEncoding::H264,
+            MediaKindTag::Audio => BoxEncoding::Opus,
         };
-        sink.set_callbacks(frames_to_hub(self.kind, codec, self.media.clone()));
+        sink.set_callbacks(frames_to_hub(self.kind, encoding, self.media.clone()));
+        let low_sink = pipeline
+            .by_name("video_low")
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
+        if let Some(low) = &low_sink {
+            low.set_callbacks(frames_to_hub(self.kind, BoxEncoding::H264Low, self.media.clone()));
+        }
         let vp8_sink = pipeline
             .by_name("vp8")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
         let vp8 = pipeline.by_name(plan::VP8_GATE).zip(vp8_sink);
         if let Some((gate, vp8_sink)) = &vp8 {
             gate.set_property("drop", !self.vp8);
-            vp8_sink.set_callbacks(frames_to_hub(self.kind, Codec::Vp8, self.media.clone()));
+            vp8_sink.set_callbacks(frames_to_hub(self.kind, BoxEncoding::Vp8, self.media.clone()));
         }
         report_failures(&pipeline, self.commands.clone());
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
@@ -348,6 +358,7 @@ impl Supervisor {
             _device: device,
             encoder,
             sink,
+            low_sink,
             vp8,
         })
     }
@@ -395,11 +406,16 @@ impl Supervisor {
             let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
                 .all_headers(true)
                 .build();
-            let vp8_sink = running.vp8.as_ref().map(|(_, sink)| sink.clone());
+            let others: Vec<gst_app::AppSink> = running
+                .vp8
+                .iter()
+                .map(|(_, sink)| sink.clone())
+                .chain(running.low_sink.clone())
+                .collect();
             running.sink.call_async(move |sink| {
-                // Both encoders: the request may come from a phone that gets either.
-                if let Some(vp8_sink) = vp8_sink {
-                    vp8_sink.send_event(event.clone());
+                // Every encoder: the request may come from a phone that gets any of them.
+                for other in others {
+                    other.send_event(event.clone());
                 }
                 sink.send_event(event);
             });
@@ -444,7 +460,7 @@ fn set_encoder_bitrate(encoder: &gst::Element, name: &str, kbps: u32) {
 /// frame is dropped rather than stalling capture.
 fn frames_to_hub(
     kind: MediaKindTag,
-    codec: Codec,
+    encoding: BoxEncoding,
     frames: mpsc::Sender<MediaInput>,
 ) -> gst_app::AppSinkCallbacks {
     gst_app::AppSinkCallbacks::builder()
@@ -458,7 +474,7 @@ fn frames_to_hub(
             };
             let frame = BoxFrame {
                 kind,
-                codec,
+                encoding,
                 pts: buffer
                     .pts()
                     .map(|t| Duration::from_nanos(t.nseconds()))

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hearth::call::protocol::VideoCodec;
 use hearth::call::room::ParticipantId;
-use hearth::call::sfu::{Sfu, SfuEvent, SfuOutput};
+use hearth::call::sfu::{BoxEncoding, Sfu, SfuEvent, SfuOutput};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{
@@ -28,6 +28,10 @@ pub const SFU_ADDR: SocketAddr = SocketAddr::new(
 pub const STEP: Duration = Duration::from_millis(5);
 /// Phones send one audio and one video frame this often while publishing.
 pub const FRAME: Duration = Duration::from_millis(20);
+/// Added to the frame number of the box's half-size frames, so they differ from its full-size.
+pub const LOW_FRAMES: u64 = 1_000_000;
+/// A limited downlink's bucket, in bytes.
+const DOWNLINK_BUCKET: f64 = 10_000.0;
 /// Datagram exchanges within one step before the harness calls it a livelock.
 const MAX_ROUNDS: usize = 1000;
 
@@ -64,6 +68,15 @@ pub struct Phone {
     /// Every frame written, per kind, in order.
     pub sent_audio: Vec<Arc<[u8]>>,
     pub sent_video: Vec<Arc<[u8]>>,
+    /// The phone's downlink in kbit/s: what the SFU sends beyond it is dropped (a policer
+    /// with a 10 KB bucket, as a shaped mobile link). None: unlimited.
+    pub downlink_kbps: Option<u32>,
+    /// Bytes the downlink may still take now.
+    downlink_tokens: f64,
+    /// How long the phone takes to answer a server offer (a page's JavaScript, a slow link).
+    pub answer_delay: Duration,
+    /// Server offers not answered yet, with when they are due.
+    unanswered: Vec<(Instant, String)>,
     /// The next video frame is a keyframe (first frame, or after a keyframe request).
     keyframe_wanted: bool,
     timeout: Instant,
@@ -174,6 +187,15 @@ pub fn frame(from: ParticipantId, codec: Codec, n: u64, key: bool) -> Arc<[u8]> 
     data.into()
 }
 
+/// A frame padded up to `bytes` (a keyframe, already bigger, is left as it is).
+fn sized(frame: Arc<[u8]>, bytes: usize) -> Arc<[u8]> {
+    let mut data = frame.to_vec();
+    if data.len() < bytes {
+        data.resize(bytes, b'.');
+    }
+    data.into()
+}
+
 pub struct World {
     pub start: Instant,
     pub now: Instant,
@@ -186,6 +208,9 @@ pub struct World {
     /// The box's frames given to the SFU, per kind, in order.
     pub box_audio: Vec<Arc<[u8]>>,
     pub box_video: Vec<Arc<[u8]>>,
+    pub box_video_low: Vec<Arc<[u8]>>,
+    /// The size of the box's full-size and half-size delta frames, in bytes.
+    pub box_frame_bytes: (usize, usize),
     box_keyframe_wanted: bool,
     next_frame: Instant,
 }
@@ -204,6 +229,8 @@ impl World {
             box_publishing: false,
             box_audio: Vec::new(),
             box_video: Vec::new(),
+            box_video_low: Vec::new(),
+            box_frame_bytes: (100, 100),
             box_keyframe_wanted: true,
             next_frame: start,
         }
@@ -247,6 +274,10 @@ impl World {
             audio_level: None,
             sent_audio: Vec::new(),
             sent_video: Vec::new(),
+            downlink_kbps: None,
+            downlink_tokens: DOWNLINK_BUCKET,
+            answer_delay: Duration::ZERO,
+            unanswered: Vec::new(),
             keyframe_wanted: true,
             timeout: self.now,
         });
@@ -296,6 +327,10 @@ impl World {
             }
         }
         for phone in &mut self.phones {
+            if let Some(kbps) = phone.downlink_kbps {
+                let refill = kbps as f64 * 1000.0 / 8.0 * STEP.as_secs_f64();
+                phone.downlink_tokens = (phone.downlink_tokens + refill).min(DOWNLINK_BUCKET);
+            }
             if phone.timeout <= now {
                 phone
                     .rtc
@@ -314,13 +349,22 @@ impl World {
         let n = self.box_audio.len() as u64;
         let audio = frame(ParticipantId::BOX, Codec::Opus, n, false);
         let time = MediaTime::new(n * 960, Frequency::FORTY_EIGHT_KHZ);
-        self.sfu.handle_box_frame(Codec::Opus, time, &audio, now);
+        self.sfu
+            .handle_box_frame(BoxEncoding::Opus, time, &audio, now);
         self.box_audio.push(audio);
         let key = std::mem::take(&mut self.box_keyframe_wanted);
-        let video = frame(ParticipantId::BOX, Codec::H264, n, key);
+        let (high_bytes, low_bytes) = self.box_frame_bytes;
+        let video = sized(frame(ParticipantId::BOX, Codec::H264, n, key), high_bytes);
         let time = MediaTime::new(n * 1800, Frequency::NINETY_KHZ);
-        self.sfu.handle_box_frame(Codec::H264, time, &video, now);
+        self.sfu
+            .handle_box_frame(BoxEncoding::H264, time, &video, now);
         self.box_video.push(video);
+        // The half-size encoding: frames of its own, told apart by their number.
+        let low = frame(ParticipantId::BOX, Codec::H264, n + LOW_FRAMES, key);
+        let low = sized(low, low_bytes);
+        self.sfu
+            .handle_box_frame(BoxEncoding::H264Low, time, &low, now);
+        self.box_video_low.push(low);
     }
 
     /// Step until `done` holds, for at most `limit` of simulated time. Returns whether it held.
@@ -392,6 +436,13 @@ impl World {
                         else {
                             continue;
                         };
+                        if phone.downlink_kbps.is_some() {
+                            let size = t.contents.len() as f64;
+                            if phone.downlink_tokens < size {
+                                continue;
+                            }
+                            phone.downlink_tokens -= size;
+                        }
                         let input = Input::Receive(
                             now,
                             Receive {
@@ -407,16 +458,7 @@ impl World {
                         let Some(phone) = self.phones.iter_mut().find(|p| p.id == id) else {
                             continue;
                         };
-                        let offer = SdpOffer::from_sdp_string(&sdp).expect("offer parses");
-                        let answer = phone
-                            .rtc
-                            .sdp_api()
-                            .accept_offer(offer)
-                            .expect("phone accepts the offer");
-                        phone.offers.push(sdp);
-                        self.sfu
-                            .handle_answer(id, &answer.to_sdp_string(), now)
-                            .expect("SFU accepts the answer");
+                        phone.unanswered.push((now + phone.answer_delay, sdp));
                     }
                     SfuOutput::Event(e) => {
                         if e == SfuEvent::BoxKeyframe {
@@ -424,6 +466,22 @@ impl World {
                         }
                         self.sfu_events.push((now, e));
                     }
+                }
+            }
+            for phone in &mut self.phones {
+                let due = phone.unanswered.iter().take_while(|(t, _)| *t <= now).count();
+                for (_, sdp) in phone.unanswered.drain(..due) {
+                    moved = true;
+                    let offer = SdpOffer::from_sdp_string(&sdp).expect("offer parses");
+                    let answer = phone
+                        .rtc
+                        .sdp_api()
+                        .accept_offer(offer)
+                        .expect("phone accepts the offer");
+                    phone.offers.push(sdp);
+                    self.sfu
+                        .handle_answer(phone.id, &answer.to_sdp_string(), now)
+                        .expect("SFU accepts the answer");
                 }
             }
             if !moved {

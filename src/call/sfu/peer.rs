@@ -6,10 +6,11 @@ use std::time::Instant;
 use str0m::bwe::BweKind;
 use str0m::change::SdpPendingOffer;
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Event, IceConnectionState, Output, Rtc};
 
+use super::layers::{Choice, Encoding, LayerReason, RateMeter, Renumber};
 use super::{payload, LostReason, SfuCounters, Transmit};
 use crate::call::room::ParticipantId;
 
@@ -30,9 +31,57 @@ const RTX_SHARE_CAP: f32 = 0.5;
 pub(super) struct TrackIn {
     pub mid: Mid,
     pub kind: MediaKind,
+    /// Its encodings as heard: one, or two or three where the phone simulcasts.
+    pub layers: Vec<LayerIn>,
+}
+
+/// One encoding of a published track.
+#[derive(Debug)]
+pub(super) struct LayerIn {
+    pub rid: Option<Rid>,
+    pub meter: RateMeter,
     pub last_keyframe_request: Option<Instant>,
     /// Since when a keyframe has been asked for and not yet come.
     pub keyframe_asked_since: Option<Instant>,
+}
+
+impl TrackIn {
+    pub fn layer_mut(&mut self, rid: Option<Rid>) -> &mut LayerIn {
+        match self.layers.iter().position(|l| l.rid == rid) {
+            Some(i) => &mut self.layers[i],
+            None => {
+                self.layers.push(LayerIn {
+                    rid,
+                    meter: RateMeter::default(),
+                    last_keyframe_request: None,
+                    keyframe_asked_since: None,
+                });
+                self.layers.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    /// The encodings a subscriber can choose from, cheapest first. Until their rates are
+    /// known (the first second), all of them at no cost, so the best is tried.
+    pub fn encodings(&self, now: Instant) -> Vec<Encoding> {
+        let mut measured: Vec<Encoding> = self
+            .layers
+            .iter()
+            .filter_map(|l| {
+                let kbps = l.meter.kbps(now)?;
+                Some(Encoding { rid: l.rid, kbps })
+            })
+            .collect();
+        if measured.is_empty() {
+            return self
+                .layers
+                .iter()
+                .map(|l| Encoding { rid: l.rid, kbps: 0 })
+                .collect();
+        }
+        measured.sort_by_key(|e| e.kbps);
+        measured
+    }
 }
 
 /// Where a subscribed track stands: offered by the server, answered, or on its way out.
@@ -50,29 +99,76 @@ enum TrackOutState {
 pub(super) struct TrackOut {
     pub origin: ParticipantId,
     pub origin_mid: Mid,
+    /// Which of the origin's connections (a phone that rejoins publishes anew, often with the
+    /// same mids): packets of another one never match this track.
+    pub origin_session: u64,
     pub kind: MediaKind,
     state: TrackOutState,
-    /// Subtracted from the origin's extended sequence numbers: the first packet this phone
-    /// gets is numbered below 65536, as SRTP needs (its rollover counter starts at 0).
-    seq_base: Option<u64>,
+    /// The encoding forwarded now; None before the first packet or for a track's only one.
+    current: Option<Rid>,
+    /// Which encoding this phone should get.
+    pub choice: Choice,
+    renumber: Renumber,
+    /// Packets written to the phone for this track (`hearth status`).
+    pub packets: u64,
+}
+
+/// One packet of a track on its way to a subscriber.
+pub(super) struct Outgoing {
+    /// The encoding it belongs to (a simulcast rid, the box's layer), None for a track's only one.
+    pub rid: Option<Rid>,
+    /// Its sequence number and timestamp in the origin's numbering.
+    pub seq: u64,
+    pub ts: u32,
+    /// It is the first packet of a keyframe: where a subscriber may start or switch.
+    pub keyframe: bool,
+    /// The track's RTP clock rate.
+    pub clock: u32,
 }
 
 impl TrackOut {
-    pub fn new(origin: ParticipantId, origin_mid: Mid, kind: MediaKind) -> TrackOut {
+    pub fn new(
+        origin: ParticipantId,
+        origin_session: u64,
+        origin_mid: Mid,
+        kind: MediaKind,
+    ) -> TrackOut {
         TrackOut {
             origin,
             origin_mid,
+            origin_session,
             kind,
             state: TrackOutState::ToOpen,
-            seq_base: None,
+            current: None,
+            choice: Choice::default(),
+            renumber: Renumber::default(),
+            packets: 0,
         }
     }
 
-    /// The origin's sequence number in this phone's numbering; None for a packet older than
-    /// the first this phone got.
-    fn rebase(&mut self, seq: u64) -> Option<SeqNo> {
-        let base = *self.seq_base.get_or_insert(seq & !0xFFFF);
-        seq.checked_sub(base).map(SeqNo::from)
+    /// The packet in this phone's numbering, or None when it is not forwarded: another
+    /// encoding than this phone gets, or one it switches to before that one's keyframe.
+    fn admit(&mut self, p: &Outgoing, now: Instant) -> Option<(SeqNo, u32)> {
+        if p.rid != self.current || !self.renumber.started() {
+            let start_here = p.rid == self.choice.target && (p.keyframe || p.rid.is_none());
+            if !start_here {
+                return None;
+            }
+            self.current = p.rid;
+            self.renumber.begin(p.seq, p.ts, p.clock, now);
+        }
+        self.renumber.map(p.seq, p.ts, now)
+    }
+
+    /// The encoding forwarded now, and why, for `hearth status`.
+    pub fn layer(&self) -> (Option<Rid>, Option<LayerReason>) {
+        (self.current, self.choice.reason)
+    }
+
+    /// The encoding it is being switched to, while that one's keyframe has not come.
+    pub fn switching_to(&self) -> Option<Rid> {
+        let target = self.choice.target?;
+        (Some(target) != self.current || !self.renumber.started()).then_some(target)
     }
 
     /// The mid on this phone's connection, once the phone has accepted the track.
@@ -96,17 +192,27 @@ impl TrackOut {
 
 /// Something one peer produced that others must act on.
 pub(super) enum Propagate {
-    TrackOpened(ParticipantId, Mid, MediaKind),
+    TrackOpened {
+        origin: ParticipantId,
+        session: u64,
+        mid: Mid,
+        kind: MediaKind,
+    },
     /// A publisher's packet, with the codec its payload type stands for.
     Rtp {
         origin: ParticipantId,
+        session: u64,
         mid: Mid,
+        rid: Option<Rid>,
+        /// The first packet of a keyframe.
+        keyframe: bool,
         params: PayloadParams,
         packet: Box<RtpPacket>,
     },
     KeyframeWanted {
         publisher: ParticipantId,
         mid: Mid,
+        rid: Option<Rid>,
         kind: KeyframeRequestKind,
         urgency: Urgency,
     },
@@ -122,6 +228,8 @@ pub(super) enum Urgency {
 
 pub(super) struct Peer {
     pub id: ParticipantId,
+    /// Unique to this connection of the participant's (see `TrackOut::origin_session`).
+    pub session: u64,
     pub rtc: Rtc,
     pub tracks_in: Vec<TrackIn>,
     pub tracks_out: Vec<TrackOut>,
@@ -131,6 +239,8 @@ pub(super) struct Peer {
     pub decodes_h264: bool,
     /// This phone's bandwidth estimate for what the box sends it.
     pub estimate_kbps: Option<u32>,
+    /// What its estimator was last told to find out about (`layers::probe_rates`).
+    pub probe_told: Option<(u32, u32)>,
     created: Instant,
     pub last_heard: Option<Instant>,
     pub connected: bool,
@@ -140,6 +250,7 @@ pub(super) struct Peer {
 impl Peer {
     pub fn new(
         id: ParticipantId,
+        session: u64,
         rtc: Rtc,
         tracks_out: Vec<TrackOut>,
         decodes_h264: bool,
@@ -147,12 +258,14 @@ impl Peer {
     ) -> Peer {
         Peer {
             id,
+            session,
             rtc,
             tracks_in: Vec::new(),
             tracks_out,
             pending: None,
             decodes_h264,
             estimate_kbps: None,
+            probe_told: None,
             created: now,
             last_heard: None,
             connected: false,
@@ -208,12 +321,17 @@ impl Peer {
     }
 
     /// After an accepted answer: negotiated tracks are open, stopped ones are gone.
-    pub fn settle_tracks(&mut self) -> Vec<(ParticipantId, Mid, MediaKind)> {
+    pub fn settle_tracks(&mut self) -> Vec<(ParticipantId, Mid, Option<Rid>, MediaKind)> {
         let mut newly_open = Vec::new();
         for track in &mut self.tracks_out {
             if let TrackOutState::Negotiating(m) = track.state {
                 track.state = TrackOutState::Open(m);
-                newly_open.push((track.origin, track.origin_mid, track.kind));
+                newly_open.push((
+                    track.origin,
+                    track.origin_mid,
+                    track.choice.target,
+                    track.kind,
+                ));
                 if track.kind == MediaKind::Video {
                     if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(m, None) {
                         // str0m stops repairing a stream once 15 % of it is resends.
@@ -231,9 +349,9 @@ impl Peer {
     }
 
     /// The publisher `origin` left: its tracks are stopped here at the next negotiation.
-    pub fn unsubscribe(&mut self, origin: ParticipantId) {
+    pub fn unsubscribe(&mut self, origin: ParticipantId, session: u64) {
         self.tracks_out.retain_mut(|t| {
-            if t.origin != origin {
+            if t.origin != origin || t.origin_session != session {
                 return true;
             }
             match t.state {
@@ -270,7 +388,7 @@ impl Peer {
                     destination: t.destination,
                     contents: t.contents.into(),
                 }),
-                Output::Event(event) => self.on_event(event, propagate, counters),
+                Output::Event(event) => self.on_event(event, now, propagate, counters),
             }
         }
     }
@@ -278,6 +396,7 @@ impl Peer {
     fn on_event(
         &mut self,
         event: Event,
+        now: Instant,
         propagate: &mut Vec<Propagate>,
         counters: &mut SfuCounters,
     ) {
@@ -290,6 +409,7 @@ impl Peer {
                         propagate.push(Propagate::KeyframeWanted {
                             publisher: track.origin,
                             mid: track.origin_mid,
+                            rid: track.choice.target,
                             kind: KeyframeRequestKind::Pli,
                             urgency: Urgency::NewSubscriber,
                         });
@@ -305,10 +425,14 @@ impl Peer {
                 self.tracks_in.push(TrackIn {
                     mid: added.mid,
                     kind: added.kind,
-                    last_keyframe_request: None,
-                    keyframe_asked_since: None,
+                    layers: Vec::new(),
                 });
-                propagate.push(Propagate::TrackOpened(self.id, added.mid, added.kind));
+                propagate.push(Propagate::TrackOpened {
+                    origin: self.id,
+                    session: self.session,
+                    mid: added.mid,
+                    kind: added.kind,
+                });
             }
             Event::RtpPacket(packet) => {
                 counters.packets_received += 1;
@@ -327,21 +451,27 @@ impl Peer {
                     return;
                 };
                 let mut api = self.rtc.direct_api();
-                let Some(mid) = api.stream_rx(&packet.header.ssrc).map(|s| s.mid()) else {
+                let Some((mid, rid)) = api.stream_rx(&packet.header.ssrc).map(|s| (s.mid(), s.rid()))
+                else {
                     return;
                 };
                 let codec = params.spec().codec;
-                if codec.is_video() && payload::starts_keyframe(codec, &packet.payload) {
-                    let track = self.tracks_in.iter_mut().find(|t| t.mid == mid);
-                    if let Some(track) = track {
-                        track.keyframe_asked_since = None;
+                let keyframe = codec.is_video() && payload::starts_keyframe(codec, &packet.payload);
+                if let Some(track) = self.tracks_in.iter_mut().find(|t| t.mid == mid) {
+                    let layer = track.layer_mut(rid);
+                    layer.meter.add(packet.payload.len(), now);
+                    if keyframe {
+                        layer.keyframe_asked_since = None;
                     }
                 }
                 // Losses the NACKs cannot repair are the subscribers' to notice: their
                 // decoders ask for a keyframe, which is relayed.
                 propagate.push(Propagate::Rtp {
                     origin: self.id,
+                    session: self.session,
                     mid,
+                    rid,
+                    keyframe,
                     params,
                     packet: Box::new(packet),
                 });
@@ -355,6 +485,7 @@ impl Peer {
                     propagate.push(Propagate::KeyframeWanted {
                         publisher: t.origin,
                         mid: t.origin_mid,
+                        rid: t.switching_to().or(t.layer().0),
                         kind: req.kind,
                         urgency: Urgency::Repair,
                     });
@@ -373,15 +504,22 @@ impl Peer {
     }
 
     /// Forward one publisher's packet to this subscriber as it came (payload untouched).
-    /// False when it does not subscribe (yet) or cannot decode that codec.
+    /// False when it does not subscribe (yet), gets another encoding, or cannot decode that
+    /// codec.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
         origin: ParticipantId,
+        session: u64,
         origin_mid: Mid,
+        rid: Option<Rid>,
+        keyframe: bool,
         params: PayloadParams,
         packet: &RtpPacket,
+        now: Instant,
     ) -> bool {
-        let codec = params.spec().codec;
+        let spec = params.spec();
+        let codec = spec.codec;
         if codec == Codec::H264 && !self.decodes_h264 {
             return false;
         }
@@ -400,50 +538,54 @@ impl Peer {
             video_orientation: header.ext_vals.video_orientation,
             ..Default::default()
         };
-        self.send(origin, origin_mid, *packet.seq_no, |seq| {
-            RtpWrite::new(
-                pt,
-                seq,
-                header.timestamp,
-                packet.timestamp,
-                packet.payload.clone(),
-            )
-            .marker(header.marker)
-            .ext_vals(ext)
-            .nackable(codec.is_video())
+        let outgoing = Outgoing {
+            rid,
+            seq: *packet.seq_no,
+            ts: header.timestamp,
+            keyframe,
+            clock: spec.clock_rate.get(),
+        };
+        self.send(origin, session, origin_mid, &outgoing, now, |seq, ts| {
+            RtpWrite::new(pt, seq, ts, packet.timestamp, packet.payload.clone())
+                .marker(header.marker)
+                .ext_vals(ext)
+                .nackable(codec.is_video())
         })
     }
 
-    /// Write one packet of `origin`'s track, numbered `seq` in the origin's sequence, to this
-    /// phone. False when the phone is not connected or does not receive that track.
+    /// Write one packet of `origin`'s track to this phone, renumbered into its own sequence.
+    /// False when the phone is not connected, does not receive that track, or gets another
+    /// encoding of it.
     pub fn send(
         &mut self,
         origin: ParticipantId,
+        session: u64,
         origin_mid: Mid,
-        seq: u64,
-        write: impl FnOnce(SeqNo) -> RtpWrite,
+        packet: &Outgoing,
+        now: Instant,
+        write: impl FnOnce(SeqNo, u32) -> RtpWrite,
     ) -> bool {
         if !self.connected {
             return false;
         }
-        let track = self
-            .tracks_out
-            .iter_mut()
-            .find(|t| t.origin == origin && t.origin_mid == origin_mid);
+        let track = self.tracks_out.iter_mut().find(|t| {
+            t.origin == origin && t.origin_session == session && t.origin_mid == origin_mid
+        });
         let Some(track) = track else {
             return false;
         };
         let Some(mid) = track.open_mid() else {
             return false;
         };
-        let Some(seq) = track.rebase(seq) else {
+        let Some((seq, ts)) = track.admit(packet, now) else {
             return false;
         };
+        track.packets += 1;
         let mut api = self.rtc.direct_api();
         let Some(stream) = api.stream_tx_by_mid(mid, None) else {
             return false;
         };
-        stream.write_rtp(write(seq));
+        stream.write_rtp(write(seq, ts));
         true
     }
 }
