@@ -64,6 +64,10 @@ pub struct Phone {
     /// Every frame written, per kind, in order.
     pub sent_audio: Vec<Arc<[u8]>>,
     pub sent_video: Vec<Arc<[u8]>>,
+    /// How long the phone takes to answer a server offer (a page's JavaScript, a slow link).
+    pub answer_delay: Duration,
+    /// Server offers not answered yet, with when they are due.
+    unanswered: Vec<(Instant, String)>,
     /// The next video frame is a keyframe (first frame, or after a keyframe request).
     keyframe_wanted: bool,
     timeout: Instant,
@@ -247,6 +251,8 @@ impl World {
             audio_level: None,
             sent_audio: Vec::new(),
             sent_video: Vec::new(),
+            answer_delay: Duration::ZERO,
+            unanswered: Vec::new(),
             keyframe_wanted: true,
             timeout: self.now,
         });
@@ -407,16 +413,7 @@ impl World {
                         let Some(phone) = self.phones.iter_mut().find(|p| p.id == id) else {
                             continue;
                         };
-                        let offer = SdpOffer::from_sdp_string(&sdp).expect("offer parses");
-                        let answer = phone
-                            .rtc
-                            .sdp_api()
-                            .accept_offer(offer)
-                            .expect("phone accepts the offer");
-                        phone.offers.push(sdp);
-                        self.sfu
-                            .handle_answer(id, &answer.to_sdp_string(), now)
-                            .expect("SFU accepts the answer");
+                        phone.unanswered.push((now + phone.answer_delay, sdp));
                     }
                     SfuOutput::Event(e) => {
                         if e == SfuEvent::BoxKeyframe {
@@ -424,6 +421,26 @@ impl World {
                         }
                         self.sfu_events.push((now, e));
                     }
+                }
+            }
+            for phone in &mut self.phones {
+                let due = phone
+                    .unanswered
+                    .iter()
+                    .take_while(|(t, _)| *t <= now)
+                    .count();
+                for (_, sdp) in phone.unanswered.drain(..due) {
+                    moved = true;
+                    let offer = SdpOffer::from_sdp_string(&sdp).expect("offer parses");
+                    let answer = phone
+                        .rtc
+                        .sdp_api()
+                        .accept_offer(offer)
+                        .expect("phone accepts the offer");
+                    phone.offers.push(sdp);
+                    self.sfu
+                        .handle_answer(phone.id, &answer.to_sdp_string(), now)
+                        .expect("SFU accepts the answer");
                 }
             }
             if !moved {

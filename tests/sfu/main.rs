@@ -376,3 +376,52 @@ fn a_payload_larger_than_any_link_carries_is_dropped_and_the_call_goes_on() {
         w.phone(2).media_from(w.phone(1), MediaKind::Audio).count()
     );
 }
+
+#[test]
+fn a_phone_that_comes_back_while_a_newcomer_negotiates_reaches_it_and_nothing_stalls() {
+    // The soak's failure: phone 3 joined, and while it was still settling in, phone 2's
+    // connection broke and came back with new media. Phone 3 must get everyone's video
+    // afterwards, phone 2's new tracks included.
+    let mut w = World::new();
+    w.sfu.enable_box(300, 2500);
+    w.box_publishing = true;
+    two_talking(&mut w, Codec::H264, Codec::H264);
+    w.join(3, browser(), Codec::H264);
+    w.phone_mut(3).answer_delay = Duration::from_millis(400);
+    w.run_for(Duration::from_millis(900));
+    w.leave(2);
+    w.run_for(Duration::from_millis(100));
+    w.join(2, browser(), Codec::H264);
+    w.run_for(Duration::from_secs(2));
+    let since = w.now;
+    w.run_for(Duration::from_secs(2));
+    let c = w.phone(3);
+    let recent = |from: &harness::Phone| {
+        c.events
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .filter(|(_, e)| matches!(e, Event::MediaData(d) if from.sent_video.contains(&d.data)))
+            .count()
+    };
+    let box_recent = c
+        .events
+        .iter()
+        .filter(|(t, _)| *t >= since)
+        .filter(|(_, e)| matches!(e, Event::MediaData(d) if w.box_video.contains(&d.data)))
+        .count();
+    assert!(
+        recent(w.phone(1)) > 50,
+        "phone 1's video to 3: {}",
+        recent(w.phone(1))
+    );
+    assert!(
+        recent(w.phone(2)) > 50,
+        "phone 2's new video to 3: {}",
+        recent(w.phone(2))
+    );
+    assert!(
+        box_recent > 50,
+        "the box's video to 3: {box_recent}; {:?}",
+        w.sfu.summaries()
+    );
+}

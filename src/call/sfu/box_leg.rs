@@ -18,6 +18,9 @@ use super::reassembly::Reassembly;
 use super::{PhoneCodec, PhoneFrame, SfuCounters, SfuEvent};
 use crate::call::room::ParticipantId;
 
+/// The box's tracks belong to no phone connection.
+const BOX_SESSION: u64 = 0;
+
 /// The largest RTP payload the box sends: with headers, SRTP and UDP it stays well under a
 /// 1280-byte IPv6 path MTU (and a mobile link's tunnels).
 const MAX_PAYLOAD: usize = 1100;
@@ -97,7 +100,7 @@ impl BoxLeg {
     pub fn tracks_out(&self) -> impl Iterator<Item = TrackOut> + '_ {
         self.tracks
             .iter()
-            .map(|(kind, mid)| TrackOut::new(ParticipantId::BOX, *mid, *kind))
+            .map(|(kind, mid)| TrackOut::new(ParticipantId::BOX, BOX_SESSION, *mid, *kind))
     }
 
     /// Packetize one of the box's encoded frames and write it to every connected phone
@@ -147,7 +150,7 @@ impl BoxLeg {
             let mut sent = false;
             for (i, payload) in payloads.iter().enumerate() {
                 let seq = first_seq + i as u64;
-                sent |= peer.send(ParticipantId::BOX, origin_mid, seq, |seq| {
+                sent |= peer.send(ParticipantId::BOX, BOX_SESSION, origin_mid, seq, |seq| {
                     RtpWrite::new(pt, seq, time, now, payload.clone())
                         .marker(video && i == last)
                         .nackable(video)

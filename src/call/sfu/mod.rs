@@ -174,6 +174,9 @@ pub struct PeerSummary {
     pub connected: bool,
     pub tracks_published: usize,
     pub tracks_subscribed: usize,
+    /// Packets written to this phone per track it receives: whose, and how many (a track
+    /// that stops growing while its publisher sends is a stalled subscription).
+    pub received: Vec<(String, u64)>,
 }
 
 pub struct Sfu {
@@ -189,6 +192,8 @@ pub struct Sfu {
     now: Option<Instant>,
     dirty: bool,
     next_timeout: Option<Instant>,
+    /// Numbers each phone connection (`Peer::session`); 0 is the box's.
+    sessions: u64,
 }
 
 impl Sfu {
@@ -207,6 +212,7 @@ impl Sfu {
             now: None,
             dirty: false,
             next_timeout: None,
+            sessions: 0,
         }
     }
 
@@ -259,6 +265,12 @@ impl Sfu {
                     .iter()
                     .filter(|t| t.open_mid().is_some())
                     .count(),
+                received: p
+                    .tracks_out
+                    .iter()
+                    .filter(|t| t.open_mid().is_some())
+                    .map(|t| (format!("{}/{:?}", t.origin, t.kind), t.packets))
+                    .collect(),
             })
             .collect()
     }
@@ -319,12 +331,14 @@ impl Sfu {
             .flat_map(|p| {
                 p.tracks_in
                     .iter()
-                    .map(|t| TrackOut::new(p.id, t.mid, t.kind))
+                    .map(|t| TrackOut::new(p.id, p.session, t.mid, t.kind))
             })
             .chain(self.box_leg.iter().flat_map(BoxLeg::tracks_out))
             .collect();
+        self.sessions += 1;
+        let session = self.sessions;
         self.peers
-            .push(Peer::new(id, rtc, existing, decodes_h264, now));
+            .push(Peer::new(id, session, rtc, existing, decodes_h264, now));
         self.input_at(now);
         Ok(answer.to_sdp_string())
     }
@@ -393,12 +407,15 @@ impl Sfu {
 
     /// A peer left (WebSocket closed, left, or lost). Its tracks are stopped at the others.
     pub fn handle_peer_left(&mut self, id: ParticipantId) {
-        self.peers.retain(|p| p.id != id);
+        let Some(at) = self.peers.iter().position(|p| p.id == id) else {
+            return;
+        };
+        let session = self.peers.remove(at).session;
         if let Some(leg) = &mut self.box_leg {
             leg.forget(id);
         }
         for peer in &mut self.peers {
-            peer.unsubscribe(id);
+            peer.unsubscribe(id, session);
         }
         self.dirty = true;
     }
@@ -540,17 +557,24 @@ impl Sfu {
 
     fn apply(&mut self, item: Propagate, now: Instant) {
         match item {
-            Propagate::TrackOpened(origin, mid, kind) => {
+            Propagate::TrackOpened {
+                origin,
+                session,
+                mid,
+                kind,
+            } => {
                 for peer in self.peers.iter_mut().filter(|p| p.id != origin) {
-                    peer.tracks_out.push(TrackOut::new(origin, mid, kind));
+                    peer.tracks_out
+                        .push(TrackOut::new(origin, session, mid, kind));
                 }
             }
             Propagate::Rtp {
                 origin,
+                session,
                 mid,
                 params,
                 packet,
-            } => self.forward(origin, mid, params, &packet, now),
+            } => self.forward((origin, session, mid), params, &packet, now),
             Propagate::KeyframeWanted {
                 publisher,
                 mid,
@@ -561,14 +585,15 @@ impl Sfu {
     }
 
     /// One publisher's packet to the box and to every other peer.
+    /// `from` is the publisher, its connection and the track's mid there.
     fn forward(
         &mut self,
-        origin: ParticipantId,
-        mid: Mid,
+        from: (ParticipantId, u64, Mid),
         params: PayloadParams,
         packet: &RtpPacket,
         now: Instant,
     ) {
+        let (origin, session, mid) = from;
         if let Some(leg) = &mut self.box_leg {
             if leg.hear(origin, mid, params, packet, now) {
                 let kind = KeyframeRequestKind::Pli;
@@ -576,7 +601,7 @@ impl Sfu {
             }
         }
         for peer in self.peers.iter_mut().filter(|p| p.id != origin) {
-            if peer.forward(origin, mid, params, packet) {
+            if peer.forward(origin, session, mid, params, packet) {
                 self.counters.packets_forwarded += 1;
             }
         }

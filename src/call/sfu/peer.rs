@@ -50,21 +50,34 @@ enum TrackOutState {
 pub(super) struct TrackOut {
     pub origin: ParticipantId,
     pub origin_mid: Mid,
+    /// Which of the origin's connections: a phone that rejoins publishes anew, often with the
+    /// same mids (a browser numbers them 0, 1...), and packets of the new connection must not
+    /// match the old connection's track, still being stopped here with its old numbering.
+    pub origin_session: u64,
     pub kind: MediaKind,
     state: TrackOutState,
     /// Subtracted from the origin's extended sequence numbers: the first packet this phone
     /// gets is numbered below 65536, as SRTP needs (its rollover counter starts at 0).
     seq_base: Option<u64>,
+    /// Packets written to the phone for this track (`hearth status`).
+    pub packets: u64,
 }
 
 impl TrackOut {
-    pub fn new(origin: ParticipantId, origin_mid: Mid, kind: MediaKind) -> TrackOut {
+    pub fn new(
+        origin: ParticipantId,
+        origin_session: u64,
+        origin_mid: Mid,
+        kind: MediaKind,
+    ) -> TrackOut {
         TrackOut {
             origin,
             origin_mid,
+            origin_session,
             kind,
             state: TrackOutState::ToOpen,
             seq_base: None,
+            packets: 0,
         }
     }
 
@@ -96,10 +109,16 @@ impl TrackOut {
 
 /// Something one peer produced that others must act on.
 pub(super) enum Propagate {
-    TrackOpened(ParticipantId, Mid, MediaKind),
+    TrackOpened {
+        origin: ParticipantId,
+        session: u64,
+        mid: Mid,
+        kind: MediaKind,
+    },
     /// A publisher's packet, with the codec its payload type stands for.
     Rtp {
         origin: ParticipantId,
+        session: u64,
         mid: Mid,
         params: PayloadParams,
         packet: Box<RtpPacket>,
@@ -122,6 +141,8 @@ pub(super) enum Urgency {
 
 pub(super) struct Peer {
     pub id: ParticipantId,
+    /// Unique to this connection of the participant's (see `TrackOut::origin_session`).
+    pub session: u64,
     pub rtc: Rtc,
     pub tracks_in: Vec<TrackIn>,
     pub tracks_out: Vec<TrackOut>,
@@ -140,6 +161,7 @@ pub(super) struct Peer {
 impl Peer {
     pub fn new(
         id: ParticipantId,
+        session: u64,
         rtc: Rtc,
         tracks_out: Vec<TrackOut>,
         decodes_h264: bool,
@@ -147,6 +169,7 @@ impl Peer {
     ) -> Peer {
         Peer {
             id,
+            session,
             rtc,
             tracks_in: Vec::new(),
             tracks_out,
@@ -231,9 +254,9 @@ impl Peer {
     }
 
     /// The publisher `origin` left: its tracks are stopped here at the next negotiation.
-    pub fn unsubscribe(&mut self, origin: ParticipantId) {
+    pub fn unsubscribe(&mut self, origin: ParticipantId, session: u64) {
         self.tracks_out.retain_mut(|t| {
-            if t.origin != origin {
+            if t.origin != origin || t.origin_session != session {
                 return true;
             }
             match t.state {
@@ -308,7 +331,12 @@ impl Peer {
                     last_keyframe_request: None,
                     keyframe_asked_since: None,
                 });
-                propagate.push(Propagate::TrackOpened(self.id, added.mid, added.kind));
+                propagate.push(Propagate::TrackOpened {
+                    origin: self.id,
+                    session: self.session,
+                    mid: added.mid,
+                    kind: added.kind,
+                });
             }
             Event::RtpPacket(packet) => {
                 counters.packets_received += 1;
@@ -341,6 +369,7 @@ impl Peer {
                 // decoders ask for a keyframe, which is relayed.
                 propagate.push(Propagate::Rtp {
                     origin: self.id,
+                    session: self.session,
                     mid,
                     params,
                     packet: Box::new(packet),
@@ -377,6 +406,7 @@ impl Peer {
     pub fn forward(
         &mut self,
         origin: ParticipantId,
+        session: u64,
         origin_mid: Mid,
         params: PayloadParams,
         packet: &RtpPacket,
@@ -400,7 +430,7 @@ impl Peer {
             video_orientation: header.ext_vals.video_orientation,
             ..Default::default()
         };
-        self.send(origin, origin_mid, *packet.seq_no, |seq| {
+        self.send(origin, session, origin_mid, *packet.seq_no, |seq| {
             RtpWrite::new(
                 pt,
                 seq,
@@ -419,6 +449,7 @@ impl Peer {
     pub fn send(
         &mut self,
         origin: ParticipantId,
+        session: u64,
         origin_mid: Mid,
         seq: u64,
         write: impl FnOnce(SeqNo) -> RtpWrite,
@@ -426,10 +457,9 @@ impl Peer {
         if !self.connected {
             return false;
         }
-        let track = self
-            .tracks_out
-            .iter_mut()
-            .find(|t| t.origin == origin && t.origin_mid == origin_mid);
+        let track = self.tracks_out.iter_mut().find(|t| {
+            t.origin == origin && t.origin_session == session && t.origin_mid == origin_mid
+        });
         let Some(track) = track else {
             return false;
         };
@@ -444,6 +474,7 @@ impl Peer {
             return false;
         };
         stream.write_rtp(write(seq));
+        track.packets += 1;
         true
     }
 }
