@@ -118,7 +118,12 @@ impl Call {
 
     async fn wait_whole(&mut self) -> Result<()> {
         for phone in &mut self.phones {
-            phone.wait_for(&whole(PHONES - 1), STEP_LIMIT).await?;
+            if let Err(e) = phone.wait_for(&whole(PHONES - 1), STEP_LIMIT).await {
+                // What the box wrote to each phone, per track: a stalled subscription shows
+                // as a count that stopped while its publisher's kept growing.
+                let (_, status, _) = self.daemon.cli(&["status"]);
+                return Err(e.context(format!("hearth status: {status}")));
+            }
         }
         Ok(())
     }

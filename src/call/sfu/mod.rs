@@ -189,6 +189,9 @@ pub struct PeerSummary {
     pub connected: bool,
     pub tracks_published: usize,
     pub tracks_subscribed: usize,
+    /// Packets written to this phone per track it receives: whose, and how many (a track
+    /// that stops growing while its publisher sends is a stalled subscription).
+    pub received: Vec<(String, u64)>,
     /// This phone's bandwidth estimate for what the box sends it.
     pub estimate_kbps: Option<u32>,
     /// Which encoding of each video it receives, and why.
@@ -296,6 +299,12 @@ impl Sfu {
                     .iter()
                     .filter(|t| t.open_mid().is_some())
                     .count(),
+                received: p
+                    .tracks_out
+                    .iter()
+                    .filter(|t| t.open_mid().is_some())
+                    .map(|t| (format!("{}/{:?}", t.origin, t.kind), t.packets))
+                    .collect(),
                 estimate_kbps: p.estimate_kbps,
                 video: p
                     .tracks_out
