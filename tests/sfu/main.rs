@@ -492,3 +492,19 @@ fn a_phone_on_a_weak_link_gets_the_boxs_small_picture_and_the_others_keep_the_fu
         w.sfu.summaries()
     );
 }
+
+#[test]
+fn explore_estimates() {
+    let mut w = World::new();
+    w.sfu.enable_box(300, 1500);
+    w.box_publishing = true;
+    w.box_frame_bytes = (1500, 200);
+    two_talking(&mut w, Codec::H264, Codec::H264);
+    for i in 0..30 {
+        if i == 8 { w.phone_mut(2).downlink_kbps = Some(500); }
+        if i == 14 { w.phone_mut(2).downlink_kbps = None; }
+        w.run_for(Duration::from_secs(1));
+        let s = w.sfu.summaries();
+        eprintln!("{:?} p1 est {:?} {:?} | p2 est {:?} {:?}", w.elapsed(), s[0].estimate_kbps, s[0].video.iter().map(|v| (v.layer.clone(), v.packets)).collect::<Vec<_>>(), s[1].estimate_kbps, s[1].video.iter().map(|v| (v.layer.clone(), v.packets)).collect::<Vec<_>>());
+    }
+}
