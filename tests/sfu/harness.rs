@@ -32,6 +32,8 @@ pub const FRAME: Duration = Duration::from_millis(20);
 pub const LOW_FRAMES: u64 = 1_000_000;
 /// A limited downlink's bucket, in bytes.
 const DOWNLINK_BUCKET: f64 = 10_000.0;
+/// SFU timeouts within one step before the harness calls it a livelock.
+const MAX_TIMERS: usize = 5000;
 /// Datagram exchanges within one step before the harness calls it a livelock.
 const MAX_ROUNDS: usize = 1000;
 
@@ -313,7 +315,20 @@ impl World {
     /// Move the clock one step: frames due are written, timers due are fired, and every
     /// datagram is delivered until nobody has anything more to say.
     pub fn step(&mut self) {
-        self.now += STEP;
+        // The SFU's timers within the step fire at their own time: its pacer sends one packet
+        // per timeout, so a step's worth of packets needs a step's worth of timeouts.
+        let end = self.now + STEP;
+        for _ in 0..MAX_TIMERS {
+            match self.sfu.poll_timeout() {
+                Some(t) if t < end => {
+                    self.now = t.max(self.now);
+                    self.sfu.handle_timeout(self.now);
+                    self.pump();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
         let now = self.now;
         if now >= self.next_frame {
             self.next_frame = now + FRAME;

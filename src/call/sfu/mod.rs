@@ -568,9 +568,7 @@ impl Sfu {
                 }
             }
             // str0m pads up to `minimum` (within its estimate) so that the estimate can grow
-            // to the next encoding, and probes towards `desired`, the best there is. Told
-            // only when they change: each telling restarts str0m's probe schedule, and told
-            // every round it would never probe.
+            // to the next encoding, and probes towards `desired`, the best there is.
             let moved = |old: u32, new: u32| old.abs_diff(new) * 10 > old.max(1);
             let changed = peer
                 .probe_told
