@@ -64,6 +64,11 @@ pub struct Phone {
     /// Every frame written, per kind, in order.
     pub sent_audio: Vec<Arc<[u8]>>,
     pub sent_video: Vec<Arc<[u8]>>,
+    /// RTP streams (SSRCs) first seen before this are dropped for good, as a browser that does
+    /// not take a new subscription's packets (seen in the soak).
+    pub deaf_until: Option<Instant>,
+    known_ssrcs: std::collections::HashSet<u32>,
+    ignored_ssrcs: std::collections::HashSet<u32>,
     /// How long the phone takes to answer a server offer (a page's JavaScript, a slow link).
     pub answer_delay: Duration,
     /// Server offers not answered yet, with when they are due.
@@ -106,6 +111,29 @@ impl Phone {
             MediaKind::Video => &from.sent_video,
         };
         self.media().filter(move |d| sent.contains(&d.data))
+    }
+
+    /// Whether the phone takes this datagram: anything but RTP of a stream it is deaf to.
+    fn takes(&mut self, datagram: &[u8], now: Instant) -> bool {
+        // RTP: version 2, and a second byte that is no RTCP packet type (200-206).
+        let rtp = datagram.len() >= 12
+            && datagram[0] & 0xC0 == 0x80
+            && !(200..=206).contains(&datagram[1]);
+        if !rtp {
+            return true;
+        }
+        let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+        if self.ignored_ssrcs.contains(&ssrc) {
+            return false;
+        }
+        if !self.known_ssrcs.contains(&ssrc) {
+            if self.deaf_until.is_some_and(|t| now < t) {
+                self.ignored_ssrcs.insert(ssrc);
+                return false;
+            }
+            self.known_ssrcs.insert(ssrc);
+        }
+        true
     }
 
     /// Keyframe requests the phone got for what it sends, with when.
@@ -251,6 +279,9 @@ impl World {
             audio_level: None,
             sent_audio: Vec::new(),
             sent_video: Vec::new(),
+            deaf_until: None,
+            known_ssrcs: Default::default(),
+            ignored_ssrcs: Default::default(),
             answer_delay: Duration::ZERO,
             unanswered: Vec::new(),
             keyframe_wanted: true,
@@ -398,6 +429,9 @@ impl World {
                         else {
                             continue;
                         };
+                        if !phone.takes(&t.contents, now) {
+                            continue;
+                        }
                         let input = Input::Receive(
                             now,
                             Receive {

@@ -425,3 +425,87 @@ fn a_phone_that_comes_back_while_a_newcomer_negotiates_reaches_it_and_nothing_st
         w.sfu.summaries()
     );
 }
+
+#[test]
+fn a_subscription_the_phone_never_reports_is_renewed_and_then_reaches_it() {
+    // As seen in the soak under load: a phone's browser accepted a newcomer's tracks but
+    // took none of their packets. Its receiver reports say so; the SFU offers them anew.
+    let mut w = World::new();
+    two_talking(&mut w, Codec::H264, Codec::H264);
+    w.phone_mut(1).deaf_until = Some(w.now + Duration::from_secs(3));
+    w.join(3, browser(), Codec::H264);
+    w.run_for(Duration::from_secs(8));
+    assert_eq!(
+        w.phone(1).media_from(w.phone(3), MediaKind::Video).count(),
+        0,
+        "phone 1 was to be deaf to phone 3's first subscription"
+    );
+    assert_eq!(
+        w.sfu.counters().subscriptions_renewed,
+        0,
+        "renewed too soon"
+    );
+    let renewed = w.run_until(Duration::from_secs(10), |w| {
+        w.phone(1).media_from(w.phone(3), MediaKind::Video).count() > 20
+            && w.phone(1).media_from(w.phone(3), MediaKind::Audio).count() > 20
+    });
+    assert!(
+        renewed,
+        "phone 3 never reached phone 1: {:?}, {:?}",
+        w.sfu.counters(),
+        w.sfu.summaries()
+    );
+    // Phone 2 took its subscriptions at once: none of its own was renewed.
+    assert_eq!(w.sfu.counters().subscriptions_renewed, 2);
+    // Phone 2, unaffected, got phone 3 all along.
+    assert!(w.phone(2).media_from(w.phone(3), MediaKind::Video).count() > 300);
+}
+
+#[test]
+fn a_video_subscription_the_phone_never_decodes_is_renewed() {
+    // Seen in the soak: packets reached the browser and were reported, but it decoded none
+    // and kept asking for keyframes that were forwarded to it.
+    let mut w = World::new();
+    two_talking(&mut w, Codec::H264, Codec::H264);
+    w.join(3, browser(), Codec::H264);
+    assert!(w.run_until(Duration::from_secs(3), |w| {
+        w.phone(1).media_from(w.phone(3), MediaKind::Video).count() > 0
+    }));
+    let stuck = w
+        .phone(1)
+        .media_from(w.phone(3), MediaKind::Video)
+        .last()
+        .unwrap()
+        .mid;
+    // A decoder that never gets going asks every half second, on the stuck mid.
+    let on_new_mid = |w: &World| {
+        w.phone(1)
+            .media_from(w.phone(3), MediaKind::Video)
+            .filter(|d| d.mid != stuck)
+            .count()
+    };
+    for round in 0..50 {
+        if let Some(mut writer) = w.phone_mut(1).rtc.writer(stuck) {
+            let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
+        }
+        w.run_for(Duration::from_millis(500));
+        if round == 19 {
+            assert_eq!(
+                w.sfu.counters().subscriptions_renewed,
+                0,
+                "renewed too soon"
+            );
+        }
+        if on_new_mid(&w) > 20 {
+            break;
+        }
+    }
+    assert!(
+        on_new_mid(&w) > 20,
+        "phone 3's video on a new mid: {}; {:?}",
+        on_new_mid(&w),
+        w.sfu.counters()
+    );
+    // Only that one subscription: its audio and everyone else's were fine.
+    assert_eq!(w.sfu.counters().subscriptions_renewed, 1);
+}

@@ -21,6 +21,18 @@ const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 /// its size; browsers send at most ~1200, and on a 1500-byte link no more fits anyway. A
 /// bigger one is a phone's mistake or mischief and is dropped, never forwarded.
 const MAX_FORWARDED_PAYLOAD: usize = 1400;
+/// A subscription whose phone has reported none of its packets (RTCP receiver reports) this
+/// long after it opened, with packets written to it, is renewed: a new m-line, new SSRC.
+/// (Browsers report audio every 5 s, video every second.)
+pub(super) const UNHEARD_LIMIT: std::time::Duration = std::time::Duration::from_secs(12);
+/// ...once at least this many were written (a publisher with its camera off sends none).
+const UNHEARD_MIN_PACKETS: u64 = 50;
+/// A video subscription whose phone still asks for keyframes after `UNHEARD_LIMIT`, having
+/// asked this many times since it opened, has never decoded (keyframes were forwarded to it):
+/// it is renewed too. Seen in the soak: packets arrived, the browser decoded none.
+const UNDECODED_REQUESTS: u32 = 10;
+/// ...and asked this recently.
+const UNDECODED_RECENT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Resends stop while they are more than this share of what a track sends (a congested
 /// link is not helped by more resends).
 const RTX_SHARE_CAP: f32 = 0.5;
@@ -59,8 +71,33 @@ pub(super) struct TrackOut {
     /// Subtracted from the origin's extended sequence numbers: the first packet this phone
     /// gets is numbered below 65536, as SRTP needs (its rollover counter starts at 0).
     seq_base: Option<u64>,
-    /// Packets written to the phone for this track (`hearth status`).
+    /// Packets written to the phone for this track, and those that were not, by why
+    /// (`hearth status`: a subscription that gets nothing says why).
     pub packets: u64,
+    pub refused: Refused,
+    /// When the phone accepted it.
+    opened_at: Option<Instant>,
+    /// The highest sequence number the phone has reported receiving (RTCP receiver report).
+    pub reported_seq: Option<u64>,
+    /// Packets str0m has actually sent of it (resends included): fewer than `packets` by
+    /// more than a moment means its pacer holds them.
+    pub sent: u64,
+    /// Keyframe requests (PLI/FIR) the phone sent for it, and the last one's time.
+    pub keyframe_requests: u32,
+    last_keyframe_request: Option<Instant>,
+}
+
+/// Packets of a track not written to a subscriber, by why.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Refused {
+    /// The subscriber has no payload type for the publisher's codec.
+    pub codec: u64,
+    /// The subscriber's media connection is not up (yet).
+    pub not_connected: u64,
+    /// The track is not (or no longer) open at the subscriber.
+    pub not_open: u64,
+    /// Older than the first packet the subscriber got.
+    pub before_start: u64,
 }
 
 impl TrackOut {
@@ -78,6 +115,12 @@ impl TrackOut {
             state: TrackOutState::ToOpen,
             seq_base: None,
             packets: 0,
+            refused: Refused::default(),
+            opened_at: None,
+            reported_seq: None,
+            sent: 0,
+            keyframe_requests: 0,
+            last_keyframe_request: None,
         }
     }
 
@@ -231,11 +274,12 @@ impl Peer {
     }
 
     /// After an accepted answer: negotiated tracks are open, stopped ones are gone.
-    pub fn settle_tracks(&mut self) -> Vec<(ParticipantId, Mid, MediaKind)> {
+    pub fn settle_tracks(&mut self, now: Instant) -> Vec<(ParticipantId, Mid, MediaKind)> {
         let mut newly_open = Vec::new();
         for track in &mut self.tracks_out {
             if let TrackOutState::Negotiating(m) = track.state {
                 track.state = TrackOutState::Open(m);
+                track.opened_at = Some(now);
                 newly_open.push((track.origin, track.origin_mid, track.kind));
                 if track.kind == MediaKind::Video {
                     if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(m, None) {
@@ -270,6 +314,40 @@ impl Peer {
         });
     }
 
+    /// Subscriptions the phone has reported nothing of since `UNHEARD_LIMIT` after they
+    /// opened, though packets were written: its browser is not taking them (seen in the soak
+    /// under load, cause not found). Each is stopped and offered anew, on a new m-line.
+    /// Returns whose tracks were renewed, and whether because never reported (else never
+    /// decoded).
+    pub fn renew_unheard(&mut self, now: Instant) -> Vec<(ParticipantId, MediaKind, bool)> {
+        let unheard = |t: &TrackOut| {
+            let settled = t.open_mid().is_some()
+                && t.packets >= UNHEARD_MIN_PACKETS
+                && t.opened_at
+                    .is_some_and(|at| now.saturating_duration_since(at) > UNHEARD_LIMIT);
+            let never_decoded = t.keyframe_requests >= UNDECODED_REQUESTS
+                && t.last_keyframe_request
+                    .is_some_and(|at| now.saturating_duration_since(at) < UNDECODED_RECENT);
+            settled && (t.reported_seq.is_none() || never_decoded)
+        };
+        let mut renewed = Vec::new();
+        let mut which = Vec::new();
+        for track in self.tracks_out.iter_mut().filter(|t| unheard(t)) {
+            if let TrackOutState::Open(m) = track.state {
+                track.state = TrackOutState::ToStop(m);
+                which.push((track.origin, track.kind, track.reported_seq.is_none()));
+                renewed.push(TrackOut::new(
+                    track.origin,
+                    track.origin_session,
+                    track.origin_mid,
+                    track.kind,
+                ));
+            }
+        }
+        self.tracks_out.extend(renewed);
+        which
+    }
+
     /// Poll str0m until it has nothing but a timeout, which is returned.
     pub fn drain(
         &mut self,
@@ -293,7 +371,7 @@ impl Peer {
                     destination: t.destination,
                     contents: t.contents.into(),
                 }),
-                Output::Event(event) => self.on_event(event, propagate, counters),
+                Output::Event(event) => self.on_event(event, now, propagate, counters),
             }
         }
     }
@@ -301,6 +379,7 @@ impl Peer {
     fn on_event(
         &mut self,
         event: Event,
+        now: Instant,
         propagate: &mut Vec<Propagate>,
         counters: &mut SfuCounters,
     ) {
@@ -375,12 +454,31 @@ impl Peer {
                     packet: Box::new(packet),
                 });
             }
+            Event::MediaEgressStats(stats) => {
+                let reported = stats.remote.map(|r| *r.maximum_sequence_number);
+                let track = self
+                    .tracks_out
+                    .iter_mut()
+                    .find(|t| t.open_mid() == Some(stats.mid));
+                if let Some(track) = track {
+                    track.sent = stats.packets;
+                    if reported.is_some() {
+                        track.reported_seq = reported;
+                    }
+                }
+            }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.estimate_kbps = Some((estimate.as_u64() / 1000) as u32);
             }
             Event::KeyframeRequest(req) => {
                 counters.keyframe_requests_received += 1;
-                if let Some(t) = self.tracks_out.iter().find(|t| t.mid() == Some(req.mid)) {
+                if let Some(t) = self
+                    .tracks_out
+                    .iter_mut()
+                    .find(|t| t.mid() == Some(req.mid))
+                {
+                    t.keyframe_requests += 1;
+                    t.last_keyframe_request = Some(now);
                     propagate.push(Propagate::KeyframeWanted {
                         publisher: t.origin,
                         mid: t.origin_mid,
@@ -397,8 +495,19 @@ impl Peer {
     pub fn mid_for(&self, origin: ParticipantId, origin_mid: Mid) -> Option<Mid> {
         self.tracks_out
             .iter()
-            .find(|t| t.origin == origin && t.origin_mid == origin_mid)
-            .and_then(TrackOut::open_mid)
+            .filter(|t| t.origin == origin && t.origin_mid == origin_mid)
+            .find_map(TrackOut::open_mid)
+    }
+
+    fn track_mut(
+        &mut self,
+        origin: ParticipantId,
+        session: u64,
+        origin_mid: Mid,
+    ) -> Option<&mut TrackOut> {
+        self.tracks_out.iter_mut().find(|t| {
+            t.origin == origin && t.origin_session == session && t.origin_mid == origin_mid
+        })
     }
 
     /// Forward one publisher's packet to this subscriber as it came (payload untouched).
@@ -417,6 +526,9 @@ impl Peer {
         }
         // The subscriber may number the same codec differently: map by codec parameters.
         let Some(pt) = self.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
+            if let Some(track) = self.track_mut(origin, session, origin_mid) {
+                track.refused.codec += 1;
+            }
             return false;
         };
         // Header extensions the receiver plays by: a phone that negotiated CVO sends its
@@ -454,19 +566,29 @@ impl Peer {
         seq: u64,
         write: impl FnOnce(SeqNo) -> RtpWrite,
     ) -> bool {
-        if !self.connected {
-            return false;
-        }
-        let track = self.tracks_out.iter_mut().find(|t| {
+        let connected = self.connected;
+        // A renewed subscription has its new track next to the old one being stopped.
+        let matches = |t: &TrackOut| {
             t.origin == origin && t.origin_session == session && t.origin_mid == origin_mid
-        });
-        let Some(track) = track else {
+        };
+        let at = self
+            .tracks_out
+            .iter()
+            .position(|t| matches(t) && t.open_mid().is_some())
+            .or_else(|| self.tracks_out.iter().position(matches));
+        let Some(track) = at.map(|i| &mut self.tracks_out[i]) else {
             return false;
         };
+        if !connected {
+            track.refused.not_connected += 1;
+            return false;
+        }
         let Some(mid) = track.open_mid() else {
+            track.refused.not_open += 1;
             return false;
         };
         let Some(seq) = track.rebase(seq) else {
+            track.refused.before_start += 1;
             return false;
         };
         let mut api = self.rtc.direct_api();
