@@ -283,6 +283,12 @@ impl Peer {
                 newly_open.push((track.origin, track.origin_mid, track.kind));
                 if track.kind == MediaKind::Video {
                     if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(m, None) {
+                        // Not held back by str0m's pacer: what is forwarded was paced by its
+                        // sender already. Paced to this phone's estimate, which sinks on a
+                        // busy box (CPU delay reads as a congested link), the soak's phones
+                        // were sent a fifth of the video written to them (`received[].sent`
+                        // in `hearth status`), and newcomers' first keyframes never came.
+                        stream.set_unpaced(true);
                         // str0m stops repairing a stream once 15 % of it is resends.
                         // Browsers ask again for packets that only came out of order, so on
                         // a jittery link that is soon reached, and then real losses go
