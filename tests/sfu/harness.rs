@@ -30,6 +30,8 @@ pub const STEP: Duration = Duration::from_millis(5);
 pub const FRAME: Duration = Duration::from_millis(20);
 /// Datagram exchanges within one step before the harness calls it a livelock.
 const MAX_ROUNDS: usize = 1000;
+/// A timer due within this is fired at once (see `pump`).
+const IMMEDIATE: Duration = Duration::from_millis(1);
 
 /// What a browser offers: Opus, VP8 and H.264 with str0m's numbering and extension ids.
 pub fn browser() -> RtcConfig {
@@ -73,6 +75,9 @@ pub struct Phone {
     pub answer_delay: Duration,
     /// Server offers not answered yet, with when they are due.
     unanswered: Vec<(Instant, String)>,
+    /// Every video frame is padded to this many bytes when set (a camera at a high bitrate:
+    /// each frame leaves as a burst of packets).
+    pub video_frame_bytes: Option<usize>,
     /// The next video frame is a keyframe (first frame, or after a keyframe request).
     keyframe_wanted: bool,
     timeout: Instant,
@@ -174,7 +179,12 @@ impl Phone {
         }
         if let Some(pt) = self.pt_for(self.video_mid, self.video_codec) {
             let key = std::mem::take(&mut self.keyframe_wanted);
-            let data = frame(self.id, self.video_codec, n, key);
+            let mut data = frame(self.id, self.video_codec, n, key);
+            if let Some(bytes) = self.video_frame_bytes {
+                let mut padded = data.to_vec();
+                padded.resize(bytes.max(padded.len()), b'.');
+                data = padded.into();
+            }
             let time = MediaTime::new(n * 1800, Frequency::NINETY_KHZ);
             let mut writer = self.rtc.writer(self.video_mid).expect("video mid");
             if let Some(o) = self.orientation {
@@ -284,6 +294,7 @@ impl World {
             ignored_ssrcs: Default::default(),
             answer_delay: Duration::ZERO,
             unanswered: Vec::new(),
+            video_frame_bytes: None,
             keyframe_wanted: true,
             timeout: self.now,
         });
@@ -396,8 +407,18 @@ impl World {
             let mut moved = false;
             let mut uplink = Vec::new();
             for phone in &mut self.phones {
+                let mut timeouts = 0;
                 loop {
                     match phone.rtc.poll_output().expect("phone output") {
+                        // Its pacer releases a packet per timeout and asks for the next at
+                        // once: a browser sends a frame's packets in a burst, so does this.
+                        Output::Timeout(t) if t <= now + IMMEDIATE && timeouts < MAX_ROUNDS => {
+                            timeouts += 1;
+                            phone
+                                .rtc
+                                .handle_input(Input::Timeout(t.max(now)))
+                                .expect("phone timeout");
+                        }
                         Output::Timeout(t) => {
                             phone.timeout = t;
                             break;

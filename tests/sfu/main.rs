@@ -509,3 +509,61 @@ fn a_video_subscription_the_phone_never_decodes_is_renewed() {
     // Only that one subscription: its audio and everyone else's were fine.
     assert_eq!(w.sfu.counters().subscriptions_renewed, 1);
 }
+
+#[test]
+fn a_phone_that_asks_for_keyframes_now_and_then_keeps_its_subscription() {
+    // Seen in the soak: subscriptions to the box's video in a long call were renewed, all at
+    // once, because over minutes their phones had asked for ten keyframes in all. A phone
+    // that decodes asks now and then (a loss burst, a newcomer); that is no reason.
+    let mut w = World::new();
+    two_talking(&mut w, Codec::H264, Codec::H264);
+    let mid = w
+        .phone(1)
+        .media_from(w.phone(2), MediaKind::Video)
+        .last()
+        .unwrap()
+        .mid;
+    for _ in 0..30 {
+        if let Some(mut writer) = w.phone_mut(1).rtc.writer(mid) {
+            let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
+        }
+        w.run_for(Duration::from_secs(3));
+    }
+    let asked: u32 = w
+        .sfu
+        .summaries()
+        .iter()
+        .flat_map(|p| &p.received)
+        .map(|r| r.keyframe_requests)
+        .sum();
+    assert!(asked >= 20, "the phone asked {asked} times");
+    assert_eq!(w.sfu.counters().subscriptions_renewed, 0);
+}
+
+#[test]
+fn a_burst_of_packets_leaves_in_the_wake_up_that_forwarded_it() {
+    // str0m's pacer releases one packet per timeout. A camera at a high bitrate sends each
+    // frame as a burst of packets; the SFU, woken once a step here (once a timer tick in the
+    // daemon), must send all of it at once, or each subscriber falls further behind (the
+    // soak's phones were sent a fraction of what was written to them, newcomers nothing).
+    let mut w = World::new();
+    two_talking(&mut w, Codec::H264, Codec::H264);
+    w.phone_mut(1).video_frame_bytes = Some(12_000);
+    let from = w.phone(1).sent_video.len();
+    w.run_for(Duration::from_secs(3));
+    let (a, b) = (w.phone(1), w.phone(2));
+    let sent = &a.sent_video[from..];
+    assert!(sent.len() > 100, "phone 1 sent {} frames", sent.len());
+    // Every frame sent two frames (40 ms) ago or earlier has arrived whole.
+    let missing = sent[..sent.len() - 2]
+        .iter()
+        .filter(|f| !b.media().any(|d| &d.data == *f))
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "of {} large frames, {missing} did not reach phone 2 in time; {:?}",
+        sent.len(),
+        w.sfu.summaries()
+    );
+}

@@ -1,6 +1,7 @@
 //! One phone's leg of the SFU: its str0m `Rtc`, the tracks it publishes, the tracks it
 //! subscribes to and where each stands in negotiation.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use str0m::bwe::BweKind;
@@ -8,7 +9,7 @@ use str0m::change::SdpPendingOffer;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
-use str0m::{Event, IceConnectionState, Output, Rtc};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use super::{payload, LostReason, SfuCounters, Transmit};
 use crate::call::room::ParticipantId;
@@ -27,15 +28,23 @@ const MAX_FORWARDED_PAYLOAD: usize = 1400;
 pub(super) const UNHEARD_LIMIT: std::time::Duration = std::time::Duration::from_secs(12);
 /// ...once at least this many were written (a publisher with its camera off sends none).
 const UNHEARD_MIN_PACKETS: u64 = 50;
-/// A video subscription whose phone still asks for keyframes after `UNHEARD_LIMIT`, having
-/// asked this many times since it opened, has never decoded (keyframes were forwarded to it):
-/// it is renewed too. Seen in the soak: packets arrived, the browser decoded none.
-const UNDECODED_REQUESTS: u32 = 10;
-/// ...and asked this recently.
+/// A video subscription whose phone, after `UNHEARD_LIMIT`, asked for keyframes this many
+/// times within `UNHEARD_LIMIT` does not decode it (keyframes were forwarded to it): it is
+/// renewed too. Seen in the soak: packets arrived, the browser decoded none. Counted in a
+/// window, not over the subscription's life: a phone in a long call asks now and then (a
+/// loss burst, a newcomer's arrival) and decodes well.
+const UNDECODED_REQUESTS: usize = 10;
+/// ...the last of them this recently.
 const UNDECODED_RECENT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Resends stop while they are more than this share of what a track sends (a congested
 /// link is not helped by more resends).
 const RTX_SHARE_CAP: f32 = 0.5;
+/// str0m's pacer releases one packet per timeout and then asks for the next a microsecond
+/// later: a timeout due within this is handled at once in `drain`, not left to the caller's
+/// next wake-up (one packet per wake-up held queued media back for seconds on a busy box).
+const IMMEDIATE: std::time::Duration = std::time::Duration::from_millis(1);
+/// Bounds the packets one `drain` sends (a second of forwarding to one phone is ~1000).
+const MOST_TIMEOUTS_PER_DRAIN: u32 = 4096;
 
 /// A track this phone publishes.
 #[derive(Debug)]
@@ -82,9 +91,10 @@ pub(super) struct TrackOut {
     /// Packets str0m has actually sent of it (resends included): fewer than `packets` by
     /// more than a moment means its pacer holds them.
     pub sent: u64,
-    /// Keyframe requests (PLI/FIR) the phone sent for it, and the last one's time.
+    /// Keyframe requests (PLI/FIR) the phone sent for it.
     pub keyframe_requests: u32,
-    last_keyframe_request: Option<Instant>,
+    /// When the last `UNDECODED_REQUESTS` of them came, oldest first.
+    recent_keyframe_requests: VecDeque<Instant>,
 }
 
 /// Packets of a track not written to a subscriber, by why.
@@ -120,7 +130,7 @@ impl TrackOut {
             reported_seq: None,
             sent: 0,
             keyframe_requests: 0,
-            last_keyframe_request: None,
+            recent_keyframe_requests: VecDeque::with_capacity(UNDECODED_REQUESTS),
         }
     }
 
@@ -331,9 +341,14 @@ impl Peer {
                 && t.packets >= UNHEARD_MIN_PACKETS
                 && t.opened_at
                     .is_some_and(|at| now.saturating_duration_since(at) > UNHEARD_LIMIT);
-            let never_decoded = t.keyframe_requests >= UNDECODED_REQUESTS
-                && t.last_keyframe_request
-                    .is_some_and(|at| now.saturating_duration_since(at) < UNDECODED_RECENT);
+            let asked = &t.recent_keyframe_requests;
+            let never_decoded = asked.len() >= UNDECODED_REQUESTS
+                && asked
+                    .front()
+                    .is_some_and(|at| now.saturating_duration_since(*at) < UNHEARD_LIMIT)
+                && asked
+                    .back()
+                    .is_some_and(|at| now.saturating_duration_since(*at) < UNDECODED_RECENT);
             settled && (t.reported_seq.is_none() || never_decoded)
         };
         let mut renewed = Vec::new();
@@ -362,6 +377,7 @@ impl Peer {
         propagate: &mut Vec<Propagate>,
         counters: &mut SfuCounters,
     ) -> Instant {
+        let mut timeouts = 0;
         loop {
             let output = match self.rtc.poll_output() {
                 Ok(o) => o,
@@ -371,6 +387,15 @@ impl Peer {
                 }
             };
             match output {
+                Output::Timeout(t)
+                    if t <= now + IMMEDIATE && timeouts < MOST_TIMEOUTS_PER_DRAIN =>
+                {
+                    timeouts += 1;
+                    if self.rtc.handle_input(Input::Timeout(t.max(now))).is_err() {
+                        self.lost = Some(LostReason::Failed);
+                        return now;
+                    }
+                }
                 Output::Timeout(t) => return t,
                 Output::Transmit(t) => transmits.push(Transmit {
                     source: t.source,
@@ -484,7 +509,10 @@ impl Peer {
                     .find(|t| t.mid() == Some(req.mid))
                 {
                     t.keyframe_requests += 1;
-                    t.last_keyframe_request = Some(now);
+                    if t.recent_keyframe_requests.len() == UNDECODED_REQUESTS {
+                        t.recent_keyframe_requests.pop_front();
+                    }
+                    t.recent_keyframe_requests.push_back(now);
                     propagate.push(Propagate::KeyframeWanted {
                         publisher: t.origin,
                         mid: t.origin_mid,
@@ -505,15 +533,19 @@ impl Peer {
             .find_map(TrackOut::open_mid)
     }
 
-    fn track_mut(
-        &mut self,
-        origin: ParticipantId,
-        session: u64,
-        origin_mid: Mid,
-    ) -> Option<&mut TrackOut> {
-        self.tracks_out.iter_mut().find(|t| {
-            t.origin == origin && t.origin_session == session && t.origin_mid == origin_mid
-        })
+    /// The subscription to a publisher's track, in one pass: a renewed subscription has its
+    /// new (open) track next to the old one being stopped, and the open one is preferred.
+    fn track_at(&self, origin: ParticipantId, session: u64, origin_mid: Mid) -> Option<usize> {
+        let mut found = None;
+        for (i, t) in self.tracks_out.iter().enumerate() {
+            if t.origin == origin && t.origin_session == session && t.origin_mid == origin_mid {
+                found = Some(i);
+                if t.open_mid().is_some() {
+                    break;
+                }
+            }
+        }
+        found
     }
 
     /// Forward one publisher's packet to this subscriber as it came (payload untouched).
@@ -532,8 +564,8 @@ impl Peer {
         }
         // The subscriber may number the same codec differently: map by codec parameters.
         let Some(pt) = self.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
-            if let Some(track) = self.track_mut(origin, session, origin_mid) {
-                track.refused.codec += 1;
+            if let Some(at) = self.track_at(origin, session, origin_mid) {
+                self.tracks_out[at].refused.codec += 1;
             }
             return false;
         };
@@ -573,18 +605,10 @@ impl Peer {
         write: impl FnOnce(SeqNo) -> RtpWrite,
     ) -> bool {
         let connected = self.connected;
-        // A renewed subscription has its new track next to the old one being stopped.
-        let matches = |t: &TrackOut| {
-            t.origin == origin && t.origin_session == session && t.origin_mid == origin_mid
-        };
-        let at = self
-            .tracks_out
-            .iter()
-            .position(|t| matches(t) && t.open_mid().is_some())
-            .or_else(|| self.tracks_out.iter().position(matches));
-        let Some(track) = at.map(|i| &mut self.tracks_out[i]) else {
+        let Some(at) = self.track_at(origin, session, origin_mid) else {
             return false;
         };
+        let track = &mut self.tracks_out[at];
         if !connected {
             track.refused.not_connected += 1;
             return false;
