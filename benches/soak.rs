@@ -26,8 +26,11 @@ use hearth_test_support::{temp_dir, BrowserKind, Daemon, Phone};
 const PHONES: usize = 4;
 /// A small box: test camera and tone at a size two cores keep up with beside four browsers.
 const SMALL_BOX: &str = "[board.camera]\nwidth = 320\nheight = 180\nframerate = 15\n[board.display]\nwidth = 640\nheight = 360\n";
-/// Before the baseline: allocators and caches reach their working size.
-const WARM_UP: Duration = Duration::from_secs(60);
+/// Before the baseline, steps of every kind on every phone: allocators and caches reach the
+/// working size of a call whose phones come and go, not just of a steady one (a first soak
+/// measured its baseline on the steady call and saw 25 MB come with the first dozen steps,
+/// then nothing more for half an hour).
+const WARM_UP_STEPS: usize = 24;
 /// Before each of the two measurements, with the whole call up.
 const SETTLE: Duration = Duration::from_secs(20);
 /// Memory may vary by this much between two measurements of the same call.
@@ -128,9 +131,11 @@ impl Call {
         Ok(())
     }
 
-    /// One step of the soak on phone `i`, by the step number.
-    async fn step(&mut self, number: usize, i: usize) -> Result<&'static str> {
-        let what = match number % 4 {
+    /// One step of the soak on phone `number % PHONES`; every phone gets every kind of step
+    /// in turn.
+    async fn step(&mut self, number: usize) -> Result<&'static str> {
+        let i = number % PHONES;
+        let what = match (number + number / PHONES) % 4 {
             0 => {
                 let phone = &mut self.phones[i];
                 phone.click("leave").await?;
@@ -196,22 +201,33 @@ async fn main() -> Result<()> {
     call.wait_whole().await?;
     println!("Soak: the box and {PHONES} phones, {minutes} min of leaving, joining, muting and reconnecting");
     println!("{}", line("at start", &sample(pid)?, None));
-    tokio::time::sleep(WARM_UP).await;
+    let mut steps = 0;
+    while steps < WARM_UP_STEPS {
+        call.step(steps)
+            .await
+            .with_context(|| format!("warm-up step {steps} on phone {}", steps % PHONES))?;
+        steps += 1;
+    }
     tokio::time::sleep(SETTLE).await;
     let baseline = sample(pid)?;
-    println!("{}", line("baseline (after warm-up)", &baseline, None));
+    println!(
+        "{}",
+        line(
+            &format!("baseline (after {WARM_UP_STEPS} warm-up steps)"),
+            &baseline,
+            None
+        )
+    );
 
     let deadline = Instant::now() + Duration::from_secs(minutes * 60);
     // Bounded in count as well as time: a step takes seconds.
-    let most_steps = (minutes as usize + 1) * 60;
+    let most_steps = WARM_UP_STEPS + (minutes as usize + 1) * 60;
     let mut last = baseline;
-    let mut steps = 0;
     while Instant::now() < deadline && steps < most_steps {
-        let phone = steps % PHONES;
         let what = call
-            .step(steps, phone)
+            .step(steps)
             .await
-            .with_context(|| format!("step {steps} on phone {phone}"))?;
+            .with_context(|| format!("step {steps} on phone {}", steps % PHONES))?;
         steps += 1;
         if last.at.elapsed() >= Duration::from_secs(60) {
             let now = sample(pid)?;
@@ -225,7 +241,7 @@ async fn main() -> Result<()> {
     tokio::time::sleep(SETTLE).await;
     let end = sample(pid)?;
     println!("{}", line("at end (the same call)", &end, Some(&baseline)));
-    println!("{steps} steps");
+    println!("{} steps after the warm-up", steps - WARM_UP_STEPS);
 
     let mut grew = Vec::new();
     if end.rss_kib > baseline.rss_kib + RSS_SLACK_KIB {

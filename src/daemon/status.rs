@@ -49,6 +49,7 @@ impl Hub {
                 "media_connected": peer.is_some_and(|m| m.connected),
                 "tracks_published": peer.map_or(0, |m| m.tracks_published),
                 "tracks_subscribed": peer.map_or(0, |m| m.tracks_subscribed),
+                "received": peer.map(|m| m.received.clone()).unwrap_or_default(),
             })
         });
         Value::Array(list.collect())

@@ -338,7 +338,11 @@ impl Supervisor {
             .by_name("video_low")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
         if let Some(low) = &low_sink {
-            low.set_callbacks(frames_to_hub(self.kind, BoxEncoding::H264Low, self.media.clone()));
+            low.set_callbacks(frames_to_hub(
+                self.kind,
+                BoxEncoding::H264Low,
+                self.media.clone(),
+            ));
         }
         let vp8_sink = pipeline
             .by_name("vp8")
@@ -346,7 +350,11 @@ impl Supervisor {
         let vp8 = pipeline.by_name(plan::VP8_GATE).zip(vp8_sink);
         if let Some((gate, vp8_sink)) = &vp8 {
             gate.set_property("drop", !self.vp8);
-            vp8_sink.set_callbacks(frames_to_hub(self.kind, BoxEncoding::Vp8, self.media.clone()));
+            vp8_sink.set_callbacks(frames_to_hub(
+                self.kind,
+                BoxEncoding::Vp8,
+                self.media.clone(),
+            ));
         }
         report_failures(&pipeline, self.commands.clone());
         if let Err(e) = pipeline.set_state(gst::State::Playing) {

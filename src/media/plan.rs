@@ -186,7 +186,9 @@ pub fn video_capture(
         .push(leaky_queue());
     // A keyframe every two seconds at most, so a lost one is soon replaced.
     let key_interval = camera.framerate.saturating_mul(2);
-    chain.0.extend(h264_encoder(encoder, kbps, key_interval, HIGH_ENCODER).0);
+    chain
+        .0
+        .extend(h264_encoder(encoder, kbps, key_interval, HIGH_ENCODER).0);
     chain
         .push(Stage::element("h264parse", &[("config-interval", "-1")]))
         .push(Stage::Caps(H264_OUT_CAPS.into()))
@@ -202,7 +204,9 @@ pub fn video_capture(
         .push(leaky_queue())
         .push(Stage::element("videoscale", &[]))
         .push(Stage::Caps(half_size.clone()));
-    chain.0.extend(h264_encoder(encoder, LOW_KBPS, key_interval, "encoder_low").0);
+    chain
+        .0
+        .extend(h264_encoder(encoder, LOW_KBPS, key_interval, "encoder_low").0);
     chain
         .push(Stage::element("h264parse", &[("config-interval", "-1")]))
         .push(Stage::Caps(H264_OUT_CAPS.into()))

@@ -32,10 +32,10 @@ pub const FRAME: Duration = Duration::from_millis(20);
 pub const LOW_FRAMES: u64 = 1_000_000;
 /// A limited downlink's bucket, in bytes.
 const DOWNLINK_BUCKET: f64 = 10_000.0;
-/// SFU timeouts within one step before the harness calls it a livelock.
-const MAX_TIMERS: usize = 5000;
 /// Datagram exchanges within one step before the harness calls it a livelock.
 const MAX_ROUNDS: usize = 1000;
+/// A timer due within this is fired at once (see `pump`).
+const IMMEDIATE: Duration = Duration::from_millis(1);
 
 /// What a browser offers: Opus, VP8 and H.264 with str0m's numbering and extension ids.
 pub fn browser() -> RtcConfig {
@@ -75,10 +75,18 @@ pub struct Phone {
     pub downlink_kbps: Option<u32>,
     /// Bytes the downlink may still take now.
     downlink_tokens: f64,
+    /// RTP streams (SSRCs) first seen before this are dropped for good, as a browser that does
+    /// not take a new subscription's packets (seen in the soak).
+    pub deaf_until: Option<Instant>,
+    known_ssrcs: std::collections::HashSet<u32>,
+    ignored_ssrcs: std::collections::HashSet<u32>,
     /// How long the phone takes to answer a server offer (a page's JavaScript, a slow link).
     pub answer_delay: Duration,
     /// Server offers not answered yet, with when they are due.
     unanswered: Vec<(Instant, String)>,
+    /// Every video frame is padded to this many bytes when set (a camera at a high bitrate:
+    /// each frame leaves as a burst of packets).
+    pub video_frame_bytes: Option<usize>,
     /// The next video frame is a keyframe (first frame, or after a keyframe request).
     keyframe_wanted: bool,
     timeout: Instant,
@@ -119,6 +127,29 @@ impl Phone {
         self.media().filter(move |d| sent.contains(&d.data))
     }
 
+    /// Whether the phone takes this datagram: anything but RTP of a stream it is deaf to.
+    fn takes(&mut self, datagram: &[u8], now: Instant) -> bool {
+        // RTP: version 2, and a second byte that is no RTCP packet type (200-206).
+        let rtp = datagram.len() >= 12
+            && datagram[0] & 0xC0 == 0x80
+            && !(200..=206).contains(&datagram[1]);
+        if !rtp {
+            return true;
+        }
+        let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+        if self.ignored_ssrcs.contains(&ssrc) {
+            return false;
+        }
+        if !self.known_ssrcs.contains(&ssrc) {
+            if self.deaf_until.is_some_and(|t| now < t) {
+                self.ignored_ssrcs.insert(ssrc);
+                return false;
+            }
+            self.known_ssrcs.insert(ssrc);
+        }
+        true
+    }
+
     /// Keyframe requests the phone got for what it sends, with when.
     pub fn keyframe_requests(&self) -> impl Iterator<Item = (Instant, &KeyframeRequest)> {
         self.events.iter().filter_map(|(t, e)| match e {
@@ -157,7 +188,12 @@ impl Phone {
         }
         if let Some(pt) = self.pt_for(self.video_mid, self.video_codec) {
             let key = std::mem::take(&mut self.keyframe_wanted);
-            let data = frame(self.id, self.video_codec, n, key);
+            let mut data = frame(self.id, self.video_codec, n, key);
+            if let Some(bytes) = self.video_frame_bytes {
+                let mut padded = data.to_vec();
+                padded.resize(bytes.max(padded.len()), b'.');
+                data = padded.into();
+            }
             let time = MediaTime::new(n * 1800, Frequency::NINETY_KHZ);
             let mut writer = self.rtc.writer(self.video_mid).expect("video mid");
             if let Some(o) = self.orientation {
@@ -278,8 +314,12 @@ impl World {
             sent_video: Vec::new(),
             downlink_kbps: None,
             downlink_tokens: DOWNLINK_BUCKET,
+            deaf_until: None,
+            known_ssrcs: Default::default(),
+            ignored_ssrcs: Default::default(),
             answer_delay: Duration::ZERO,
             unanswered: Vec::new(),
+            video_frame_bytes: None,
             keyframe_wanted: true,
             timeout: self.now,
         });
@@ -315,20 +355,7 @@ impl World {
     /// Move the clock one step: frames due are written, timers due are fired, and every
     /// datagram is delivered until nobody has anything more to say.
     pub fn step(&mut self) {
-        // The SFU's timers within the step fire at their own time: its pacer sends one packet
-        // per timeout, so a step's worth of packets needs a step's worth of timeouts.
-        let end = self.now + STEP;
-        for _ in 0..MAX_TIMERS {
-            match self.sfu.poll_timeout() {
-                Some(t) if t < end => {
-                    self.now = t.max(self.now);
-                    self.sfu.handle_timeout(self.now);
-                    self.pump();
-                }
-                _ => break,
-            }
-        }
-        self.now = end;
+        self.now += STEP;
         let now = self.now;
         if now >= self.next_frame {
             self.next_frame = now + FRAME;
@@ -418,8 +445,18 @@ impl World {
             let mut moved = false;
             let mut uplink = Vec::new();
             for phone in &mut self.phones {
+                let mut timeouts = 0;
                 loop {
                     match phone.rtc.poll_output().expect("phone output") {
+                        // Its pacer releases a packet per timeout and asks for the next at
+                        // once: a browser sends a frame's packets in a burst, so does this.
+                        Output::Timeout(t) if t <= now + IMMEDIATE && timeouts < MAX_ROUNDS => {
+                            timeouts += 1;
+                            phone
+                                .rtc
+                                .handle_input(Input::Timeout(t.max(now)))
+                                .expect("phone timeout");
+                        }
                         Output::Timeout(t) => {
                             phone.timeout = t;
                             break;
@@ -458,6 +495,9 @@ impl World {
                             }
                             phone.downlink_tokens -= size;
                         }
+                        if !phone.takes(&t.contents, now) {
+                            continue;
+                        }
                         let input = Input::Receive(
                             now,
                             Receive {
@@ -484,7 +524,11 @@ impl World {
                 }
             }
             for phone in &mut self.phones {
-                let due = phone.unanswered.iter().take_while(|(t, _)| *t <= now).count();
+                let due = phone
+                    .unanswered
+                    .iter()
+                    .take_while(|(t, _)| *t <= now)
+                    .count();
                 for (_, sdp) in phone.unanswered.drain(..due) {
                     moved = true;
                     let offer = SdpOffer::from_sdp_string(&sdp).expect("offer parses");

@@ -164,7 +164,10 @@ impl BoxLeg {
             return vec![cost(BoxEncoding::Vp8, VP8_KBPS)];
         }
         let high = self.bitrate_told.unwrap_or(self.max_kbps);
-        let mut encodings = vec![cost(BoxEncoding::H264Low, LOW_KBPS), cost(BoxEncoding::H264, high)];
+        let mut encodings = vec![
+            cost(BoxEncoding::H264Low, LOW_KBPS),
+            cost(BoxEncoding::H264, high),
+        ];
         encodings.sort_by_key(|e| e.kbps);
         encodings
     }
@@ -227,11 +230,18 @@ impl BoxLeg {
                     clock,
                 };
                 let session = BOX_SESSION;
-                sent |= peer.send(ParticipantId::BOX, session, origin_mid, &packet, now, |seq, ts| {
-                    RtpWrite::new(pt, seq, ts, now, payload.clone())
-                        .marker(video && i == last)
-                        .nackable(video)
-                });
+                sent |= peer.send(
+                    ParticipantId::BOX,
+                    session,
+                    origin_mid,
+                    &packet,
+                    now,
+                    |seq, ts| {
+                        RtpWrite::new(pt, seq, ts, now, payload.clone())
+                            .marker(video && i == last)
+                            .nackable(video)
+                    },
+                );
             }
             if sent {
                 counters.box_frames_sent += 1;
@@ -268,14 +278,12 @@ impl BoxLeg {
             }
             *playing = (rid, Reassembly::new(params.spec().codec));
         }
-        let assembled = playing
-            .1
-            .push(
-                *packet.seq_no,
-                packet.header.marker,
-                packet.payload.clone(),
-                now,
-            );
+        let assembled = playing.1.push(
+            *packet.seq_no,
+            packet.header.marker,
+            packet.payload.clone(),
+            now,
+        );
         self.to_box
             .extend(assembled.frames.into_iter().map(|data| PhoneFrame {
                 from: origin,

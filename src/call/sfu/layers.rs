@@ -130,7 +130,11 @@ pub(super) fn allocate(
 /// would take its next better encoding, the rate of the best of everything). Without traffic
 /// near them an estimate never grows past what is being sent, and a phone that once went down
 /// to a cheap encoding would stay there.
-pub(super) fn probe_rates(audio_tracks: usize, options: &[Vec<Encoding>], chosen: &[usize]) -> (u32, u32) {
+pub(super) fn probe_rates(
+    audio_tracks: usize,
+    options: &[Vec<Encoding>],
+    chosen: &[usize],
+) -> (u32, u32) {
     let audio = audio_tracks as u32 * AUDIO_KBPS;
     let sent: u32 = options
         .iter()
@@ -144,7 +148,11 @@ pub(super) fn probe_rates(audio_tracks: usize, options: &[Vec<Encoding>], chosen
         .filter_map(|(o, &c)| Some(o.get(c + 1)?.kbps.saturating_sub(o[c].kbps)))
         .min()
         .unwrap_or(0);
-    let best: u32 = options.iter().filter_map(|o| o.last()).map(|e| e.kbps).sum();
+    let best: u32 = options
+        .iter()
+        .filter_map(|o| o.last())
+        .map(|e| e.kbps)
+        .sum();
     let gross = |kbps: u32| (kbps as f32 / HEADROOM) as u32;
     (gross(sent + next_step + audio), gross(best + audio))
 }
@@ -186,7 +194,11 @@ impl Choice {
                 now
             }
         };
-        let hold = if wanted > current { UP_AFTER } else { DOWN_AFTER };
+        let hold = if wanted > current {
+            UP_AFTER
+        } else {
+            DOWN_AFTER
+        };
         if now.saturating_duration_since(since) < hold {
             self.reason = Some(if wanted > current {
                 LayerReason::Settling
@@ -294,7 +306,10 @@ mod tests {
         let (seq, ts) = r.map(50_000, 999_999, t1).unwrap();
         assert_eq!(*seq, 110);
         assert_eq!(ts, 5000 + 9 * 3000 + 3600);
-        assert_eq!(r.map(50_001, 1_002_999, t1).unwrap(), (SeqNo::from(111), ts + 3000));
+        assert_eq!(
+            r.map(50_001, 1_002_999, t1).unwrap(),
+            (SeqNo::from(111), ts + 3000)
+        );
         assert_eq!(r.map(49_999, 0, t1), None);
     }
 
@@ -305,7 +320,11 @@ mod tests {
             vec![enc("l", 100), enc("h", 600)],
         ];
         assert_eq!(allocate(Some(400), 2, &tracks), vec![0, 0]);
-        assert_eq!(allocate(Some(1300), 2, &tracks), vec![1, 0], "the first raised first");
+        assert_eq!(
+            allocate(Some(1300), 2, &tracks),
+            vec![1, 0],
+            "the first raised first"
+        );
         assert_eq!(allocate(Some(2000), 2, &tracks), vec![1, 1]);
         assert_eq!(allocate(None, 2, &tracks), vec![1, 1], "no estimate yet");
         // Never below the cheapest, however weak.

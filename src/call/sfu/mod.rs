@@ -179,6 +179,8 @@ pub struct SfuCounters {
     pub packets_too_big: u64,
     /// Keyframe requests that came from subscribers (their decoder lost its place).
     pub keyframe_requests_received: u64,
+    /// Subscriptions renewed because the phone reported none of their packets.
+    pub subscriptions_renewed: u64,
     /// The box's own frames written to phones (one per frame per phone).
     pub box_frames_sent: u64,
 }
@@ -189,13 +191,28 @@ pub struct PeerSummary {
     pub connected: bool,
     pub tracks_published: usize,
     pub tracks_subscribed: usize,
-    /// Packets written to this phone per track it receives: whose, and how many (a track
-    /// that stops growing while its publisher sends is a stalled subscription).
-    pub received: Vec<(String, u64)>,
+    /// What was written to this phone per track it receives (a track that stops growing
+    /// while its publisher sends is a stalled subscription), and what was not, by why.
+    pub received: Vec<TrackReceived>,
     /// This phone's bandwidth estimate for what the box sends it.
     pub estimate_kbps: Option<u32>,
     /// Which encoding of each video it receives, and why.
     pub video: Vec<VideoReceived>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrackReceived {
+    pub from: String,
+    pub kind: &'static str,
+    pub mid: String,
+    pub packets: u64,
+    /// Packets actually sent (resends included), by str0m's count.
+    pub sent: u64,
+    pub refused: peer::Refused,
+    /// The highest sequence number the phone reported receiving; None: it reported none.
+    pub reported_seq: Option<u64>,
+    /// Keyframe requests the phone sent for it.
+    pub keyframe_requests: u32,
 }
 
 /// One video a phone receives: whose, which encoding (a simulcast rid such as `h` or `l`;
@@ -302,8 +319,20 @@ impl Sfu {
                 received: p
                     .tracks_out
                     .iter()
-                    .filter(|t| t.open_mid().is_some())
-                    .map(|t| (format!("{}/{:?}", t.origin, t.kind), t.packets))
+                    .map(|t| TrackReceived {
+                        from: t.origin.to_string(),
+                        kind: if t.kind == MediaKind::Audio {
+                            "audio"
+                        } else {
+                            "video"
+                        },
+                        mid: t.open_mid().map(|m| m.to_string()).unwrap_or_default(),
+                        packets: t.packets,
+                        sent: t.sent,
+                        refused: t.refused,
+                        reported_seq: t.reported_seq,
+                        keyframe_requests: t.keyframe_requests,
+                    })
                     .collect(),
                 estimate_kbps: p.estimate_kbps,
                 video: p
@@ -395,6 +424,9 @@ impl Sfu {
 
     fn new_rtc(&self, publish: VideoCodec, now: Instant) -> Rtc {
         let config = Rtc::builder()
+            // Receiver reports per stream each second: how `renew_unheard` knows a phone
+            // takes a subscription's packets.
+            .set_stats_interval(Some(Duration::from_secs(1)))
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
@@ -430,7 +462,7 @@ impl Sfu {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| SfuError::Rejected(e.to_string()))?;
-        let newly_open = peer.settle_tracks();
+        let newly_open = peer.settle_tracks(now);
         // A new subscriber can decode nothing until the next keyframe: ask for one now if
         // media can flow, else when it connects (a keyframe sent before would be lost).
         if peer.connected {
@@ -526,6 +558,18 @@ impl Sfu {
             } else if !peer.connected && peer.age(now) > CONNECT_LIMIT {
                 peer.lost = Some(LostReason::NeverConnected);
             }
+            for (origin, kind, unreported) in peer.renew_unheard(now) {
+                let why = if unreported {
+                    "none of its packets reported"
+                } else {
+                    "never decoded"
+                };
+                tracing::info!(
+                    "{}: subscription to {origin}'s {kind:?} renewed ({why})",
+                    peer.id
+                );
+                self.counters.subscriptions_renewed += 1;
+            }
         }
         let due = self
             .last_layer_choice
@@ -575,10 +619,9 @@ impl Sfu {
                 .is_none_or(|(m, d)| moved(m, minimum) || moved(d, desired));
             if changed {
                 peer.probe_told = Some((minimum, desired));
-                peer.rtc.bwe().set_bitrate(
-                    Bitrate::kbps(minimum as u64),
-                    Bitrate::kbps(desired as u64),
-                );
+                peer.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::kbps(minimum as u64), Bitrate::kbps(desired as u64));
             }
         }
         for (origin, mid, rid) in requests {

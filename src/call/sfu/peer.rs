@@ -1,6 +1,7 @@
 //! One phone's leg of the SFU: its str0m `Rtc`, the tracks it publishes, the tracks it
 //! subscribes to and where each stands in negotiation.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use str0m::bwe::BweKind;
@@ -8,7 +9,7 @@ use str0m::change::SdpPendingOffer;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
-use str0m::{Event, IceConnectionState, Output, Rtc};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use super::layers::{Choice, Encoding, LayerReason, RateMeter, Renumber};
 use super::{payload, LostReason, SfuCounters, Transmit};
@@ -22,9 +23,29 @@ const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 /// its size; browsers send at most ~1200, and on a 1500-byte link no more fits anyway. A
 /// bigger one is a phone's mistake or mischief and is dropped, never forwarded.
 const MAX_FORWARDED_PAYLOAD: usize = 1400;
+/// A subscription whose phone has reported none of its packets (RTCP receiver reports) this
+/// long after it opened, with packets written to it, is renewed: a new m-line, new SSRC.
+/// (Browsers report audio every 5 s, video every second.)
+pub(super) const UNHEARD_LIMIT: std::time::Duration = std::time::Duration::from_secs(12);
+/// ...once at least this many were written (a publisher with its camera off sends none).
+const UNHEARD_MIN_PACKETS: u64 = 50;
+/// A video subscription whose phone, after `UNHEARD_LIMIT`, asked for keyframes this many
+/// times within `UNHEARD_LIMIT` does not decode it (keyframes were forwarded to it): it is
+/// renewed too. Seen in the soak: packets arrived, the browser decoded none. Counted in a
+/// window, not over the subscription's life: a phone in a long call asks now and then (a
+/// loss burst, a newcomer's arrival) and decodes well.
+const UNDECODED_REQUESTS: usize = 10;
+/// ...the last of them this recently.
+const UNDECODED_RECENT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Resends stop while they are more than this share of what a track sends (a congested
 /// link is not helped by more resends).
 const RTX_SHARE_CAP: f32 = 0.5;
+/// str0m's pacer releases one packet per timeout and then asks for the next a microsecond
+/// later: a timeout due within this is handled at once in `drain`, not left to the caller's
+/// next wake-up (one packet per wake-up held queued media back for seconds on a busy box).
+const IMMEDIATE: std::time::Duration = std::time::Duration::from_millis(1);
+/// Bounds the packets one `drain` sends (a second of forwarding to one phone is ~1000).
+const MOST_TIMEOUTS_PER_DRAIN: u32 = 4096;
 
 /// A track this phone publishes.
 #[derive(Debug)]
@@ -76,7 +97,10 @@ impl TrackIn {
             return self
                 .layers
                 .iter()
-                .map(|l| Encoding { rid: l.rid, kbps: 0 })
+                .map(|l| Encoding {
+                    rid: l.rid,
+                    kbps: 0,
+                })
                 .collect();
         }
         measured.sort_by_key(|e| e.kbps);
@@ -109,8 +133,34 @@ pub(super) struct TrackOut {
     /// Which encoding this phone should get.
     pub choice: Choice,
     renumber: Renumber,
-    /// Packets written to the phone for this track (`hearth status`).
+    /// Packets written to the phone for this track, and those that were not, by why
+    /// (`hearth status`: a subscription that gets nothing says why).
     pub packets: u64,
+    pub refused: Refused,
+    /// When the phone accepted it.
+    opened_at: Option<Instant>,
+    /// The highest sequence number the phone has reported receiving (RTCP receiver report).
+    pub reported_seq: Option<u64>,
+    /// Packets str0m has actually sent of it (resends included): fewer than `packets` by
+    /// more than a moment means its pacer holds them.
+    pub sent: u64,
+    /// Keyframe requests (PLI/FIR) the phone sent for it.
+    pub keyframe_requests: u32,
+    /// When the last `UNDECODED_REQUESTS` of them came, oldest first.
+    recent_keyframe_requests: VecDeque<Instant>,
+}
+
+/// Packets of a track not written to a subscriber, by why.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Refused {
+    /// The subscriber has no payload type for the publisher's codec.
+    pub codec: u64,
+    /// The subscriber's media connection is not up (yet).
+    pub not_connected: u64,
+    /// The track is not (or no longer) open at the subscriber.
+    pub not_open: u64,
+    /// Older than the first packet the subscriber got.
+    pub before_start: u64,
 }
 
 /// One packet of a track on its way to a subscriber.
@@ -143,6 +193,12 @@ impl TrackOut {
             choice: Choice::default(),
             renumber: Renumber::default(),
             packets: 0,
+            refused: Refused::default(),
+            opened_at: None,
+            reported_seq: None,
+            sent: 0,
+            keyframe_requests: 0,
+            recent_keyframe_requests: VecDeque::with_capacity(UNDECODED_REQUESTS),
         }
     }
 
@@ -321,11 +377,15 @@ impl Peer {
     }
 
     /// After an accepted answer: negotiated tracks are open, stopped ones are gone.
-    pub fn settle_tracks(&mut self) -> Vec<(ParticipantId, Mid, Option<Rid>, MediaKind)> {
+    pub fn settle_tracks(
+        &mut self,
+        now: Instant,
+    ) -> Vec<(ParticipantId, Mid, Option<Rid>, MediaKind)> {
         let mut newly_open = Vec::new();
         for track in &mut self.tracks_out {
             if let TrackOutState::Negotiating(m) = track.state {
                 track.state = TrackOutState::Open(m);
+                track.opened_at = Some(now);
                 newly_open.push((
                     track.origin,
                     track.origin_mid,
@@ -334,6 +394,12 @@ impl Peer {
                 ));
                 if track.kind == MediaKind::Video {
                     if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(m, None) {
+                        // Not held back by str0m's pacer: what is forwarded was paced by its
+                        // sender already. Paced to this phone's estimate, which sinks on a
+                        // busy box (CPU delay reads as a congested link), the soak's phones
+                        // were sent a fifth of the video written to them (`received[].sent`
+                        // in `hearth status`), and newcomers' first keyframes never came.
+                        stream.set_unpaced(true);
                         // str0m stops repairing a stream once 15 % of it is resends.
                         // Browsers ask again for packets that only came out of order, so on
                         // a jittery link that is soon reached, and then real losses go
@@ -365,6 +431,45 @@ impl Peer {
         });
     }
 
+    /// Subscriptions the phone has reported nothing of since `UNHEARD_LIMIT` after they
+    /// opened, though packets were written: its browser is not taking them (seen in the soak
+    /// under load, cause not found). Each is stopped and offered anew, on a new m-line.
+    /// Returns whose tracks were renewed, and whether because never reported (else never
+    /// decoded).
+    pub fn renew_unheard(&mut self, now: Instant) -> Vec<(ParticipantId, MediaKind, bool)> {
+        let unheard = |t: &TrackOut| {
+            let settled = t.open_mid().is_some()
+                && t.packets >= UNHEARD_MIN_PACKETS
+                && t.opened_at
+                    .is_some_and(|at| now.saturating_duration_since(at) > UNHEARD_LIMIT);
+            let asked = &t.recent_keyframe_requests;
+            let never_decoded = asked.len() >= UNDECODED_REQUESTS
+                && asked
+                    .front()
+                    .is_some_and(|at| now.saturating_duration_since(*at) < UNHEARD_LIMIT)
+                && asked
+                    .back()
+                    .is_some_and(|at| now.saturating_duration_since(*at) < UNDECODED_RECENT);
+            settled && (t.reported_seq.is_none() || never_decoded)
+        };
+        let mut renewed = Vec::new();
+        let mut which = Vec::new();
+        for track in self.tracks_out.iter_mut().filter(|t| unheard(t)) {
+            if let TrackOutState::Open(m) = track.state {
+                track.state = TrackOutState::ToStop(m);
+                which.push((track.origin, track.kind, track.reported_seq.is_none()));
+                renewed.push(TrackOut::new(
+                    track.origin,
+                    track.origin_session,
+                    track.origin_mid,
+                    track.kind,
+                ));
+            }
+        }
+        self.tracks_out.extend(renewed);
+        which
+    }
+
     /// Poll str0m until it has nothing but a timeout, which is returned.
     pub fn drain(
         &mut self,
@@ -373,6 +478,7 @@ impl Peer {
         propagate: &mut Vec<Propagate>,
         counters: &mut SfuCounters,
     ) -> Instant {
+        let mut timeouts = 0;
         loop {
             let output = match self.rtc.poll_output() {
                 Ok(o) => o,
@@ -382,6 +488,15 @@ impl Peer {
                 }
             };
             match output {
+                Output::Timeout(t)
+                    if t <= now + IMMEDIATE && timeouts < MOST_TIMEOUTS_PER_DRAIN =>
+                {
+                    timeouts += 1;
+                    if self.rtc.handle_input(Input::Timeout(t.max(now))).is_err() {
+                        self.lost = Some(LostReason::Failed);
+                        return now;
+                    }
+                }
                 Output::Timeout(t) => return t,
                 Output::Transmit(t) => transmits.push(Transmit {
                     source: t.source,
@@ -451,7 +566,9 @@ impl Peer {
                     return;
                 };
                 let mut api = self.rtc.direct_api();
-                let Some((mid, rid)) = api.stream_rx(&packet.header.ssrc).map(|s| (s.mid(), s.rid()))
+                let Some((mid, rid)) = api
+                    .stream_rx(&packet.header.ssrc)
+                    .map(|s| (s.mid(), s.rid()))
                 else {
                     return;
                 };
@@ -476,12 +593,34 @@ impl Peer {
                     packet: Box::new(packet),
                 });
             }
+            Event::MediaEgressStats(stats) => {
+                let reported = stats.remote.map(|r| *r.maximum_sequence_number);
+                let track = self
+                    .tracks_out
+                    .iter_mut()
+                    .find(|t| t.open_mid() == Some(stats.mid));
+                if let Some(track) = track {
+                    track.sent = stats.packets;
+                    if reported.is_some() {
+                        track.reported_seq = reported;
+                    }
+                }
+            }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.estimate_kbps = Some((estimate.as_u64() / 1000) as u32);
             }
             Event::KeyframeRequest(req) => {
                 counters.keyframe_requests_received += 1;
-                if let Some(t) = self.tracks_out.iter().find(|t| t.mid() == Some(req.mid)) {
+                if let Some(t) = self
+                    .tracks_out
+                    .iter_mut()
+                    .find(|t| t.mid() == Some(req.mid))
+                {
+                    t.keyframe_requests += 1;
+                    if t.recent_keyframe_requests.len() == UNDECODED_REQUESTS {
+                        t.recent_keyframe_requests.pop_front();
+                    }
+                    t.recent_keyframe_requests.push_back(now);
                     propagate.push(Propagate::KeyframeWanted {
                         publisher: t.origin,
                         mid: t.origin_mid,
@@ -499,8 +638,23 @@ impl Peer {
     pub fn mid_for(&self, origin: ParticipantId, origin_mid: Mid) -> Option<Mid> {
         self.tracks_out
             .iter()
-            .find(|t| t.origin == origin && t.origin_mid == origin_mid)
-            .and_then(TrackOut::open_mid)
+            .filter(|t| t.origin == origin && t.origin_mid == origin_mid)
+            .find_map(TrackOut::open_mid)
+    }
+
+    /// The subscription to a publisher's track, in one pass: a renewed subscription has its
+    /// new (open) track next to the old one being stopped, and the open one is preferred.
+    fn track_at(&self, origin: ParticipantId, session: u64, origin_mid: Mid) -> Option<usize> {
+        let mut found = None;
+        for (i, t) in self.tracks_out.iter().enumerate() {
+            if t.origin == origin && t.origin_session == session && t.origin_mid == origin_mid {
+                found = Some(i);
+                if t.open_mid().is_some() {
+                    break;
+                }
+            }
+        }
+        found
     }
 
     /// Forward one publisher's packet to this subscriber as it came (payload untouched).
@@ -525,6 +679,9 @@ impl Peer {
         }
         // The subscriber may number the same codec differently: map by codec parameters.
         let Some(pt) = self.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
+            if let Some(at) = self.track_at(origin, session, origin_mid) {
+                self.tracks_out[at].refused.codec += 1;
+            }
             return false;
         };
         // Header extensions the receiver plays by: a phone that negotiated CVO sends its
@@ -565,19 +722,25 @@ impl Peer {
         now: Instant,
         write: impl FnOnce(SeqNo, u32) -> RtpWrite,
     ) -> bool {
-        if !self.connected {
-            return false;
-        }
-        let track = self.tracks_out.iter_mut().find(|t| {
-            t.origin == origin && t.origin_session == session && t.origin_mid == origin_mid
-        });
-        let Some(track) = track else {
+        let connected = self.connected;
+        let Some(at) = self.track_at(origin, session, origin_mid) else {
             return false;
         };
+        let track = &mut self.tracks_out[at];
+        if !connected {
+            track.refused.not_connected += 1;
+            return false;
+        }
         let Some(mid) = track.open_mid() else {
+            track.refused.not_open += 1;
             return false;
         };
         let Some((seq, ts)) = track.admit(packet, now) else {
+            // Another encoding, or one waiting for its keyframe, is not refused; a packet of
+            // the encoding forwarded, older than where it started, is.
+            if packet.rid == track.current && track.renumber.started() {
+                track.refused.before_start += 1;
+            }
             return false;
         };
         track.packets += 1;
