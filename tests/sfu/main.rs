@@ -505,26 +505,6 @@ fn a_phone_on_a_weak_link_gets_the_boxs_small_picture_and_the_others_keep_the_fu
     );
 
     w.phone_mut(2).downlink_kbps = None;
-    for _ in 0..20 {
-        w.run_for(Duration::from_secs(1));
-        let s = w.sfu.summaries();
-        eprintln!(
-            "{:?} p1 est {:?} {:?} | p2 est {:?} {:?} | pub {} {}",
-            w.elapsed(),
-            s[0].estimate_kbps,
-            s[0].video
-                .iter()
-                .map(|v| (v.layer.clone(), v.packets))
-                .collect::<Vec<_>>(),
-            s[1].estimate_kbps,
-            s[1].video
-                .iter()
-                .map(|v| (v.layer.clone(), v.packets))
-                .collect::<Vec<_>>(),
-            w.phone(1).sent_video.len(),
-            w.phone(2).sent_video.len()
-        );
-    }
     assert!(
         w.run_until(Duration::from_secs(20), |w| on(w, 2, "h")),
         "phone 2 not back on the full size 20 s after its link recovered: {:?}",

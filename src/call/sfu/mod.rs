@@ -45,6 +45,8 @@ const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
 const KEYFRAME_PATIENCE: Duration = Duration::from_secs(1);
 /// Where each phone's bandwidth estimate starts; TWCC corrects it within a second or two.
 const BWE_START_KBPS: u64 = 5000;
+/// How often a phone below its best encodings asks str0m for a probe.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// With nothing else due, the peers' clocks still advance this often.
 const TICK: Duration = Duration::from_millis(100);
 /// How often each phone's encodings are chosen again from its estimate.
@@ -605,6 +607,10 @@ impl Sfu {
         let mut requests = Vec::new();
         for (p, video, chosen, (minimum, desired)) in wanted {
             let peer = &mut self.peers[p];
+            let below_best = video
+                .iter()
+                .zip(&chosen)
+                .any(|((_, options), &c)| c + 1 < options.len());
             for ((t, options), choice) in video.iter().zip(chosen) {
                 let track = &mut peer.tracks_out[*t];
                 if track.choice.update(options, choice, now) {
@@ -617,7 +623,21 @@ impl Sfu {
             let changed = peer
                 .probe_told
                 .is_none_or(|(m, d)| moved(m, minimum) || moved(d, desired));
-            if changed {
+            // str0m probes beyond 1.5x what is acknowledged only when `desired` rises: while
+            // this phone gets less than the best there is, raise it a little every
+            // `PROBE_EVERY` so that a link that cleared is found out in seconds.
+            let nudge = below_best
+                && peer
+                    .probe_asked_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= PROBE_EVERY);
+            let desired = match (nudge, peer.probe_told) {
+                (true, Some((_, told))) if !changed => told.max(desired) + 1,
+                _ => desired,
+            };
+            if nudge {
+                peer.probe_asked_at = Some(now);
+            }
+            if changed || nudge {
                 peer.probe_told = Some((minimum, desired));
                 peer.rtc
                     .bwe()

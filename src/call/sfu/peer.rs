@@ -297,6 +297,8 @@ pub(super) struct Peer {
     pub estimate_kbps: Option<u32>,
     /// What its estimator was last told to find out about (`layers::probe_rates`).
     pub probe_told: Option<(u32, u32)>,
+    /// When `desired` was last raised to ask str0m for a probe (see `Sfu::choose_layers`).
+    pub probe_asked_at: Option<Instant>,
     created: Instant,
     pub last_heard: Option<Instant>,
     pub connected: bool,
@@ -322,6 +324,7 @@ impl Peer {
             decodes_h264,
             estimate_kbps: None,
             probe_told: None,
+            probe_asked_at: None,
             created: now,
             last_heard: None,
             connected: false,
