@@ -84,9 +84,6 @@ pub struct Phone {
     pub answer_delay: Duration,
     /// Server offers not answered yet, with when they are due.
     unanswered: Vec<(Instant, String)>,
-    /// Every video frame is padded to this many bytes when set (a camera at a high bitrate:
-    /// each frame leaves as a burst of packets).
-    pub video_frame_bytes: Option<usize>,
     /// The next video frame is a keyframe (first frame, or after a keyframe request).
     keyframe_wanted: bool,
     timeout: Instant,
@@ -188,12 +185,7 @@ impl Phone {
         }
         if let Some(pt) = self.pt_for(self.video_mid, self.video_codec) {
             let key = std::mem::take(&mut self.keyframe_wanted);
-            let mut data = frame(self.id, self.video_codec, n, key);
-            if let Some(bytes) = self.video_frame_bytes {
-                let mut padded = data.to_vec();
-                padded.resize(bytes.max(padded.len()), b'.');
-                data = padded.into();
-            }
+            let data = frame(self.id, self.video_codec, n, key);
             let time = MediaTime::new(n * 1800, Frequency::NINETY_KHZ);
             let mut writer = self.rtc.writer(self.video_mid).expect("video mid");
             if let Some(o) = self.orientation {
@@ -319,7 +311,6 @@ impl World {
             ignored_ssrcs: Default::default(),
             answer_delay: Duration::ZERO,
             unanswered: Vec::new(),
-            video_frame_bytes: None,
             keyframe_wanted: true,
             timeout: self.now,
         });

@@ -625,31 +625,3 @@ fn a_phone_that_asks_for_keyframes_now_and_then_keeps_its_subscription() {
     assert!(asked >= 20, "the phone asked {asked} times");
     assert_eq!(w.sfu.counters().subscriptions_renewed, 0);
 }
-
-#[test]
-fn a_burst_of_packets_leaves_in_the_wake_up_that_forwarded_it() {
-    // str0m's pacer releases one packet per timeout. A camera at a high bitrate sends each
-    // frame as a burst of packets; the SFU, woken once a step here (once a timer tick in the
-    // daemon), must send all of it at once, or each subscriber falls further behind (the
-    // soak's phones were sent a fraction of what was written to them, newcomers nothing).
-    let mut w = World::new();
-    two_talking(&mut w, Codec::H264, Codec::H264);
-    w.phone_mut(1).video_frame_bytes = Some(12_000);
-    let from = w.phone(1).sent_video.len();
-    w.run_for(Duration::from_secs(3));
-    let (a, b) = (w.phone(1), w.phone(2));
-    let sent = &a.sent_video[from..];
-    assert!(sent.len() > 100, "phone 1 sent {} frames", sent.len());
-    // Every frame sent two frames (40 ms) ago or earlier has arrived whole.
-    let missing = sent[..sent.len() - 2]
-        .iter()
-        .filter(|f| !b.media().any(|d| &d.data == *f))
-        .count();
-    assert_eq!(
-        missing,
-        0,
-        "of {} large frames, {missing} did not reach phone 2 in time; {:?}",
-        sent.len(),
-        w.sfu.summaries()
-    );
-}

@@ -435,8 +435,10 @@ impl Peer {
     }
 
     /// Subscriptions the phone has reported nothing of since `UNHEARD_LIMIT` after they
-    /// opened, though packets were written: its browser is not taking them (seen in the soak
-    /// under load, cause not found). Each is stopped and offered anew, on a new m-line.
+    /// opened, though packets were written: they are not reaching it, or its browser is not
+    /// taking them. (The soak's cases were str0m never sending them, mended in `drain`; this
+    /// stays as the repair for whatever else loses a subscription.) Each is stopped and
+    /// offered anew, on a new m-line.
     /// Returns whose tracks were renewed, and whether because never reported (else never
     /// decoded).
     pub fn renew_unheard(&mut self, now: Instant) -> Vec<(ParticipantId, MediaKind, bool)> {
