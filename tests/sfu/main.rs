@@ -505,11 +505,13 @@ fn a_phone_on_a_weak_link_gets_the_boxs_small_picture_and_the_others_keep_the_fu
     );
 
     w.phone_mut(2).downlink_kbps = None;
+    let lifted = w.now;
     assert!(
         w.run_until(Duration::from_secs(20), |w| on(w, 2, "h")),
         "phone 2 not back on the full size 20 s after its link recovered: {:?}",
         w.sfu.summaries()
     );
+    eprintln!("phone 2 back on the full size {:?} after its link recovered", w.now - lifted);
 }
 
 #[test]
