@@ -217,6 +217,14 @@ pub fn frame(from: ParticipantId, codec: Codec, n: u64, key: bool) -> Arc<[u8]> 
     data.into()
 }
 
+/// An H.264 frame behind an access unit delimiter, as the box's encoder (x264enc) makes them:
+/// its first NAL unit says nothing of whether the frame is a keyframe.
+fn delimited(frame: Arc<[u8]>) -> Arc<[u8]> {
+    let mut data = vec![0, 0, 0, 1, 0x09, 0xF0];
+    data.extend_from_slice(&frame);
+    data.into()
+}
+
 /// A frame padded up to `bytes` (a keyframe, already bigger, is left as it is).
 fn sized(frame: Arc<[u8]>, bytes: usize) -> Arc<[u8]> {
     let mut data = frame.to_vec();
@@ -387,14 +395,17 @@ impl World {
         self.box_audio.push(audio);
         let key = std::mem::take(&mut self.box_keyframe_wanted);
         let (high_bytes, low_bytes) = self.box_frame_bytes;
-        let video = sized(frame(ParticipantId::BOX, Codec::H264, n, key), high_bytes);
+        let video = delimited(sized(
+            frame(ParticipantId::BOX, Codec::H264, n, key),
+            high_bytes,
+        ));
         let time = MediaTime::new(n * 1800, Frequency::NINETY_KHZ);
         self.sfu
             .handle_box_frame(BoxEncoding::H264, time, &video, now);
         self.box_video.push(video);
         // The half-size encoding: frames of its own, told apart by their number.
         let low = frame(ParticipantId::BOX, Codec::H264, n + LOW_FRAMES, key);
-        let low = sized(low, low_bytes);
+        let low = delimited(sized(low, low_bytes));
         self.sfu
             .handle_box_frame(BoxEncoding::H264Low, time, &low, now);
         self.box_video_low.push(low);

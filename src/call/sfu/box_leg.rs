@@ -207,7 +207,9 @@ impl BoxLeg {
         stream.next_seq += payloads.len() as u64;
         let time = rtp_time.numer() as u32;
         let video = kind == MediaKind::Video;
-        let keyframe = video && payload::starts_keyframe(codec, &payloads[0]);
+        // Of the whole access unit: x264enc puts a delimiter (and at times an SEI) before the
+        // parameter sets, so the first payload alone does not tell.
+        let keyframe = video && payloads.iter().any(|p| payload::starts_keyframe(codec, p));
         let clock = rtp_time.frequency().get();
         for peer in peers {
             if video && (codec == Codec::H264) != peer.decodes_h264 {
