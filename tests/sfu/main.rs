@@ -511,7 +511,10 @@ fn a_phone_on_a_weak_link_gets_the_boxs_small_picture_and_the_others_keep_the_fu
         "phone 2 not back on the full size 20 s after its link recovered: {:?}",
         w.sfu.summaries()
     );
-    eprintln!("phone 2 back on the full size {:?} after its link recovered", w.now - lifted);
+    eprintln!(
+        "phone 2 back on the full size {:?} after its link recovered",
+        w.now - lifted
+    );
 }
 
 #[test]

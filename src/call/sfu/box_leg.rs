@@ -366,6 +366,7 @@ impl BoxLeg {
                     t.origin == ParticipantId::BOX
                         && t.origin_mid == video_mid
                         && t.choice.target == high
+                        && !t.choice.paused
                 })
             })
             .filter_map(|p| p.estimate_kbps)

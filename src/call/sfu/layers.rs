@@ -74,49 +74,56 @@ pub enum LayerReason {
     Estimate,
     /// Waiting for a better one to fit for long enough.
     Settling,
+    /// Not even its cheapest encoding fits beside the videos before it: none is sent, so
+    /// that those and the call's audio get through.
+    Paused,
 }
 
 /// A subscriber's choice for one track, with the time it has wanted a different one.
 #[derive(Debug, Default)]
 pub(super) struct Choice {
     pub target: Option<Rid>,
-    /// The encoding the estimate points to now, if it differs from the target, and since when.
-    pending: Option<(Option<Rid>, Instant)>,
+    /// Nothing of the track is sent (`target` is what it had before).
+    pub paused: bool,
+    /// What the estimate points to now (None: paused), if it differs, and since when.
+    pending: Option<(Option<Option<Rid>>, Instant)>,
     pub reason: Option<LayerReason>,
 }
 
-/// What one subscriber's tracks should get: every track at least its cheapest encoding, then
-/// better ones in order (the box's first, as it is what everyone looks at), while they fit.
-/// `options[i]` lists track i's encodings, cheapest first; `current[i]` is what it gets now.
-/// Returns the index into `options[i]` each track should get.
+/// What one subscriber's tracks should get, after the call's audio: a step at a time, round
+/// the tracks in order (the box's first, as it is what everyone looks at), while they fit, so
+/// everyone's small picture comes before anyone's full one. A track whose cheapest encoding
+/// does not fit is paused (None); the first is never paused, so a phone on the weakest link
+/// still sees the box. `options[i]` lists track i's encodings, cheapest first. Returns the
+/// index into `options[i]` each track should get.
 pub(super) fn allocate(
     estimate_kbps: Option<u32>,
     audio_tracks: usize,
     options: &[Vec<Encoding>],
-) -> Vec<usize> {
+) -> Vec<Option<usize>> {
     let Some(estimate) = estimate_kbps else {
         // No estimate yet (the first second of a call): the best, as a browser would send.
-        return options.iter().map(|o| o.len().saturating_sub(1)).collect();
+        return options.iter().map(|o| o.len().checked_sub(1)).collect();
     };
     let budget = (estimate as f32 * HEADROOM) as i64 - (audio_tracks as u32 * AUDIO_KBPS) as i64;
-    let mut chosen = vec![0; options.len()];
-    let mut left = budget
-        - options
-            .iter()
-            .filter_map(|o| o.first())
-            .map(|e| e.kbps as i64)
-            .sum::<i64>();
-    // Raise one track a step at a time, round the tracks, so one track does not take all.
+    let mut chosen: Vec<Option<usize>> = vec![None; options.len()];
+    let mut left = budget;
+    if let Some(cheapest) = options.first().and_then(|o| o.first()) {
+        chosen[0] = Some(0);
+        left -= cheapest.kbps as i64;
+    }
     loop {
         let mut raised = false;
         for (i, o) in options.iter().enumerate() {
-            let Some(next) = o.get(chosen[i] + 1) else {
+            let next = chosen[i].map_or(0, |c| c + 1);
+            let Some(encoding) = o.get(next) else {
                 continue;
             };
-            let step = next.kbps as i64 - o[chosen[i]].kbps as i64;
+            let now_costs = chosen[i].map_or(0, |c| o[c].kbps as i64);
+            let step = encoding.kbps as i64 - now_costs;
             if step <= left {
                 left -= step;
-                chosen[i] += 1;
+                chosen[i] = Some(next);
                 raised = true;
             }
         }
@@ -133,19 +140,18 @@ pub(super) fn allocate(
 pub(super) fn probe_rates(
     audio_tracks: usize,
     options: &[Vec<Encoding>],
-    chosen: &[usize],
+    chosen: &[Option<usize>],
 ) -> (u32, u32) {
     let audio = audio_tracks as u32 * AUDIO_KBPS;
-    let sent: u32 = options
-        .iter()
-        .zip(chosen)
-        .filter_map(|(o, &c)| o.get(c))
-        .map(|e| e.kbps)
-        .sum();
+    let costs = |o: &[Encoding], c: Option<usize>| c.and_then(|c| o.get(c)).map_or(0, |e| e.kbps);
+    let sent: u32 = options.iter().zip(chosen).map(|(o, &c)| costs(o, c)).sum();
     let next_step = options
         .iter()
         .zip(chosen)
-        .filter_map(|(o, &c)| Some(o.get(c + 1)?.kbps.saturating_sub(o[c].kbps)))
+        .filter_map(|(o, &c)| {
+            let next = o.get(c.map_or(0, |c| c + 1))?;
+            Some(next.kbps.saturating_sub(costs(o, c)))
+        })
         .min()
         .unwrap_or(0);
     let best: u32 = options
@@ -158,31 +164,51 @@ pub(super) fn probe_rates(
 }
 
 impl Choice {
-    /// Move towards `wanted` (an index into `options`, cheapest first): down once the current
-    /// has not fitted for `DOWN_AFTER`, up once the better one has fitted for `UP_AFTER`.
-    /// Returns true when the target changed.
-    pub fn update(&mut self, options: &[Encoding], wanted: usize, now: Instant) -> bool {
+    /// Move towards `wanted` (an index into `options`, cheapest first; None: paused): down
+    /// once the current has not fitted for `DOWN_AFTER`, up once the better one has fitted
+    /// for `UP_AFTER`. Returns true when what is sent changed.
+    pub fn update(&mut self, options: &[Encoding], wanted: Option<usize>, now: Instant) -> bool {
         let Some(best) = options.len().checked_sub(1) else {
             self.reason = None;
             return false;
         };
-        let wanted_rid = options[wanted.min(best)].rid.clone();
-        let current = options.iter().position(|e| e.rid == self.target);
-        let reason_if_there = if best == 0 {
+        // Levels: 0 is paused, i + 1 is options[i].
+        let wanted_level = wanted.map_or(0, |w| w.min(best) + 1);
+        let wanted_rid = wanted.map(|w| options[w.min(best)].rid);
+        let current = if self.paused {
+            Some(0)
+        } else {
+            options
+                .iter()
+                .position(|e| e.rid == self.target)
+                .map(|i| i + 1)
+        };
+        let reason_if_there = if wanted.is_none() {
+            LayerReason::Paused
+        } else if best == 0 {
             LayerReason::Only
-        } else if wanted >= best {
+        } else if wanted_level > best {
             LayerReason::Best
         } else {
             LayerReason::Estimate
         };
+        let take = |choice: &mut Choice| {
+            match wanted_rid {
+                Some(rid) => {
+                    choice.target = rid;
+                    choice.paused = false;
+                }
+                None => choice.paused = true,
+            }
+            choice.pending = None;
+            choice.reason = Some(reason_if_there);
+            true
+        };
         let Some(current) = current else {
             // Nothing yet, or the encoding it had is gone: straight to what fits.
-            self.target = wanted_rid;
-            self.pending = None;
-            self.reason = Some(reason_if_there);
-            return true;
+            return take(self);
         };
-        if current == wanted {
+        if current == wanted_level {
             self.pending = None;
             self.reason = Some(reason_if_there);
             return false;
@@ -190,27 +216,21 @@ impl Choice {
         let since = match &self.pending {
             Some((rid, since)) if *rid == wanted_rid => *since,
             _ => {
-                self.pending = Some((wanted_rid.clone(), now));
+                self.pending = Some((wanted_rid, now));
                 now
             }
         };
-        let hold = if wanted > current {
-            UP_AFTER
-        } else {
-            DOWN_AFTER
-        };
+        let up = wanted_level > current;
+        let hold = if up { UP_AFTER } else { DOWN_AFTER };
         if now.saturating_duration_since(since) < hold {
-            self.reason = Some(if wanted > current {
+            self.reason = Some(if up {
                 LayerReason::Settling
             } else {
                 reason_if_there
             });
             return false;
         }
-        self.target = wanted_rid;
-        self.pending = None;
-        self.reason = Some(reason_if_there);
-        true
+        take(self)
     }
 }
 
@@ -319,16 +339,39 @@ mod tests {
             vec![enc("l", 100), enc("h", 800)],
             vec![enc("l", 100), enc("h", 600)],
         ];
-        assert_eq!(allocate(Some(400), 2, &tracks), vec![0, 0]);
+        assert_eq!(allocate(Some(400), 2, &tracks), vec![Some(0), Some(0)]);
         assert_eq!(
             allocate(Some(1300), 2, &tracks),
-            vec![1, 0],
+            vec![Some(1), Some(0)],
             "the first raised first"
         );
-        assert_eq!(allocate(Some(2000), 2, &tracks), vec![1, 1]);
-        assert_eq!(allocate(None, 2, &tracks), vec![1, 1], "no estimate yet");
-        // Never below the cheapest, however weak.
-        assert_eq!(allocate(Some(50), 2, &tracks), vec![0, 0]);
+        assert_eq!(allocate(Some(2000), 2, &tracks), vec![Some(1), Some(1)]);
+        assert_eq!(
+            allocate(None, 2, &tracks),
+            vec![Some(1), Some(1)],
+            "no estimate yet"
+        );
+        // Room for one small picture: the first gets it, the second is paused.
+        assert_eq!(allocate(Some(300), 2, &tracks), vec![Some(0), None]);
+        // The first is never paused, however weak.
+        assert_eq!(allocate(Some(50), 2, &tracks), vec![Some(0), None]);
+    }
+
+    #[test]
+    fn a_paused_video_comes_back_only_after_it_has_fitted_a_while() {
+        let t0 = Instant::now();
+        let options = vec![enc("l", 100), enc("h", 800)];
+        let mut c = Choice::default();
+        assert!(c.update(&options, Some(0), t0));
+        assert!(!c.update(&options, None, t0 + Duration::from_millis(100)));
+        assert!(c.update(&options, None, t0 + Duration::from_millis(1000)));
+        assert!(c.paused);
+        assert_eq!(c.reason, Some(LayerReason::Paused));
+        assert!(!c.update(&options, Some(0), t0 + Duration::from_secs(2)));
+        assert_eq!(c.reason, Some(LayerReason::Settling));
+        assert!(c.update(&options, Some(0), t0 + Duration::from_millis(5100)));
+        assert!(!c.paused);
+        assert_eq!(c.target, Some(Rid::from("l")));
     }
 
     #[test]
@@ -336,22 +379,22 @@ mod tests {
         let t0 = Instant::now();
         let options = vec![enc("l", 100), enc("h", 800)];
         let mut c = Choice::default();
-        assert!(c.update(&options, 1, t0));
+        assert!(c.update(&options, Some(1), t0));
         assert_eq!(c.target, Some(Rid::from("h")));
         // The estimate drops: not at once, but within DOWN_AFTER.
-        assert!(!c.update(&options, 0, t0 + Duration::from_millis(100)));
-        assert!(!c.update(&options, 0, t0 + Duration::from_millis(500)));
-        assert!(c.update(&options, 0, t0 + Duration::from_millis(950)));
+        assert!(!c.update(&options, Some(0), t0 + Duration::from_millis(100)));
+        assert!(!c.update(&options, Some(0), t0 + Duration::from_millis(500)));
+        assert!(c.update(&options, Some(0), t0 + Duration::from_millis(950)));
         assert_eq!(c.target, Some(Rid::from("l")));
         assert_eq!(c.reason, Some(LayerReason::Estimate));
         // It recovers, then flaps back before UP_AFTER: still low, and the wait starts over.
         let t1 = t0 + Duration::from_secs(2);
-        assert!(!c.update(&options, 1, t1));
+        assert!(!c.update(&options, Some(1), t1));
         assert_eq!(c.reason, Some(LayerReason::Settling));
-        assert!(!c.update(&options, 0, t1 + Duration::from_secs(2)));
-        assert!(!c.update(&options, 1, t1 + Duration::from_millis(2500)));
-        assert!(!c.update(&options, 1, t1 + Duration::from_millis(5000)));
-        assert!(c.update(&options, 1, t1 + Duration::from_millis(5600)));
+        assert!(!c.update(&options, Some(0), t1 + Duration::from_secs(2)));
+        assert!(!c.update(&options, Some(1), t1 + Duration::from_millis(2500)));
+        assert!(!c.update(&options, Some(1), t1 + Duration::from_millis(5000)));
+        assert!(c.update(&options, Some(1), t1 + Duration::from_millis(5600)));
         assert_eq!(c.target, Some(Rid::from("h")));
         assert_eq!(c.reason, Some(LayerReason::Best));
     }

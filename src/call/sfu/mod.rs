@@ -599,6 +599,8 @@ impl Sfu {
                 let options = self.encodings(track, peer.decodes_h264, now);
                 video.push((t, options));
             }
+            // The box's first: it is what everyone looks at, and never paused.
+            video.sort_by_key(|(t, _)| peer.tracks_out[*t].origin != ParticipantId::BOX);
             let options: Vec<Vec<Encoding>> = video.iter().map(|(_, o)| o.clone()).collect();
             let chosen = layers::allocate(peer.estimate_kbps, audio, &options);
             let rates = layers::probe_rates(audio, &options, &chosen);
@@ -610,10 +612,10 @@ impl Sfu {
             let below_best = video
                 .iter()
                 .zip(&chosen)
-                .any(|((_, options), &c)| c + 1 < options.len());
+                .any(|((_, options), &c)| c.map_or(!options.is_empty(), |c| c + 1 < options.len()));
             for ((t, options), choice) in video.iter().zip(chosen) {
                 let track = &mut peer.tracks_out[*t];
-                if track.choice.update(options, choice, now) {
+                if track.choice.update(options, choice, now) && !track.choice.paused {
                     requests.push((track.origin, track.origin_mid, track.choice.target));
                 }
             }

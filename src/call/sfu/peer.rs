@@ -133,6 +133,8 @@ pub(super) struct TrackOut {
     /// Which encoding this phone should get.
     pub choice: Choice,
     renumber: Renumber,
+    /// It was paused: the next packet forwarded starts its numbering anew.
+    resuming: bool,
     /// Packets written to the phone for this track, and those that were not, by why
     /// (`hearth status`: a subscription that gets nothing says why).
     pub packets: u64,
@@ -161,6 +163,8 @@ pub struct Refused {
     pub not_open: u64,
     /// Older than the first packet the subscriber got.
     pub before_start: u64,
+    /// The track is paused for this subscriber: its link carries too little.
+    pub paused: u64,
 }
 
 /// One packet of a track on its way to a subscriber.
@@ -192,6 +196,7 @@ impl TrackOut {
             current: None,
             choice: Choice::default(),
             renumber: Renumber::default(),
+            resuming: false,
             packets: 0,
             refused: Refused::default(),
             opened_at: None,
@@ -205,12 +210,20 @@ impl TrackOut {
     /// The packet in this phone's numbering, or None when it is not forwarded: another
     /// encoding than this phone gets, or one it switches to before that one's keyframe.
     fn admit(&mut self, p: &Outgoing, now: Instant) -> Option<(SeqNo, u32)> {
-        if p.rid != self.current || !self.renumber.started() {
+        if self.choice.paused {
+            // When it comes back, it starts again (at a keyframe of a simulcast encoding),
+            // numbered on from the last packet sent: no gap for the phone to ask resends for.
+            self.resuming = true;
+            self.refused.paused += 1;
+            return None;
+        }
+        if self.resuming || p.rid != self.current || !self.renumber.started() {
             let start_here = p.rid == self.choice.target && (p.keyframe || p.rid.is_none());
             if !start_here {
                 return None;
             }
             self.current = p.rid;
+            self.resuming = false;
             self.renumber.begin(p.seq, p.ts, p.clock, now);
         }
         self.renumber.map(p.seq, p.ts, now)
@@ -218,13 +231,19 @@ impl TrackOut {
 
     /// The encoding forwarded now, and why, for `hearth status`.
     pub fn layer(&self) -> (Option<Rid>, Option<LayerReason>) {
-        (self.current, self.choice.reason)
+        let current = if self.choice.paused || self.resuming {
+            None
+        } else {
+            self.current
+        };
+        (current, self.choice.reason)
     }
 
     /// The encoding it is being switched to, while that one's keyframe has not come.
     pub fn switching_to(&self) -> Option<Rid> {
-        let target = self.choice.target?;
-        (Some(target) != self.current || !self.renumber.started()).then_some(target)
+        let target = self.choice.target.filter(|_| !self.choice.paused)?;
+        (self.resuming || Some(target) != self.current || !self.renumber.started())
+            .then_some(target)
     }
 
     /// The mid on this phone's connection, once the phone has accepted the track.
