@@ -87,10 +87,10 @@ async fn a_weak_link_gets_the_small_pictures_and_the_others_keep_the_full_ones()
         format!("m.width('p0') === {BOX_FULL_WIDTH}{}", others.concat())
     };
 
-    // Before the limit, once the estimates have grown: the full pictures everywhere.
-    for (phone, id) in [&mut far, &mut ann, &mut bob].into_iter().zip(&ids) {
+    // Before the limit: the box's full size everywhere.
+    for phone in [&mut far, &mut ann, &mut bob] {
         phone
-            .wait_for(&full(id), secs(30))
+            .wait_for(&format!("m.width('p0') === {BOX_FULL_WIDTH}"), secs(30))
             .await
             .with_context(|| format!("the full pictures before the limit: {}", layers(&daemon)))?;
     }

@@ -62,6 +62,8 @@ pub enum Output {
     BoxKeyframe,
     /// The box's encoder should aim at this many kbit/s.
     BoxBitrate(u32),
+    /// The box's half-size encoder should aim at this many kbit/s.
+    BoxLowBitrate(u32),
     /// The box's camera should encode VP8 too (a phone without H.264 takes its video).
     BoxVp8(bool),
     /// A phone's frame for the box's screen or speaker.
@@ -795,6 +797,7 @@ impl Call {
             }
             SfuEvent::BoxKeyframe => self.outputs.push_back(Output::BoxKeyframe),
             SfuEvent::BoxBitrate(kbps) => self.outputs.push_back(Output::BoxBitrate(kbps)),
+            SfuEvent::BoxLowBitrate(kbps) => self.outputs.push_back(Output::BoxLowBitrate(kbps)),
             SfuEvent::BoxVp8(on) => self.outputs.push_back(Output::BoxVp8(on)),
             SfuEvent::ToBox(frame) => self.outputs.push_back(Output::ToBox(frame)),
         }

@@ -26,6 +26,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 enum Command {
     KeyframeNow,
     Bitrate(u32),
+    /// The half-size H.264 encoder's bitrate.
+    LowBitrate(u32),
     /// Encode VP8 as well (camera only): a phone that cannot decode H.264 is in the call.
     Vp8(bool),
     /// A GStreamer error or end-of-stream from the running pipeline.
@@ -51,6 +53,10 @@ impl Device {
 
     pub fn set_bitrate(&self, kbps: u32) {
         let _ = self.commands.send(Command::Bitrate(kbps));
+    }
+
+    pub fn set_low_bitrate(&self, kbps: u32) {
+        let _ = self.commands.send(Command::LowBitrate(kbps));
     }
 
     pub fn set_vp8(&self, on: bool) {
@@ -148,6 +154,7 @@ fn spawn(
                 min_kbps,
                 max_kbps,
                 wanted_kbps: Default::default(),
+                wanted_low_kbps: Default::default(),
                 vp8: false,
                 running: None,
                 present: true,
@@ -183,6 +190,8 @@ struct Supervisor {
     /// The bitrate last asked for: what the encoder is set to whenever a setting runs (they
     /// run on GStreamer's thread pool, in no promised order).
     wanted_kbps: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// The same for the half-size encoder.
+    wanted_low_kbps: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// Whether VP8 is wanted, for this pipeline and any rebuilt one.
     vp8: bool,
     running: Option<Running>,
@@ -227,6 +236,7 @@ impl Supervisor {
                 Ok(Command::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                 Ok(Command::KeyframeNow) => self.force_keyframe(),
                 Ok(Command::Bitrate(kbps)) => self.set_bitrate(kbps),
+                Ok(Command::LowBitrate(kbps)) => self.set_low_bitrate(kbps),
                 Ok(Command::Vp8(on)) => {
                     self.vp8 = on;
                     if let Some(Running {
@@ -446,6 +456,31 @@ impl Supervisor {
         encoder.call_async(move |encoder| {
             let kbps = wanted.load(std::sync::atomic::Ordering::Relaxed);
             set_encoder_bitrate(encoder, &name, kbps)
+        });
+    }
+}
+
+impl Supervisor {
+    /// The half-size encoder follows the phones that get it (`call::sfu::BoxLeg`), within
+    /// the bounds the SFU keeps.
+    fn set_low_bitrate(&self, kbps: u32) {
+        let Some(Running {
+            encoder: Some((name, _)),
+            pipeline,
+            ..
+        }) = &self.running
+        else {
+            return;
+        };
+        let Some(low) = pipeline.by_name(plan::LOW_ENCODER) else {
+            return;
+        };
+        self.wanted_low_kbps
+            .store(kbps, std::sync::atomic::Ordering::Relaxed);
+        let (name, wanted) = (name.clone(), self.wanted_low_kbps.clone());
+        low.call_async(move |low| {
+            let kbps = wanted.load(std::sync::atomic::Ordering::Relaxed);
+            set_encoder_bitrate(low, &name, kbps)
         });
     }
 }

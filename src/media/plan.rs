@@ -160,6 +160,8 @@ pub const CAMERA_SPLIT: &str = "split";
 pub const VP8_GATE: &str = "vp8_gate";
 /// The full-size H.264 encoder's element name (its bitrate follows the phones').
 pub const HIGH_ENCODER: &str = "encoder";
+/// The half-size H.264 encoder's (its bitrate follows the phones that get it).
+pub const LOW_ENCODER: &str = "encoder_low";
 
 /// camera → scale/convert → encoder → H.264 access units into the appsink `video`; from the
 /// same frames H.264 at half the size into `video_low`, for phones on a weak link; and behind
@@ -206,7 +208,7 @@ pub fn video_capture(
         .push(Stage::Caps(half_size.clone()));
     chain
         .0
-        .extend(h264_encoder(encoder, LOW_KBPS, key_interval, "encoder_low").0);
+        .extend(h264_encoder(encoder, LOW_KBPS, key_interval, LOW_ENCODER).0);
     chain
         .push(Stage::element("h264parse", &[("config-interval", "-1")]))
         .push(Stage::Caps(H264_OUT_CAPS.into()))

@@ -12,7 +12,7 @@ use str0m::media::{MediaKind, MediaTime, Mid, Pt, Rid};
 use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::Rtc;
 
-use super::layers::{Encoding, RateMeter};
+use super::layers::{self, Encoding, RateMeter};
 use super::payload;
 use super::peer::{Outgoing, Peer, TrackOut};
 use super::reassembly::Reassembly;
@@ -32,8 +32,10 @@ const HIGH_SHARE: f32 = 0.6;
 /// The box's tracks belong to no phone connection.
 pub(super) const BOX_SESSION: u64 = 0;
 
-/// What the low H.264 encoding (half the camera's size) aims at: for a phone on a weak link.
-pub const LOW_KBPS: u32 = 150;
+/// What the low H.264 encoding (half the camera's size) aims at at most, and at least: for a
+/// phone on a weak link it follows what that link has left after audio.
+pub const LOW_KBPS: u32 = 100;
+const LOW_MIN_KBPS: u32 = 40;
 /// What the VP8 encoding aims at, for phones without H.264.
 pub const VP8_KBPS: u32 = 400;
 
@@ -112,6 +114,7 @@ pub(super) struct BoxLeg {
     min_kbps: u32,
     max_kbps: u32,
     bitrate_told: Option<u32>,
+    low_told: Option<u32>,
 }
 
 impl BoxLeg {
@@ -135,6 +138,7 @@ impl BoxLeg {
             min_kbps,
             max_kbps: max_kbps.max(min_kbps),
             bitrate_told: None,
+            low_told: None,
         }
     }
 
@@ -329,6 +333,9 @@ impl BoxLeg {
         if let Some(kbps) = self.bitrate(peers) {
             events.push(SfuEvent::BoxBitrate(kbps));
         }
+        if let Some(kbps) = self.low_bitrate(peers) {
+            events.push(SfuEvent::BoxLowBitrate(kbps));
+        }
         match self.keyframe_due {
             Some(due) if due <= now => {
                 events.push(SfuEvent::BoxKeyframe);
@@ -381,6 +388,46 @@ impl BoxLeg {
         }
         self.bitrate_told = Some(lowest);
         Some(lowest)
+    }
+}
+
+impl BoxLeg {
+    /// What the half-size encoder should aim at: what the slowest phone that gets it has
+    /// for video after its audio (its link is the weak one: a fixed rate over it keeps its
+    /// queue full and its estimate sinking), between `LOW_MIN_KBPS` and `LOW_KBPS`; when
+    /// that moved more than 10 % from what it was last told.
+    fn low_bitrate(&mut self, peers: &[Peer]) -> Option<u32> {
+        let video_mid = self.tracks[1].1;
+        let low = BoxEncoding::H264Low.rid();
+        let lowest = peers
+            .iter()
+            .filter(|p| p.connected && p.decodes_h264)
+            .filter(|p| {
+                p.tracks_out.iter().any(|t| {
+                    t.origin == ParticipantId::BOX
+                        && t.origin_mid == video_mid
+                        && t.choice.target == low
+                        && !t.choice.paused
+                })
+            })
+            .filter_map(|p| {
+                let audio = p
+                    .tracks_out
+                    .iter()
+                    .filter(|t| t.kind == MediaKind::Audio)
+                    .count();
+                Some(layers::video_budget(p.estimate_kbps?, audio).max(0) as u32)
+            })
+            .min()?;
+        let kbps = lowest.clamp(LOW_MIN_KBPS, LOW_KBPS);
+        let moved = self
+            .low_told
+            .is_none_or(|told| kbps.abs_diff(told) * 10 > told);
+        if !moved {
+            return None;
+        }
+        self.low_told = Some(kbps);
+        Some(kbps)
     }
 }
 

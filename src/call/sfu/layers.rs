@@ -92,25 +92,31 @@ pub(super) struct Choice {
 
 /// What one subscriber's tracks should get, after the call's audio: a step at a time, round
 /// the tracks in order (the box's first, as it is what everyone looks at), while they fit, so
-/// everyone's small picture comes before anyone's full one. A track whose cheapest encoding
-/// does not fit is paused (None); the first is never paused, so a phone on the weakest link
-/// still sees the box. `options[i]` lists track i's encodings, cheapest first. Returns the
-/// index into `options[i]` each track should get.
+/// everyone's small picture comes before anyone's full one. With `congested` (the phone
+/// reports heavy loss), a track whose cheapest encoding does not fit is paused (None); the
+/// first never is, so a phone on the weakest link still sees the box. Without it every track
+/// gets at least its cheapest: an estimate alone is not trusted to take a picture away (on a
+/// busy box, CPU delay reads as a congested link). `options[i]` lists track i's encodings,
+/// cheapest first. Returns the index into `options[i]` each track should get.
 pub(super) fn allocate(
     estimate_kbps: Option<u32>,
     audio_tracks: usize,
     options: &[Vec<Encoding>],
+    congested: bool,
 ) -> Vec<Option<usize>> {
     let Some(estimate) = estimate_kbps else {
         // No estimate yet (the first second of a call): the best, as a browser would send.
         return options.iter().map(|o| o.len().checked_sub(1)).collect();
     };
-    let budget = (estimate as f32 * HEADROOM) as i64 - (audio_tracks as u32 * AUDIO_KBPS) as i64;
+    let budget = video_budget(estimate, audio_tracks);
     let mut chosen: Vec<Option<usize>> = vec![None; options.len()];
     let mut left = budget;
-    if let Some(cheapest) = options.first().and_then(|o| o.first()) {
-        chosen[0] = Some(0);
-        left -= cheapest.kbps as i64;
+    let kept = if congested { 1 } else { options.len() };
+    for (i, o) in options.iter().enumerate().take(kept) {
+        if let Some(cheapest) = o.first() {
+            chosen[i] = Some(0);
+            left -= cheapest.kbps as i64;
+        }
     }
     loop {
         let mut raised = false;
@@ -131,6 +137,11 @@ pub(super) fn allocate(
             return chosen;
         }
     }
+}
+
+/// What an estimate leaves for video, in kbit/s, after its headroom and `audio_tracks`.
+pub(super) fn video_budget(estimate_kbps: u32, audio_tracks: usize) -> i64 {
+    (estimate_kbps as f32 * HEADROOM) as i64 - (audio_tracks as u32 * AUDIO_KBPS) as i64
 }
 
 /// What a subscriber's bandwidth estimator should find out about, in kbit/s: (the rate that
@@ -339,22 +350,33 @@ mod tests {
             vec![enc("l", 100), enc("h", 800)],
             vec![enc("l", 100), enc("h", 600)],
         ];
-        assert_eq!(allocate(Some(400), 2, &tracks), vec![Some(0), Some(0)]);
         assert_eq!(
-            allocate(Some(1300), 2, &tracks),
+            allocate(Some(400), 2, &tracks, true),
+            vec![Some(0), Some(0)]
+        );
+        assert_eq!(
+            allocate(Some(1300), 2, &tracks, true),
             vec![Some(1), Some(0)],
             "the first raised first"
         );
-        assert_eq!(allocate(Some(2000), 2, &tracks), vec![Some(1), Some(1)]);
         assert_eq!(
-            allocate(None, 2, &tracks),
+            allocate(Some(2000), 2, &tracks, true),
+            vec![Some(1), Some(1)]
+        );
+        assert_eq!(
+            allocate(None, 2, &tracks, true),
             vec![Some(1), Some(1)],
             "no estimate yet"
         );
-        // Room for one small picture: the first gets it, the second is paused.
-        assert_eq!(allocate(Some(300), 2, &tracks), vec![Some(0), None]);
+        // Room for one small picture on a lossy link: the first gets it, the second is paused.
+        assert_eq!(allocate(Some(300), 2, &tracks, true), vec![Some(0), None]);
         // The first is never paused, however weak.
-        assert_eq!(allocate(Some(50), 2, &tracks), vec![Some(0), None]);
+        assert_eq!(allocate(Some(50), 2, &tracks, true), vec![Some(0), None]);
+        // Without loss, a low estimate takes no picture away.
+        assert_eq!(
+            allocate(Some(50), 2, &tracks, false),
+            vec![Some(0), Some(0)]
+        );
     }
 
     #[test]

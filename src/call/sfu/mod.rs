@@ -47,6 +47,9 @@ const KEYFRAME_PATIENCE: Duration = Duration::from_secs(1);
 const BWE_START_KBPS: u64 = 5000;
 /// How often a phone below its best encodings asks str0m for a probe.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// A phone that reported heavy loss (10 %, `peer::LOSS_CONGESTED`) this recently may have videos
+/// paused: what its link carries is then known to be too little, not guessed.
+const CONGESTED_FOR: Duration = Duration::from_secs(10);
 /// With nothing else due, the peers' clocks still advance this often.
 const TICK: Duration = Duration::from_millis(100);
 /// How often each phone's encodings are chosen again from its estimate.
@@ -139,6 +142,9 @@ pub enum SfuEvent {
     BoxKeyframe,
     /// The box's encoder should aim at this bitrate: the lowest phone's estimate.
     BoxBitrate(u32),
+    /// The box's half-size encoder should aim at this bitrate: what the slowest phone that
+    /// gets it has left after audio.
+    BoxLowBitrate(u32),
     /// The box's camera should encode VP8 as well (true) or stop (false): a phone that cannot
     /// decode H.264 is in the call, or the last one left.
     BoxVp8(bool),
@@ -602,7 +608,10 @@ impl Sfu {
             // The box's first: it is what everyone looks at, and never paused.
             video.sort_by_key(|(t, _)| peer.tracks_out[*t].origin != ParticipantId::BOX);
             let options: Vec<Vec<Encoding>> = video.iter().map(|(_, o)| o.clone()).collect();
-            let chosen = layers::allocate(peer.estimate_kbps, audio, &options);
+            let congested = peer
+                .lossy_at
+                .is_some_and(|at| now.saturating_duration_since(at) < CONGESTED_FOR);
+            let chosen = layers::allocate(peer.estimate_kbps, audio, &options, congested);
             let rates = layers::probe_rates(audio, &options, &chosen);
             wanted.push((p, video, chosen, rates));
         }

@@ -23,6 +23,10 @@ const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 /// its size; browsers send at most ~1200, and on a 1500-byte link no more fits anyway. A
 /// bigger one is a phone's mistake or mischief and is dropped, never forwarded.
 const MAX_FORWARDED_PAYLOAD: usize = 1400;
+/// The share of a track's packets a phone reports lost (RTCP receiver reports, before
+/// repair) that says its link is overrun: well above the few percent a poor Wi-Fi or mobile
+/// link loses anyway, which NACKs repair.
+const LOSS_CONGESTED: f32 = 0.10;
 /// A subscription whose phone has reported none of its packets (RTCP receiver reports) this
 /// long after it opened, with packets written to it, is renewed: a new m-line, new SSRC.
 /// (Browsers report audio every 5 s, video every second.)
@@ -318,6 +322,8 @@ pub(super) struct Peer {
     pub probe_told: Option<(u32, u32)>,
     /// When `desired` was last raised to ask str0m for a probe (see `Sfu::choose_layers`).
     pub probe_asked_at: Option<Instant>,
+    /// When the phone last reported losing `LOSS_CONGESTED` of a track or more.
+    pub lossy_at: Option<Instant>,
     created: Instant,
     pub last_heard: Option<Instant>,
     pub connected: bool,
@@ -344,6 +350,7 @@ impl Peer {
             estimate_kbps: None,
             probe_told: None,
             probe_asked_at: None,
+            lossy_at: None,
             created: now,
             last_heard: None,
             connected: false,
@@ -618,6 +625,9 @@ impl Peer {
                 });
             }
             Event::MediaEgressStats(stats) => {
+                if stats.loss.is_some_and(|loss| loss >= LOSS_CONGESTED) {
+                    self.lossy_at = Some(now);
+                }
                 let reported = stats.remote.map(|r| *r.maximum_sequence_number);
                 let track = self
                     .tracks_out
