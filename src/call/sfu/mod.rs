@@ -46,7 +46,7 @@ const KEYFRAME_PATIENCE: Duration = Duration::from_secs(1);
 /// Where each phone's bandwidth estimate starts; TWCC corrects it within a second or two.
 const BWE_START_KBPS: u64 = 5000;
 /// How often a phone below its best encodings asks str0m for a probe.
-const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// A phone that reported heavy loss (10 %, `peer::LOSS_CONGESTED`) this recently may have videos
 /// paused: what its link carries is then known to be too little, not guessed.
 const CONGESTED_FOR: Duration = Duration::from_secs(10);

@@ -171,6 +171,43 @@ pub struct Refused {
     pub paused: u64,
 }
 
+/// The share of packets a phone reports lost (RTCP receiver reports), over all its tracks
+/// and a second: one track's report of a few dozen packets says little (5 % random loss
+/// reads as 10 % often enough), a second of everything says whether the link is overrun.
+#[derive(Debug, Default)]
+struct LossWindow {
+    start: Option<Instant>,
+    sent: f32,
+    lost: f32,
+    last: Option<f32>,
+}
+
+impl LossWindow {
+    const LENGTH: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Fewer packets than this in a window say nothing.
+    const LEAST_PACKETS: f32 = 100.0;
+
+    fn add(&mut self, sent: u64, loss: Option<f32>, now: Instant) {
+        let start = *self.start.get_or_insert(now);
+        if let Some(loss) = loss {
+            self.sent += sent as f32;
+            self.lost += sent as f32 * loss;
+        }
+        if now.saturating_duration_since(start) >= Self::LENGTH {
+            self.last = (self.sent >= Self::LEAST_PACKETS).then(|| self.lost / self.sent);
+            *self = LossWindow {
+                start: Some(now),
+                last: self.last,
+                ..LossWindow::default()
+            };
+        }
+    }
+
+    fn congested(&self) -> bool {
+        self.last.is_some_and(|loss| loss >= LOSS_CONGESTED)
+    }
+}
+
 /// One packet of a track on its way to a subscriber.
 pub(super) struct Outgoing {
     /// The encoding it belongs to (a simulcast rid, the box's layer), None for a track's only one.
@@ -322,7 +359,9 @@ pub(super) struct Peer {
     pub probe_told: Option<(u32, u32)>,
     /// When `desired` was last raised to ask str0m for a probe (see `Sfu::choose_layers`).
     pub probe_asked_at: Option<Instant>,
-    /// When the phone last reported losing `LOSS_CONGESTED` of a track or more.
+    /// What the phone reports losing, over all it is sent, and when that last came to
+    /// `LOSS_CONGESTED` or more.
+    loss: LossWindow,
     pub lossy_at: Option<Instant>,
     created: Instant,
     pub last_heard: Option<Instant>,
@@ -351,6 +390,7 @@ impl Peer {
             probe_told: None,
             probe_asked_at: None,
             lossy_at: None,
+            loss: LossWindow::default(),
             created: now,
             last_heard: None,
             connected: false,
@@ -625,15 +665,17 @@ impl Peer {
                 });
             }
             Event::MediaEgressStats(stats) => {
-                if stats.loss.is_some_and(|loss| loss >= LOSS_CONGESTED) {
-                    self.lossy_at = Some(now);
-                }
                 let reported = stats.remote.map(|r| *r.maximum_sequence_number);
                 let track = self
                     .tracks_out
                     .iter_mut()
                     .find(|t| t.open_mid() == Some(stats.mid));
                 if let Some(track) = track {
+                    let sent = stats.packets.saturating_sub(track.sent);
+                    self.loss.add(sent, stats.loss, now);
+                    if self.loss.congested() {
+                        self.lossy_at = Some(now);
+                    }
                     track.sent = stats.packets;
                     if reported.is_some() {
                         track.reported_seq = reported;
@@ -784,5 +826,30 @@ impl Peer {
         };
         stream.write_rtp(write(seq, ts));
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_link_is_congested_by_a_seconds_heavy_loss_over_all_tracks_not_by_one_reports_bad_luck() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut w = LossWindow::default();
+        // One small track's report of 20 % (4 of 20 packets), among tracks losing nothing.
+        w.add(20, Some(0.2), at(0));
+        w.add(200, Some(0.0), at(500));
+        w.add(200, Some(0.05), at(1000));
+        assert!(!w.congested(), "{w:?}");
+        // A second of 40 % over everything.
+        w.add(150, Some(0.4), at(1500));
+        w.add(150, Some(0.4), at(2000));
+        assert!(w.congested(), "{w:?}");
+        // Too few packets to tell: the last verdict is cleared.
+        w.add(10, Some(0.9), at(3000));
+        assert!(!w.congested(), "{w:?}");
     }
 }
