@@ -47,6 +47,9 @@ const KEYFRAME_PATIENCE: Duration = Duration::from_secs(1);
 const BWE_START_KBPS: u64 = 5000;
 /// How often a phone below its best encodings asks str0m for a probe.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a phone waits for the keyframe of an encoding it switches to before it is asked
+/// for again.
+const KEYFRAME_WAIT: Duration = Duration::from_secs(1);
 /// A phone that reported heavy loss (10 %, `peer::LOSS_CONGESTED`) this recently may have videos
 /// paused: what its link carries is then known to be too little, not guessed.
 const CONGESTED_FOR: Duration = Duration::from_secs(10);
@@ -626,6 +629,12 @@ impl Sfu {
                 let track = &mut peer.tracks_out[*t];
                 if track.choice.update(options, choice, now) && !track.choice.paused {
                     requests.push((track.origin, track.origin_mid, track.choice.target));
+                    track.keyframe_wait_from = Some(now);
+                } else if track.keyframe_overdue(now, KEYFRAME_WAIT) {
+                    // The keyframe of the encoding it switches to has not come: asked for
+                    // before the phone's connection was up, or lost. Ask again.
+                    requests.push((track.origin, track.origin_mid, track.choice.target));
+                    track.keyframe_wait_from = Some(now);
                 }
             }
             // str0m pads up to `minimum` (within its estimate) so that the estimate can grow

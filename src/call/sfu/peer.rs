@@ -2,7 +2,7 @@
 //! subscribes to and where each stands in negotiation.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::bwe::BweKind;
 use str0m::change::SdpPendingOffer;
@@ -139,6 +139,8 @@ pub(super) struct TrackOut {
     renumber: Renumber,
     /// It was paused: the next packet forwarded starts its numbering anew.
     resuming: bool,
+    /// Since when a keyframe of the encoding it switches to was last asked for.
+    pub keyframe_wait_from: Option<Instant>,
     /// Packets written to the phone for this track, and those that were not, by why
     /// (`hearth status`: a subscription that gets nothing says why).
     pub packets: u64,
@@ -238,6 +240,7 @@ impl TrackOut {
             choice: Choice::default(),
             renumber: Renumber::default(),
             resuming: false,
+            keyframe_wait_from: None,
             packets: 0,
             refused: Refused::default(),
             opened_at: None,
@@ -278,6 +281,17 @@ impl TrackOut {
             self.current
         };
         (current, self.choice.reason)
+    }
+
+    /// Whether it has waited `wait` for the keyframe of the encoding it switches to (open,
+    /// not paused); forgets the wait once it is not switching.
+    pub fn keyframe_overdue(&mut self, now: Instant, wait: Duration) -> bool {
+        if self.open_mid().is_none() || self.choice.paused || self.switching_to().is_none() {
+            self.keyframe_wait_from = None;
+            return false;
+        }
+        let from = *self.keyframe_wait_from.get_or_insert(now);
+        now.saturating_duration_since(from) >= wait
     }
 
     /// The encoding it is being switched to, while that one's keyframe has not come.
