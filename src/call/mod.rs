@@ -14,13 +14,12 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use str0m::format::Codec;
 use str0m::media::MediaTime;
 
 use invite::{Invite, InviteError, InviteStore};
 use protocol::{parse_client_msg, ClientMsg, SeatKey, ServerMsg};
 use room::{ParticipantId, Room};
-use sfu::{PhoneFrame, Sfu, SfuEvent, SfuOutput, Transmit};
+use sfu::{BoxEncoding, PhoneFrame, Sfu, SfuEvent, SfuOutput, Transmit};
 use throttle::{redacted, GuessThrottle};
 
 /// A connection that has not presented a token within this is closed.
@@ -63,6 +62,8 @@ pub enum Output {
     BoxKeyframe,
     /// The box's encoder should aim at this many kbit/s.
     BoxBitrate(u32),
+    /// The box's half-size encoder should aim at this many kbit/s.
+    BoxLowBitrate(u32),
     /// The box's camera should encode VP8 too (a phone without H.264 takes its video).
     BoxVp8(bool),
     /// A phone's frame for the box's screen or speaker.
@@ -241,12 +242,12 @@ impl Call {
     /// One of the box's encoded frames for the phones.
     pub fn handle_box_frame(
         &mut self,
-        codec: Codec,
+        encoding: BoxEncoding,
         rtp_time: MediaTime,
         data: &[u8],
         now: Instant,
     ) {
-        self.sfu.handle_box_frame(codec, rtp_time, data, now);
+        self.sfu.handle_box_frame(encoding, rtp_time, data, now);
     }
 
     /// The box's camera or mic changed (device trouble, privacy); everyone is told.
@@ -796,6 +797,7 @@ impl Call {
             }
             SfuEvent::BoxKeyframe => self.outputs.push_back(Output::BoxKeyframe),
             SfuEvent::BoxBitrate(kbps) => self.outputs.push_back(Output::BoxBitrate(kbps)),
+            SfuEvent::BoxLowBitrate(kbps) => self.outputs.push_back(Output::BoxLowBitrate(kbps)),
             SfuEvent::BoxVp8(on) => self.outputs.push_back(Output::BoxVp8(on)),
             SfuEvent::ToBox(frame) => self.outputs.push_back(Output::ToBox(frame)),
         }

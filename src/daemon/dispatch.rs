@@ -94,6 +94,12 @@ impl Hub {
                     media.camera().set_bitrate(kbps);
                 }
             }
+            Output::BoxLowBitrate(kbps) => {
+                if let Some(media) = &self.media {
+                    tracing::debug!("box low encoder bitrate {kbps} kbit/s");
+                    media.camera().set_low_bitrate(kbps);
+                }
+            }
             Output::BoxVp8(on) => {
                 if let Some(media) = &mut self.media {
                     tracing::info!("the camera's VP8 {}", if on { "starts" } else { "stops" });

@@ -342,7 +342,7 @@ impl Hub {
             MediaInput::Frame(frame) => {
                 let (kind, rtp_time) = frame.rtp_time();
                 self.call
-                    .handle_box_frame(frame.codec, rtp_time, &frame.data, Instant::now());
+                    .handle_box_frame(frame.encoding, rtp_time, &frame.data, Instant::now());
                 // Sent now rather than after the select, so the latency is the socket's.
                 self.carry_out().await;
                 if kind == str0m::media::MediaKind::Video {

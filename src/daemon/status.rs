@@ -50,6 +50,9 @@ impl Hub {
                 "tracks_published": peer.map_or(0, |m| m.tracks_published),
                 "tracks_subscribed": peer.map_or(0, |m| m.tracks_subscribed),
                 "received": peer.map(|m| m.received.clone()).unwrap_or_default(),
+                // Which encoding of each video it gets, and why: its estimate decides.
+                "estimate_kbps": peer.and_then(|m| m.estimate_kbps),
+                "video": peer.map(|m| m.video.clone()).unwrap_or_default(),
             })
         });
         Value::Array(list.collect())

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use str0m::format::Codec;
 use tokio::sync::mpsc;
 
 use super::plan::{self, CameraFound, Chain};
 use super::{BoxFrame, MediaEvent, MediaInput, MediaKindTag};
+use crate::call::sfu::BoxEncoding;
 use crate::config::board::Profile;
 
 const RETRY_EVERY: Duration = Duration::from_secs(2);
@@ -26,6 +26,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 enum Command {
     KeyframeNow,
     Bitrate(u32),
+    /// The half-size H.264 encoder's bitrate.
+    LowBitrate(u32),
     /// Encode VP8 as well (camera only): a phone that cannot decode H.264 is in the call.
     Vp8(bool),
     /// A GStreamer error or end-of-stream from the running pipeline.
@@ -51,6 +53,10 @@ impl Device {
 
     pub fn set_bitrate(&self, kbps: u32) {
         let _ = self.commands.send(Command::Bitrate(kbps));
+    }
+
+    pub fn set_low_bitrate(&self, kbps: u32) {
+        let _ = self.commands.send(Command::LowBitrate(kbps));
     }
 
     pub fn set_vp8(&self, on: bool) {
@@ -148,6 +154,7 @@ fn spawn(
                 min_kbps,
                 max_kbps,
                 wanted_kbps: Default::default(),
+                wanted_low_kbps: Default::default(),
                 vp8: false,
                 running: None,
                 present: true,
@@ -167,6 +174,8 @@ struct Running {
     _device: Option<std::fs::File>,
     encoder: Option<(String, gst::Element)>,
     sink: gst_app::AppSink,
+    /// The camera's half-size H.264, for phones on a weak link.
+    low_sink: Option<gst_app::AppSink>,
     /// The camera's VP8 branch: its valve and its appsink.
     vp8: Option<(gst::Element, gst_app::AppSink)>,
 }
@@ -181,6 +190,8 @@ struct Supervisor {
     /// The bitrate last asked for: what the encoder is set to whenever a setting runs (they
     /// run on GStreamer's thread pool, in no promised order).
     wanted_kbps: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// The same for the half-size encoder.
+    wanted_low_kbps: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// Whether VP8 is wanted, for this pipeline and any rebuilt one.
     vp8: bool,
     running: Option<Running>,
@@ -225,6 +236,7 @@ impl Supervisor {
                 Ok(Command::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                 Ok(Command::KeyframeNow) => self.force_keyframe(),
                 Ok(Command::Bitrate(kbps)) => self.set_bitrate(kbps),
+                Ok(Command::LowBitrate(kbps)) => self.set_low_bitrate(kbps),
                 Ok(Command::Vp8(on)) => {
                     self.vp8 = on;
                     if let Some(Running {
@@ -318,25 +330,41 @@ impl Supervisor {
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or("the pipeline has no appsink")?;
         let encoder = encoder_name.and_then(|name| {
-            let element = pipeline
-                .iterate_elements()
-                .into_iter()
-                .flatten()
-                .find(|e| e.factory().is_some_and(|f| f.name() == name.as_str()))?;
+            let element = pipeline.by_name(plan::HIGH_ENCODER).or_else(|| {
+                pipeline
+                    .iterate_elements()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e.factory().is_some_and(|f| f.name() == name.as_str()))
+            })?;
             Some((name, element))
         });
-        let codec = match self.kind {
-            MediaKindTag::Video => Codec::H264,
-            MediaKindTag::Audio => Codec::Opus,
+        let encoding = match self.kind {
+            MediaKindTag::Video => BoxEncoding::H264,
+            MediaKindTag::Audio => BoxEncoding::Opus,
         };
-        sink.set_callbacks(frames_to_hub(self.kind, codec, self.media.clone()));
+        sink.set_callbacks(frames_to_hub(self.kind, encoding, self.media.clone()));
+        let low_sink = pipeline
+            .by_name("video_low")
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
+        if let Some(low) = &low_sink {
+            low.set_callbacks(frames_to_hub(
+                self.kind,
+                BoxEncoding::H264Low,
+                self.media.clone(),
+            ));
+        }
         let vp8_sink = pipeline
             .by_name("vp8")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
         let vp8 = pipeline.by_name(plan::VP8_GATE).zip(vp8_sink);
         if let Some((gate, vp8_sink)) = &vp8 {
             gate.set_property("drop", !self.vp8);
-            vp8_sink.set_callbacks(frames_to_hub(self.kind, Codec::Vp8, self.media.clone()));
+            vp8_sink.set_callbacks(frames_to_hub(
+                self.kind,
+                BoxEncoding::Vp8,
+                self.media.clone(),
+            ));
         }
         report_failures(&pipeline, self.commands.clone());
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
@@ -348,6 +376,7 @@ impl Supervisor {
             _device: device,
             encoder,
             sink,
+            low_sink,
             vp8,
         })
     }
@@ -395,11 +424,16 @@ impl Supervisor {
             let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
                 .all_headers(true)
                 .build();
-            let vp8_sink = running.vp8.as_ref().map(|(_, sink)| sink.clone());
+            let others: Vec<gst_app::AppSink> = running
+                .vp8
+                .iter()
+                .map(|(_, sink)| sink.clone())
+                .chain(running.low_sink.clone())
+                .collect();
             running.sink.call_async(move |sink| {
-                // Both encoders: the request may come from a phone that gets either.
-                if let Some(vp8_sink) = vp8_sink {
-                    vp8_sink.send_event(event.clone());
+                // Every encoder: the request may come from a phone that gets any of them.
+                for other in others {
+                    other.send_event(event.clone());
                 }
                 sink.send_event(event);
             });
@@ -426,6 +460,31 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// The half-size encoder follows the phones that get it (`call::sfu::BoxLeg`), within
+    /// the bounds the SFU keeps.
+    fn set_low_bitrate(&self, kbps: u32) {
+        let Some(Running {
+            encoder: Some((name, _)),
+            pipeline,
+            ..
+        }) = &self.running
+        else {
+            return;
+        };
+        let Some(low) = pipeline.by_name(plan::LOW_ENCODER) else {
+            return;
+        };
+        self.wanted_low_kbps
+            .store(kbps, std::sync::atomic::Ordering::Relaxed);
+        let (name, wanted) = (name.clone(), self.wanted_low_kbps.clone());
+        low.call_async(move |low| {
+            let kbps = wanted.load(std::sync::atomic::Ordering::Relaxed);
+            set_encoder_bitrate(low, &name, kbps)
+        });
+    }
+}
+
 fn set_encoder_bitrate(encoder: &gst::Element, name: &str, kbps: u32) {
     match name {
         "x264enc" => encoder.set_property("bitrate", kbps),
@@ -444,7 +503,7 @@ fn set_encoder_bitrate(encoder: &gst::Element, name: &str, kbps: u32) {
 /// frame is dropped rather than stalling capture.
 fn frames_to_hub(
     kind: MediaKindTag,
-    codec: Codec,
+    encoding: BoxEncoding,
     frames: mpsc::Sender<MediaInput>,
 ) -> gst_app::AppSinkCallbacks {
     gst_app::AppSinkCallbacks::builder()
@@ -458,7 +517,7 @@ fn frames_to_hub(
             };
             let frame = BoxFrame {
                 kind,
-                codec,
+                encoding,
                 pts: buffer
                     .pts()
                     .map(|t| Duration::from_nanos(t.nseconds()))

@@ -11,7 +11,7 @@ pub mod tv;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::format::Codec;
+use crate::call::sfu::BoxEncoding;
 use str0m::media::{Frequency, MediaKind, MediaTime};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub enum MediaKindTag {
 #[derive(Debug, Clone)]
 pub struct BoxFrame {
     pub kind: MediaKindTag,
-    pub codec: Codec,
+    pub encoding: BoxEncoding,
     /// Presentation time in the pipeline's running time.
     pub pts: Duration,
     pub data: Arc<[u8]>,

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::call::sfu::{LOW_KBPS, VP8_KBPS};
 use crate::config::board::{AudioProfile, CameraProfile, CameraSource, EncoderProfile};
 
 /// One link in a `gst-launch`-style chain.
@@ -157,11 +158,15 @@ pub fn choose_encoder<'a>(
 /// until a phone needs VP8 (`capture` opens it).
 pub const CAMERA_SPLIT: &str = "split";
 pub const VP8_GATE: &str = "vp8_gate";
-/// What the VP8 encoder aims at: its picture is a quarter of the camera's, for a phone or two.
-pub const VP8_KBPS: u32 = 400;
+/// The full-size H.264 encoder's element name (its bitrate follows the phones').
+pub const HIGH_ENCODER: &str = "encoder";
+/// The half-size H.264 encoder's (its bitrate follows the phones that get it).
+pub const LOW_ENCODER: &str = "encoder_low";
 
-/// camera → scale/convert → encoder → H.264 access units into the appsink `video`; and from
-/// the same frames, behind a closed valve, VP8 at half the size into the appsink `vp8`.
+/// camera → scale/convert → encoder → H.264 access units into the appsink `video`; from the
+/// same frames H.264 at half the size into `video_low`, for phones on a weak link; and behind
+/// a closed valve, VP8 at half the size into the appsink `vp8`. The rates of the two smaller
+/// ones are the SFU's (`call::sfu::{LOW_KBPS, VP8_KBPS}`): it reckons with them.
 pub fn video_capture(
     camera: &CameraProfile,
     found: &CameraFound,
@@ -183,12 +188,31 @@ pub fn video_capture(
         .push(leaky_queue());
     // A keyframe every two seconds at most, so a lost one is soon replaced.
     let key_interval = camera.framerate.saturating_mul(2);
-    chain.0.extend(h264_encoder(encoder, kbps, key_interval).0);
+    chain
+        .0
+        .extend(h264_encoder(encoder, kbps, key_interval, HIGH_ENCODER).0);
     chain
         .push(Stage::element("h264parse", &[("config-interval", "-1")]))
         .push(Stage::Caps(H264_OUT_CAPS.into()))
         .push(appsink("video"));
     let half = |n: u32| (n / 4 * 2).max(2);
+    let half_size = format!(
+        "video/x-raw,width={},height={}",
+        half(camera.width),
+        half(camera.height)
+    );
+    chain
+        .push(Stage::Branch(CAMERA_SPLIT))
+        .push(leaky_queue())
+        .push(Stage::element("videoscale", &[]))
+        .push(Stage::Caps(half_size.clone()));
+    chain
+        .0
+        .extend(h264_encoder(encoder, LOW_KBPS, key_interval, LOW_ENCODER).0);
+    chain
+        .push(Stage::element("h264parse", &[("config-interval", "-1")]))
+        .push(Stage::Caps(H264_OUT_CAPS.into()))
+        .push(appsink("video_low"));
     chain
         .push(Stage::Branch(CAMERA_SPLIT))
         .push(leaky_queue())
@@ -197,11 +221,7 @@ pub fn video_capture(
             &[("name", VP8_GATE), ("drop", "true")],
         ))
         .push(Stage::element("videoscale", &[]))
-        .push(Stage::Caps(format!(
-            "video/x-raw,width={},height={}",
-            half(camera.width),
-            half(camera.height)
-        )))
+        .push(Stage::Caps(half_size))
         .push(Stage::element(
             "vp8enc",
             &[
@@ -294,7 +314,7 @@ fn camera_source(camera: &CameraProfile, found: &CameraFound) -> Option<Chain> {
 }
 
 /// The encoder element with its bitrate and keyframe interval, and its output caps.
-fn h264_encoder(encoder: &str, kbps: u32, key_interval: u32) -> Chain {
+fn h264_encoder(encoder: &str, kbps: u32, key_interval: u32, name: &str) -> Chain {
     let bits = kbps.saturating_mul(1000).to_string();
     let key_interval = key_interval.to_string();
     let baseline = || Stage::Caps("video/x-h264,profile=constrained-baseline".into());
@@ -341,6 +361,10 @@ fn h264_encoder(encoder: &str, kbps: u32, key_interval: u32) -> Chain {
                 ))
                 .push(baseline());
         }
+    }
+    // Named, so the bitrate goes to the full-size one and not its smaller sibling.
+    if let Some(first) = chain.0.first_mut() {
+        *first = first.clone().with("name", name);
     }
     chain
 }
@@ -433,6 +457,11 @@ mod tests {
                 "h264parse",
                 "appsink",
                 "queue",
+                "videoscale",
+                "v4l2h264enc",
+                "h264parse",
+                "appsink",
+                "queue",
                 "valve",
                 "videoscale",
                 "vp8enc",
@@ -444,6 +473,10 @@ mod tests {
             [
                 "video/x-raw,width=1280,height=720,framerate=30/1",
                 "video/x-raw,format=I420,width=1280,height=720,framerate=30/1",
+                "video/x-h264,level=(string)4,profile=constrained-baseline",
+                H264_OUT_CAPS,
+                // The half-size layer: a second instance of the hardware encoder.
+                "video/x-raw,width=640,height=360",
                 "video/x-h264,level=(string)4,profile=constrained-baseline",
                 H264_OUT_CAPS,
                 "video/x-raw,width=640,height=360",
@@ -484,6 +517,11 @@ mod tests {
                 "videoconvert",
                 "tee",
                 "queue",
+                "x264enc",
+                "h264parse",
+                "appsink",
+                "queue",
+                "videoscale",
                 "x264enc",
                 "h264parse",
                 "appsink",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hearth::call::protocol::VideoCodec;
 use hearth::call::room::ParticipantId;
-use hearth::call::sfu::{Sfu, SfuEvent, SfuOutput};
+use hearth::call::sfu::{BoxEncoding, Sfu, SfuEvent, SfuOutput};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{
@@ -28,6 +28,10 @@ pub const SFU_ADDR: SocketAddr = SocketAddr::new(
 pub const STEP: Duration = Duration::from_millis(5);
 /// Phones send one audio and one video frame this often while publishing.
 pub const FRAME: Duration = Duration::from_millis(20);
+/// Added to the frame number of the box's half-size frames, so they differ from its full-size.
+pub const LOW_FRAMES: u64 = 1_000_000;
+/// A limited downlink's bucket, in bytes.
+const DOWNLINK_BUCKET: f64 = 10_000.0;
 /// Datagram exchanges within one step before the harness calls it a livelock.
 const MAX_ROUNDS: usize = 1000;
 /// A timer due within this is fired at once (see `pump`).
@@ -66,6 +70,11 @@ pub struct Phone {
     /// Every frame written, per kind, in order.
     pub sent_audio: Vec<Arc<[u8]>>,
     pub sent_video: Vec<Arc<[u8]>>,
+    /// The phone's downlink in kbit/s: what the SFU sends beyond it is dropped (a policer
+    /// with a 10 KB bucket, as a shaped mobile link). None: unlimited.
+    pub downlink_kbps: Option<u32>,
+    /// Bytes the downlink may still take now.
+    downlink_tokens: f64,
     /// RTP streams (SSRCs) first seen before this are dropped for good, as a browser that does
     /// not take a new subscription's packets (seen in the soak).
     pub deaf_until: Option<Instant>,
@@ -208,6 +217,23 @@ pub fn frame(from: ParticipantId, codec: Codec, n: u64, key: bool) -> Arc<[u8]> 
     data.into()
 }
 
+/// An H.264 frame behind an access unit delimiter, as the box's encoder (x264enc) makes them:
+/// its first NAL unit says nothing of whether the frame is a keyframe.
+fn delimited(frame: Arc<[u8]>) -> Arc<[u8]> {
+    let mut data = vec![0, 0, 0, 1, 0x09, 0xF0];
+    data.extend_from_slice(&frame);
+    data.into()
+}
+
+/// A frame padded up to `bytes` (a keyframe, already bigger, is left as it is).
+fn sized(frame: Arc<[u8]>, bytes: usize) -> Arc<[u8]> {
+    let mut data = frame.to_vec();
+    if data.len() < bytes {
+        data.resize(bytes, b'.');
+    }
+    data.into()
+}
+
 pub struct World {
     pub start: Instant,
     pub now: Instant,
@@ -220,6 +246,9 @@ pub struct World {
     /// The box's frames given to the SFU, per kind, in order.
     pub box_audio: Vec<Arc<[u8]>>,
     pub box_video: Vec<Arc<[u8]>>,
+    pub box_video_low: Vec<Arc<[u8]>>,
+    /// The size of the box's full-size and half-size delta frames, in bytes.
+    pub box_frame_bytes: (usize, usize),
     box_keyframe_wanted: bool,
     next_frame: Instant,
 }
@@ -238,6 +267,8 @@ impl World {
             box_publishing: false,
             box_audio: Vec::new(),
             box_video: Vec::new(),
+            box_video_low: Vec::new(),
+            box_frame_bytes: (100, 100),
             box_keyframe_wanted: true,
             next_frame: start,
         }
@@ -281,6 +312,8 @@ impl World {
             audio_level: None,
             sent_audio: Vec::new(),
             sent_video: Vec::new(),
+            downlink_kbps: None,
+            downlink_tokens: DOWNLINK_BUCKET,
             deaf_until: None,
             known_ssrcs: Default::default(),
             ignored_ssrcs: Default::default(),
@@ -335,6 +368,10 @@ impl World {
             }
         }
         for phone in &mut self.phones {
+            if let Some(kbps) = phone.downlink_kbps {
+                let refill = kbps as f64 * 1000.0 / 8.0 * STEP.as_secs_f64();
+                phone.downlink_tokens = (phone.downlink_tokens + refill).min(DOWNLINK_BUCKET);
+            }
             if phone.timeout <= now {
                 phone
                     .rtc
@@ -353,13 +390,25 @@ impl World {
         let n = self.box_audio.len() as u64;
         let audio = frame(ParticipantId::BOX, Codec::Opus, n, false);
         let time = MediaTime::new(n * 960, Frequency::FORTY_EIGHT_KHZ);
-        self.sfu.handle_box_frame(Codec::Opus, time, &audio, now);
+        self.sfu
+            .handle_box_frame(BoxEncoding::Opus, time, &audio, now);
         self.box_audio.push(audio);
         let key = std::mem::take(&mut self.box_keyframe_wanted);
-        let video = frame(ParticipantId::BOX, Codec::H264, n, key);
+        let (high_bytes, low_bytes) = self.box_frame_bytes;
+        let video = delimited(sized(
+            frame(ParticipantId::BOX, Codec::H264, n, key),
+            high_bytes,
+        ));
         let time = MediaTime::new(n * 1800, Frequency::NINETY_KHZ);
-        self.sfu.handle_box_frame(Codec::H264, time, &video, now);
+        self.sfu
+            .handle_box_frame(BoxEncoding::H264, time, &video, now);
         self.box_video.push(video);
+        // The half-size encoding: frames of its own, told apart by their number.
+        let low = frame(ParticipantId::BOX, Codec::H264, n + LOW_FRAMES, key);
+        let low = delimited(sized(low, low_bytes));
+        self.sfu
+            .handle_box_frame(BoxEncoding::H264Low, time, &low, now);
+        self.box_video_low.push(low);
     }
 
     /// Step until `done` holds, for at most `limit` of simulated time. Returns whether it held.
@@ -441,6 +490,13 @@ impl World {
                         else {
                             continue;
                         };
+                        if phone.downlink_kbps.is_some() {
+                            let size = t.contents.len() as f64;
+                            if phone.downlink_tokens < size {
+                                continue;
+                            }
+                            phone.downlink_tokens -= size;
+                        }
                         if !phone.takes(&t.contents, now) {
                             continue;
                         }

@@ -407,7 +407,10 @@ fn a_phone_that_comes_back_while_a_newcomer_negotiates_reaches_it_and_nothing_st
         .events
         .iter()
         .filter(|(t, _)| *t >= since)
-        .filter(|(_, e)| matches!(e, Event::MediaData(d) if w.box_video.contains(&d.data)))
+        .filter(|(_, e)| {
+            matches!(e, Event::MediaData(d)
+                if w.box_video.contains(&d.data) || w.box_video_low.contains(&d.data))
+        })
         .count();
     assert!(
         recent(w.phone(1)) > 50,
@@ -423,6 +426,94 @@ fn a_phone_that_comes_back_while_a_newcomer_negotiates_reaches_it_and_nothing_st
         box_recent > 50,
         "the box's video to 3: {box_recent}; {:?}",
         w.sfu.summaries()
+    );
+}
+
+/// The encoding of the box's camera a phone gets now, by `hearth status`.
+fn box_layer(w: &World, n: u64) -> Option<String> {
+    let id = ParticipantId(n).to_string();
+    let peer = w.sfu.summaries().into_iter().find(|p| p.id == id)?;
+    let from_box = ParticipantId::BOX.to_string();
+    peer.video.into_iter().find(|v| v.from == from_box)?.layer
+}
+
+#[test]
+fn a_phone_on_a_weak_link_gets_the_boxs_small_picture_and_the_others_keep_the_full_one() {
+    let mut w = World::new();
+    w.sfu.enable_box(300, 1500);
+    w.box_publishing = true;
+    // ~600 kbit/s at full size, ~80 at half size.
+    w.box_frame_bytes = (1500, 200);
+    two_talking(&mut w, Codec::H264, Codec::H264);
+    let on = |w: &World, n, layer: &str| box_layer(w, n).as_deref() == Some(layer);
+    assert!(
+        w.run_until(Duration::from_secs(5), |w| on(w, 1, "h") && on(w, 2, "h")),
+        "both on the full size at first: {:?}",
+        w.sfu.summaries()
+    );
+
+    w.phone_mut(2).downlink_kbps = Some(500);
+    assert!(
+        w.run_until(Duration::from_secs(10), |w| on(w, 2, "l")),
+        "phone 2 not moved to the small picture: {:?}",
+        w.sfu.summaries()
+    );
+    // What was queued for it at full size drains first.
+    w.run_for(Duration::from_secs(3));
+    let since = w.now;
+    w.run_for(Duration::from_secs(2));
+    let frames = |w: &World, n: u64, of: &[std::sync::Arc<[u8]>]| {
+        w.phone(n)
+            .events
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .filter(|(_, e)| matches!(e, Event::MediaData(d) if of.contains(&d.data)))
+            .count()
+    };
+    assert!(
+        on(&w, 1, "h"),
+        "phone 1 dragged down: {:?}",
+        w.sfu.summaries()
+    );
+    assert!(
+        frames(&w, 1, &w.box_video) > 50,
+        "phone 1's full-size frames"
+    );
+    assert_eq!(
+        frames(&w, 1, &w.box_video_low),
+        0,
+        "phone 1 got small frames"
+    );
+    assert!(
+        frames(&w, 2, &w.box_video_low) > 50,
+        "phone 2 got {} small frames: {:?}",
+        frames(&w, 2, &w.box_video_low),
+        w.sfu.summaries()
+    );
+    // Its str0m pacer may still hold full-size packets queued before the switch, but what
+    // comes now is small.
+    let latest: Vec<bool> = w
+        .phone(2)
+        .media()
+        .filter(|d| w.box_video.contains(&d.data) || w.box_video_low.contains(&d.data))
+        .map(|d| w.box_video_low.contains(&d.data))
+        .collect();
+    assert!(
+        latest.iter().rev().take(25).all(|small| *small),
+        "phone 2's latest box frames include full-size ones: {:?}",
+        &latest[latest.len().saturating_sub(25)..]
+    );
+
+    w.phone_mut(2).downlink_kbps = None;
+    let lifted = w.now;
+    assert!(
+        w.run_until(Duration::from_secs(20), |w| on(w, 2, "h")),
+        "phone 2 not back on the full size 20 s after its link recovered: {:?}",
+        w.sfu.summaries()
+    );
+    eprintln!(
+        "phone 2 back on the full size {:?} after its link recovered",
+        w.now - lifted
     );
 }
 

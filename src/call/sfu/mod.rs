@@ -6,6 +6,7 @@
 //! for the box); `poll_timeout` says when `handle_timeout` is due. The socket is the daemon's.
 
 mod box_leg;
+mod layers;
 mod payload;
 mod peer;
 mod reassembly;
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::format::{Codec, PayloadParams};
-use str0m::media::{KeyframeRequestKind, MediaKind, MediaTime, Mid};
+use str0m::format::PayloadParams;
+use str0m::media::{KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
 use str0m::{Candidate, Input, Rtc};
@@ -26,6 +27,9 @@ use str0m::{Candidate, Input, Rtc};
 use crate::call::protocol::VideoCodec;
 use crate::call::room::ParticipantId;
 use box_leg::BoxLeg;
+pub use box_leg::{BoxEncoding, LOW_KBPS, VP8_KBPS};
+use layers::Encoding;
+pub use layers::LayerReason;
 use peer::{Peer, Propagate, TrackOut, Urgency};
 
 /// A peer that has sent nothing for this long is gone (ICE failed, phone out of range).
@@ -41,8 +45,18 @@ const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
 const KEYFRAME_PATIENCE: Duration = Duration::from_secs(1);
 /// Where each phone's bandwidth estimate starts; TWCC corrects it within a second or two.
 const BWE_START_KBPS: u64 = 5000;
+/// How often a phone below its best encodings asks str0m for a probe.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a phone waits for the keyframe of an encoding it switches to before it is asked
+/// for again.
+const KEYFRAME_WAIT: Duration = Duration::from_secs(1);
+/// A phone that reported heavy loss (10 %, `peer::LOSS_CONGESTED`) this recently may have videos
+/// paused: what its link carries is then known to be too little, not guessed.
+const CONGESTED_FOR: Duration = Duration::from_secs(10);
 /// With nothing else due, the peers' clocks still advance this often.
 const TICK: Duration = Duration::from_millis(100);
+/// How often each phone's encodings are chosen again from its estimate.
+const LAYER_INTERVAL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
@@ -72,6 +86,15 @@ impl SfuError {
             SfuError::NoCandidate => "The box has no address to offer for media.",
         }
     }
+}
+
+/// Where a publisher's packet comes from.
+struct Source {
+    origin: ParticipantId,
+    session: u64,
+    mid: Mid,
+    rid: Option<Rid>,
+    keyframe: bool,
 }
 
 /// What the SFU wants done, from `poll_output`.
@@ -122,6 +145,9 @@ pub enum SfuEvent {
     BoxKeyframe,
     /// The box's encoder should aim at this bitrate: the lowest phone's estimate.
     BoxBitrate(u32),
+    /// The box's half-size encoder should aim at this bitrate: what the slowest phone that
+    /// gets it has left after audio.
+    BoxLowBitrate(u32),
     /// The box's camera should encode VP8 as well (true) or stop (false): a phone that cannot
     /// decode H.264 is in the call, or the last one left.
     BoxVp8(bool),
@@ -179,6 +205,10 @@ pub struct PeerSummary {
     /// What was written to this phone per track it receives (a track that stops growing
     /// while its publisher sends is a stalled subscription), and what was not, by why.
     pub received: Vec<TrackReceived>,
+    /// This phone's bandwidth estimate for what the box sends it.
+    pub estimate_kbps: Option<u32>,
+    /// Which encoding of each video it receives, and why.
+    pub video: Vec<VideoReceived>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -196,6 +226,19 @@ pub struct TrackReceived {
     pub keyframe_requests: u32,
 }
 
+/// One video a phone receives: whose, which encoding (a simulcast rid such as `h` or `l`;
+/// none for a track with one encoding) and why that one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VideoReceived {
+    pub from: String,
+    pub layer: Option<String>,
+    /// The encoding it is being switched to, while that one's keyframe has not come.
+    pub switching_to: Option<String>,
+    pub reason: Option<LayerReason>,
+    /// Packets written to this phone for it.
+    pub packets: u64,
+}
+
 pub struct Sfu {
     /// What every new phone is told to reach.
     candidates: Candidates,
@@ -211,6 +254,7 @@ pub struct Sfu {
     next_timeout: Option<Instant>,
     /// Numbers each phone connection (`Peer::session`); 0 is the box's.
     sessions: u64,
+    last_layer_choice: Option<Instant>,
 }
 
 impl Sfu {
@@ -230,6 +274,7 @@ impl Sfu {
             dirty: false,
             next_timeout: None,
             sessions: 0,
+            last_layer_choice: None,
         }
     }
 
@@ -300,6 +345,22 @@ impl Sfu {
                         keyframe_requests: t.keyframe_requests,
                     })
                     .collect(),
+                estimate_kbps: p.estimate_kbps,
+                video: p
+                    .tracks_out
+                    .iter()
+                    .filter(|t| t.kind == MediaKind::Video && t.open_mid().is_some())
+                    .map(|t| {
+                        let (layer, reason) = t.layer();
+                        VideoReceived {
+                            from: t.origin.to_string(),
+                            layer: layer.map(|r| r.to_string()),
+                            switching_to: t.switching_to().map(|r| r.to_string()),
+                            reason,
+                            packets: t.packets,
+                        }
+                    })
+                    .collect(),
             })
             .collect()
     }
@@ -308,7 +369,7 @@ impl Sfu {
     /// phone subscribed to it. `rtp_time` is the capture time in the track's clock.
     pub fn handle_box_frame(
         &mut self,
-        codec: Codec,
+        encoding: BoxEncoding,
         rtp_time: MediaTime,
         data: &[u8],
         now: Instant,
@@ -317,7 +378,7 @@ impl Sfu {
         if let Some(leg) = &mut self.box_leg {
             leg.write(
                 &mut self.peers,
-                codec,
+                encoding,
                 rtp_time,
                 data,
                 now,
@@ -385,20 +446,15 @@ impl Sfu {
             VideoCodec::H264 => config.enable_h264(true).enable_vp8(true),
             VideoCodec::VP8 => config.enable_vp8(true).enable_h264(true),
         };
-        // Bandwidth estimates (TWCC) matter only where the box encodes for this phone: the
-        // encoder follows the slowest phone. Phones' own streams adapt end to end.
-        let Some(leg) = &self.box_leg else {
-            return config.build(now);
-        };
-        // The estimator starts high: it also paces what phones send each other, and a
-        // keyframe held back by a low first guess is what a new phone waits for.
+        // Each phone's bandwidth estimate (TWCC) picks the encodings it gets. The estimator
+        // starts high: it also paces what the phone is sent, and a keyframe held back by a
+        // low first guess is what a new phone waits for.
         let mut rtc = config
             .enable_bwe(Some(Bitrate::kbps(BWE_START_KBPS)))
             .build(now);
-        rtc.bwe().set_bitrate(
-            Bitrate::kbps(leg.min_kbps() as u64),
-            Bitrate::kbps(BWE_START_KBPS),
-        );
+        let minimum = self.box_leg.as_ref().map_or(0, BoxLeg::min_kbps) as u64;
+        rtc.bwe()
+            .set_bitrate(Bitrate::kbps(minimum), Bitrate::kbps(BWE_START_KBPS));
         rtc
     }
 
@@ -421,11 +477,12 @@ impl Sfu {
         // A new subscriber can decode nothing until the next keyframe: ask for one now if
         // media can flow, else when it connects (a keyframe sent before would be lost).
         if peer.connected {
-            for (origin, mid, kind) in newly_open {
+            for (origin, mid, rid, kind) in newly_open {
                 if kind == MediaKind::Video {
                     self.request_keyframe(
                         origin,
                         mid,
+                        rid,
                         KeyframeRequestKind::Pli,
                         Urgency::NewSubscriber,
                         now,
@@ -525,6 +582,109 @@ impl Sfu {
                 self.counters.subscriptions_renewed += 1;
             }
         }
+        let due = self
+            .last_layer_choice
+            .is_none_or(|t| now.saturating_duration_since(t) >= LAYER_INTERVAL);
+        if due {
+            self.last_layer_choice = Some(now);
+            self.choose_layers(now);
+        }
+    }
+
+    /// The encodings each phone gets, from its estimate; a keyframe is asked for each new one.
+    fn choose_layers(&mut self, now: Instant) {
+        let mut wanted = Vec::new();
+        for (p, peer) in self.peers.iter().enumerate() {
+            let mut video = Vec::new();
+            let mut audio = 0;
+            for (t, track) in peer.tracks_out.iter().enumerate() {
+                if track.open_mid().is_none() {
+                    continue;
+                }
+                if track.kind == MediaKind::Audio {
+                    audio += 1;
+                    continue;
+                }
+                let options = self.encodings(track, peer.decodes_h264, now);
+                video.push((t, options));
+            }
+            // The box's first: it is what everyone looks at, and never paused.
+            video.sort_by_key(|(t, _)| peer.tracks_out[*t].origin != ParticipantId::BOX);
+            let options: Vec<Vec<Encoding>> = video.iter().map(|(_, o)| o.clone()).collect();
+            let congested = peer
+                .lossy_at
+                .is_some_and(|at| now.saturating_duration_since(at) < CONGESTED_FOR);
+            let chosen = layers::allocate(peer.estimate_kbps, audio, &options, congested);
+            let rates = layers::probe_rates(audio, &options, &chosen);
+            wanted.push((p, video, chosen, rates));
+        }
+        let mut requests = Vec::new();
+        for (p, video, chosen, (minimum, desired)) in wanted {
+            let peer = &mut self.peers[p];
+            let below_best = video
+                .iter()
+                .zip(&chosen)
+                .any(|((_, options), &c)| c.map_or(!options.is_empty(), |c| c + 1 < options.len()));
+            for ((t, options), choice) in video.iter().zip(chosen) {
+                let track = &mut peer.tracks_out[*t];
+                if track.choice.update(options, choice, now) && !track.choice.paused {
+                    requests.push((track.origin, track.origin_mid, track.choice.target));
+                    track.keyframe_wait_from = Some(now);
+                } else if track.keyframe_overdue(now, KEYFRAME_WAIT) {
+                    // The keyframe of the encoding it switches to has not come: asked for
+                    // before the phone's connection was up, or lost. Ask again.
+                    requests.push((track.origin, track.origin_mid, track.choice.target));
+                    track.keyframe_wait_from = Some(now);
+                }
+            }
+            // str0m pads up to `minimum` (within its estimate) so that the estimate can grow
+            // to the next encoding, and probes towards `desired`, the best there is.
+            let moved = |old: u32, new: u32| old.abs_diff(new) * 10 > old.max(1);
+            let changed = peer
+                .probe_told
+                .is_none_or(|(m, d)| moved(m, minimum) || moved(d, desired));
+            // str0m probes beyond 1.5x what is acknowledged only when `desired` rises: while
+            // this phone gets less than the best there is, raise it a little every
+            // `PROBE_EVERY` so that a link that cleared is found out in seconds.
+            let nudge = below_best
+                && peer
+                    .probe_asked_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= PROBE_EVERY);
+            let desired = match (nudge, peer.probe_told) {
+                (true, Some((_, told))) if !changed => told.max(desired) + 1,
+                _ => desired,
+            };
+            if nudge {
+                peer.probe_asked_at = Some(now);
+            }
+            if changed || nudge {
+                peer.probe_told = Some((minimum, desired));
+                peer.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::kbps(minimum as u64), Bitrate::kbps(desired as u64));
+            }
+        }
+        for (origin, mid, rid) in requests {
+            let kind = KeyframeRequestKind::Pli;
+            self.request_keyframe(origin, mid, rid, kind, Urgency::NewSubscriber, now);
+        }
+    }
+
+    /// The encodings of a track a phone could get, cheapest first.
+    fn encodings(&self, track: &TrackOut, decodes_h264: bool, now: Instant) -> Vec<Encoding> {
+        if track.origin == ParticipantId::BOX {
+            return self
+                .box_leg
+                .as_ref()
+                .map(|leg| leg.encodings(decodes_h264, now))
+                .unwrap_or_default();
+        }
+        self.peers
+            .iter()
+            .find(|p| p.id == track.origin && p.session == track.origin_session)
+            .and_then(|p| p.tracks_in.iter().find(|t| t.mid == track.origin_mid))
+            .map(|t| t.encodings(now))
+            .unwrap_or_default()
     }
 
     /// The next thing to do: a datagram to send or an event. None when there is nothing
@@ -611,41 +771,61 @@ impl Sfu {
                     peer.tracks_out
                         .push(TrackOut::new(origin, session, mid, kind));
                 }
+                self.last_layer_choice = None;
             }
             Propagate::Rtp {
                 origin,
                 session,
                 mid,
+                rid,
+                keyframe,
                 params,
                 packet,
-            } => self.forward((origin, session, mid), params, &packet, now),
+            } => {
+                let from = Source {
+                    origin,
+                    session,
+                    mid,
+                    rid,
+                    keyframe,
+                };
+                self.forward(from, params, &packet, now)
+            }
             Propagate::KeyframeWanted {
                 publisher,
                 mid,
+                rid,
                 kind,
                 urgency,
-            } => self.request_keyframe(publisher, mid, kind, urgency, now),
+            } => self.request_keyframe(publisher, mid, rid, kind, urgency, now),
         }
     }
 
     /// One publisher's packet to the box and to every other peer.
-    /// `from` is the publisher, its connection and the track's mid there.
-    fn forward(
-        &mut self,
-        from: (ParticipantId, u64, Mid),
-        params: PayloadParams,
-        packet: &RtpPacket,
-        now: Instant,
-    ) {
-        let (origin, session, mid) = from;
+    fn forward(&mut self, from: Source, params: PayloadParams, packet: &RtpPacket, now: Instant) {
+        let Source {
+            origin,
+            session,
+            mid,
+            rid,
+            keyframe,
+        } = from;
         if let Some(leg) = &mut self.box_leg {
-            if leg.hear(origin, mid, params, packet, now) {
+            // The TV plays a simulcasting phone's best encoding.
+            let best = self
+                .peers
+                .iter()
+                .find(|p| p.id == origin)
+                .and_then(|p| p.tracks_in.iter().find(|t| t.mid == mid))
+                .and_then(|t| t.encodings(now).last().map(|e| e.rid))
+                .unwrap_or(rid);
+            if leg.hear(origin, mid, rid, best, keyframe, params, packet, now) {
                 let kind = KeyframeRequestKind::Pli;
-                self.request_keyframe(origin, mid, kind, Urgency::Repair, now);
+                self.request_keyframe(origin, mid, best, kind, Urgency::Repair, now);
             }
         }
         for peer in self.peers.iter_mut().filter(|p| p.id != origin) {
-            if peer.forward(origin, session, mid, params, packet) {
+            if peer.forward(origin, session, mid, rid, keyframe, params, packet, now) {
                 self.counters.packets_forwarded += 1;
             }
         }
@@ -655,6 +835,7 @@ impl Sfu {
         &mut self,
         publisher: ParticipantId,
         mid: Mid,
+        rid: Option<Rid>,
         kind: KeyframeRequestKind,
         urgency: Urgency,
         now: Instant,
@@ -671,6 +852,7 @@ impl Sfu {
         let Some(track) = peer.tracks_in.iter_mut().find(|t| t.mid == mid) else {
             return;
         };
+        let track = track.layer_mut(rid);
         let within = |since: Option<Instant>, limit: Duration| {
             since.is_some_and(|t| now.saturating_duration_since(t) < limit)
         };
@@ -684,7 +866,7 @@ impl Sfu {
         if !within(track.keyframe_asked_since, KEYFRAME_PATIENCE) {
             track.keyframe_asked_since = Some(now);
         }
-        if let Some(stream) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
+        if let Some(stream) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             stream.request_keyframe(kind);
             self.counters.keyframe_requests_sent += 1;
         }

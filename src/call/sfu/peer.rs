@@ -2,15 +2,16 @@
 //! subscribes to and where each stands in negotiation.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::bwe::BweKind;
 use str0m::change::SdpPendingOffer;
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
+use super::layers::{Choice, Encoding, LayerReason, RateMeter, Renumber};
 use super::{payload, LostReason, SfuCounters, Transmit};
 use crate::call::room::ParticipantId;
 
@@ -22,6 +23,10 @@ const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 /// its size; browsers send at most ~1200, and on a 1500-byte link no more fits anyway. A
 /// bigger one is a phone's mistake or mischief and is dropped, never forwarded.
 const MAX_FORWARDED_PAYLOAD: usize = 1400;
+/// The share of a track's packets a phone reports lost (RTCP receiver reports, before
+/// repair) that says its link is overrun: well above the few percent a poor Wi-Fi or mobile
+/// link loses anyway, which NACKs repair.
+const LOSS_CONGESTED: f32 = 0.10;
 /// A subscription whose phone has reported none of its packets (RTCP receiver reports) this
 /// long after it opened, with packets written to it, is renewed: a new m-line, new SSRC.
 /// (Browsers report audio every 5 s, video every second.)
@@ -51,9 +56,60 @@ const MOST_TIMEOUTS_PER_DRAIN: u32 = 4096;
 pub(super) struct TrackIn {
     pub mid: Mid,
     pub kind: MediaKind,
+    /// Its encodings as heard: one, or two or three where the phone simulcasts.
+    pub layers: Vec<LayerIn>,
+}
+
+/// One encoding of a published track.
+#[derive(Debug)]
+pub(super) struct LayerIn {
+    pub rid: Option<Rid>,
+    pub meter: RateMeter,
     pub last_keyframe_request: Option<Instant>,
     /// Since when a keyframe has been asked for and not yet come.
     pub keyframe_asked_since: Option<Instant>,
+}
+
+impl TrackIn {
+    pub fn layer_mut(&mut self, rid: Option<Rid>) -> &mut LayerIn {
+        match self.layers.iter().position(|l| l.rid == rid) {
+            Some(i) => &mut self.layers[i],
+            None => {
+                self.layers.push(LayerIn {
+                    rid,
+                    meter: RateMeter::default(),
+                    last_keyframe_request: None,
+                    keyframe_asked_since: None,
+                });
+                self.layers.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    /// The encodings a subscriber can choose from, cheapest first. Until their rates are
+    /// known (the first second), all of them at no cost, so the best is tried.
+    pub fn encodings(&self, now: Instant) -> Vec<Encoding> {
+        let mut measured: Vec<Encoding> = self
+            .layers
+            .iter()
+            .filter_map(|l| {
+                let kbps = l.meter.kbps(now)?;
+                Some(Encoding { rid: l.rid, kbps })
+            })
+            .collect();
+        if measured.is_empty() {
+            return self
+                .layers
+                .iter()
+                .map(|l| Encoding {
+                    rid: l.rid,
+                    kbps: 0,
+                })
+                .collect();
+        }
+        measured.sort_by_key(|e| e.kbps);
+        measured
+    }
 }
 
 /// Where a subscribed track stands: offered by the server, answered, or on its way out.
@@ -71,15 +127,20 @@ enum TrackOutState {
 pub(super) struct TrackOut {
     pub origin: ParticipantId,
     pub origin_mid: Mid,
-    /// Which of the origin's connections: a phone that rejoins publishes anew, often with the
-    /// same mids (a browser numbers them 0, 1...), and packets of the new connection must not
-    /// match the old connection's track, still being stopped here with its old numbering.
+    /// Which of the origin's connections (a phone that rejoins publishes anew, often with the
+    /// same mids): packets of another one never match this track.
     pub origin_session: u64,
     pub kind: MediaKind,
     state: TrackOutState,
-    /// Subtracted from the origin's extended sequence numbers: the first packet this phone
-    /// gets is numbered below 65536, as SRTP needs (its rollover counter starts at 0).
-    seq_base: Option<u64>,
+    /// The encoding forwarded now; None before the first packet or for a track's only one.
+    current: Option<Rid>,
+    /// Which encoding this phone should get.
+    pub choice: Choice,
+    renumber: Renumber,
+    /// It was paused: the next packet forwarded starts its numbering anew.
+    resuming: bool,
+    /// Since when a keyframe of the encoding it switches to was last asked for.
+    pub keyframe_wait_from: Option<Instant>,
     /// Packets written to the phone for this track, and those that were not, by why
     /// (`hearth status`: a subscription that gets nothing says why).
     pub packets: u64,
@@ -108,6 +169,58 @@ pub struct Refused {
     pub not_open: u64,
     /// Older than the first packet the subscriber got.
     pub before_start: u64,
+    /// The track is paused for this subscriber: its link carries too little.
+    pub paused: u64,
+}
+
+/// The share of packets a phone reports lost (RTCP receiver reports), over all its tracks
+/// and a second: one track's report of a few dozen packets says little (5 % random loss
+/// reads as 10 % often enough), a second of everything says whether the link is overrun.
+#[derive(Debug, Default)]
+struct LossWindow {
+    start: Option<Instant>,
+    sent: f32,
+    lost: f32,
+    last: Option<f32>,
+}
+
+impl LossWindow {
+    const LENGTH: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Fewer packets than this in a window say nothing.
+    const LEAST_PACKETS: f32 = 100.0;
+
+    fn add(&mut self, sent: u64, loss: Option<f32>, now: Instant) {
+        let start = *self.start.get_or_insert(now);
+        if let Some(loss) = loss {
+            self.sent += sent as f32;
+            self.lost += sent as f32 * loss;
+        }
+        if now.saturating_duration_since(start) >= Self::LENGTH {
+            self.last = (self.sent >= Self::LEAST_PACKETS).then(|| self.lost / self.sent);
+            *self = LossWindow {
+                start: Some(now),
+                last: self.last,
+                ..LossWindow::default()
+            };
+        }
+    }
+
+    fn congested(&self) -> bool {
+        self.last.is_some_and(|loss| loss >= LOSS_CONGESTED)
+    }
+}
+
+/// One packet of a track on its way to a subscriber.
+pub(super) struct Outgoing {
+    /// The encoding it belongs to (a simulcast rid, the box's layer), None for a track's only one.
+    pub rid: Option<Rid>,
+    /// Its sequence number and timestamp in the origin's numbering.
+    pub seq: u64,
+    pub ts: u32,
+    /// It is the first packet of a keyframe: where a subscriber may start or switch.
+    pub keyframe: bool,
+    /// The track's RTP clock rate.
+    pub clock: u32,
 }
 
 impl TrackOut {
@@ -123,7 +236,11 @@ impl TrackOut {
             origin_session,
             kind,
             state: TrackOutState::ToOpen,
-            seq_base: None,
+            current: None,
+            choice: Choice::default(),
+            renumber: Renumber::default(),
+            resuming: false,
+            keyframe_wait_from: None,
             packets: 0,
             refused: Refused::default(),
             opened_at: None,
@@ -134,11 +251,54 @@ impl TrackOut {
         }
     }
 
-    /// The origin's sequence number in this phone's numbering; None for a packet older than
-    /// the first this phone got.
-    fn rebase(&mut self, seq: u64) -> Option<SeqNo> {
-        let base = *self.seq_base.get_or_insert(seq & !0xFFFF);
-        seq.checked_sub(base).map(SeqNo::from)
+    /// The packet in this phone's numbering, or None when it is not forwarded: another
+    /// encoding than this phone gets, or one it switches to before that one's keyframe.
+    fn admit(&mut self, p: &Outgoing, now: Instant) -> Option<(SeqNo, u32)> {
+        if self.choice.paused {
+            // When it comes back, it starts again (at a keyframe of a simulcast encoding),
+            // numbered on from the last packet sent: no gap for the phone to ask resends for.
+            self.resuming = true;
+            self.refused.paused += 1;
+            return None;
+        }
+        if self.resuming || p.rid != self.current || !self.renumber.started() {
+            let start_here = p.rid == self.choice.target && (p.keyframe || p.rid.is_none());
+            if !start_here {
+                return None;
+            }
+            self.current = p.rid;
+            self.resuming = false;
+            self.renumber.begin(p.seq, p.ts, p.clock, now);
+        }
+        self.renumber.map(p.seq, p.ts, now)
+    }
+
+    /// The encoding forwarded now, and why, for `hearth status`.
+    pub fn layer(&self) -> (Option<Rid>, Option<LayerReason>) {
+        let current = if self.choice.paused || self.resuming {
+            None
+        } else {
+            self.current
+        };
+        (current, self.choice.reason)
+    }
+
+    /// Whether it has waited `wait` for the keyframe of the encoding it switches to (open,
+    /// not paused); forgets the wait once it is not switching.
+    pub fn keyframe_overdue(&mut self, now: Instant, wait: Duration) -> bool {
+        if self.open_mid().is_none() || self.choice.paused || self.switching_to().is_none() {
+            self.keyframe_wait_from = None;
+            return false;
+        }
+        let from = *self.keyframe_wait_from.get_or_insert(now);
+        now.saturating_duration_since(from) >= wait
+    }
+
+    /// The encoding it is being switched to, while that one's keyframe has not come.
+    pub fn switching_to(&self) -> Option<Rid> {
+        let target = self.choice.target.filter(|_| !self.choice.paused)?;
+        (self.resuming || Some(target) != self.current || !self.renumber.started())
+            .then_some(target)
     }
 
     /// The mid on this phone's connection, once the phone has accepted the track.
@@ -173,12 +333,16 @@ pub(super) enum Propagate {
         origin: ParticipantId,
         session: u64,
         mid: Mid,
+        rid: Option<Rid>,
+        /// The first packet of a keyframe.
+        keyframe: bool,
         params: PayloadParams,
         packet: Box<RtpPacket>,
     },
     KeyframeWanted {
         publisher: ParticipantId,
         mid: Mid,
+        rid: Option<Rid>,
         kind: KeyframeRequestKind,
         urgency: Urgency,
     },
@@ -205,6 +369,14 @@ pub(super) struct Peer {
     pub decodes_h264: bool,
     /// This phone's bandwidth estimate for what the box sends it.
     pub estimate_kbps: Option<u32>,
+    /// What its estimator was last told to find out about (`layers::probe_rates`).
+    pub probe_told: Option<(u32, u32)>,
+    /// When `desired` was last raised to ask str0m for a probe (see `Sfu::choose_layers`).
+    pub probe_asked_at: Option<Instant>,
+    /// What the phone reports losing, over all it is sent, and when that last came to
+    /// `LOSS_CONGESTED` or more.
+    loss: LossWindow,
+    pub lossy_at: Option<Instant>,
     created: Instant,
     pub last_heard: Option<Instant>,
     pub connected: bool,
@@ -229,6 +401,10 @@ impl Peer {
             pending: None,
             decodes_h264,
             estimate_kbps: None,
+            probe_told: None,
+            probe_asked_at: None,
+            lossy_at: None,
+            loss: LossWindow::default(),
             created: now,
             last_heard: None,
             connected: false,
@@ -284,13 +460,21 @@ impl Peer {
     }
 
     /// After an accepted answer: negotiated tracks are open, stopped ones are gone.
-    pub fn settle_tracks(&mut self, now: Instant) -> Vec<(ParticipantId, Mid, MediaKind)> {
+    pub fn settle_tracks(
+        &mut self,
+        now: Instant,
+    ) -> Vec<(ParticipantId, Mid, Option<Rid>, MediaKind)> {
         let mut newly_open = Vec::new();
         for track in &mut self.tracks_out {
             if let TrackOutState::Negotiating(m) = track.state {
                 track.state = TrackOutState::Open(m);
                 track.opened_at = Some(now);
-                newly_open.push((track.origin, track.origin_mid, track.kind));
+                newly_open.push((
+                    track.origin,
+                    track.origin_mid,
+                    track.choice.target,
+                    track.kind,
+                ));
                 if track.kind == MediaKind::Video {
                     if let Some(stream) = self.rtc.direct_api().stream_tx_by_mid(m, None) {
                         // Not held back by str0m's pacer: what is forwarded was paced by its
@@ -425,6 +609,7 @@ impl Peer {
                         propagate.push(Propagate::KeyframeWanted {
                             publisher: track.origin,
                             mid: track.origin_mid,
+                            rid: track.choice.target,
                             kind: KeyframeRequestKind::Pli,
                             urgency: Urgency::NewSubscriber,
                         });
@@ -440,8 +625,7 @@ impl Peer {
                 self.tracks_in.push(TrackIn {
                     mid: added.mid,
                     kind: added.kind,
-                    last_keyframe_request: None,
-                    keyframe_asked_since: None,
+                    layers: Vec::new(),
                 });
                 propagate.push(Propagate::TrackOpened {
                     origin: self.id,
@@ -467,14 +651,19 @@ impl Peer {
                     return;
                 };
                 let mut api = self.rtc.direct_api();
-                let Some(mid) = api.stream_rx(&packet.header.ssrc).map(|s| s.mid()) else {
+                let Some((mid, rid)) = api
+                    .stream_rx(&packet.header.ssrc)
+                    .map(|s| (s.mid(), s.rid()))
+                else {
                     return;
                 };
                 let codec = params.spec().codec;
-                if codec.is_video() && payload::starts_keyframe(codec, &packet.payload) {
-                    let track = self.tracks_in.iter_mut().find(|t| t.mid == mid);
-                    if let Some(track) = track {
-                        track.keyframe_asked_since = None;
+                let keyframe = codec.is_video() && payload::starts_keyframe(codec, &packet.payload);
+                if let Some(track) = self.tracks_in.iter_mut().find(|t| t.mid == mid) {
+                    let layer = track.layer_mut(rid);
+                    layer.meter.add(packet.payload.len(), now);
+                    if keyframe {
+                        layer.keyframe_asked_since = None;
                     }
                 }
                 // Losses the NACKs cannot repair are the subscribers' to notice: their
@@ -483,6 +672,8 @@ impl Peer {
                     origin: self.id,
                     session: self.session,
                     mid,
+                    rid,
+                    keyframe,
                     params,
                     packet: Box::new(packet),
                 });
@@ -494,6 +685,11 @@ impl Peer {
                     .iter_mut()
                     .find(|t| t.open_mid() == Some(stats.mid));
                 if let Some(track) = track {
+                    let sent = stats.packets.saturating_sub(track.sent);
+                    self.loss.add(sent, stats.loss, now);
+                    if self.loss.congested() {
+                        self.lossy_at = Some(now);
+                    }
                     track.sent = stats.packets;
                     if reported.is_some() {
                         track.reported_seq = reported;
@@ -518,6 +714,7 @@ impl Peer {
                     propagate.push(Propagate::KeyframeWanted {
                         publisher: t.origin,
                         mid: t.origin_mid,
+                        rid: t.switching_to().or(t.layer().0),
                         kind: req.kind,
                         urgency: Urgency::Repair,
                     });
@@ -551,16 +748,22 @@ impl Peer {
     }
 
     /// Forward one publisher's packet to this subscriber as it came (payload untouched).
-    /// False when it does not subscribe (yet) or cannot decode that codec.
+    /// False when it does not subscribe (yet), gets another encoding, or cannot decode that
+    /// codec.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
         origin: ParticipantId,
         session: u64,
         origin_mid: Mid,
+        rid: Option<Rid>,
+        keyframe: bool,
         params: PayloadParams,
         packet: &RtpPacket,
+        now: Instant,
     ) -> bool {
-        let codec = params.spec().codec;
+        let spec = params.spec();
+        let codec = spec.codec;
         if codec == Codec::H264 && !self.decodes_h264 {
             return false;
         }
@@ -582,29 +785,32 @@ impl Peer {
             video_orientation: header.ext_vals.video_orientation,
             ..Default::default()
         };
-        self.send(origin, session, origin_mid, *packet.seq_no, |seq| {
-            RtpWrite::new(
-                pt,
-                seq,
-                header.timestamp,
-                packet.timestamp,
-                packet.payload.clone(),
-            )
-            .marker(header.marker)
-            .ext_vals(ext)
-            .nackable(codec.is_video())
+        let outgoing = Outgoing {
+            rid,
+            seq: *packet.seq_no,
+            ts: header.timestamp,
+            keyframe,
+            clock: spec.clock_rate.get(),
+        };
+        self.send(origin, session, origin_mid, &outgoing, now, |seq, ts| {
+            RtpWrite::new(pt, seq, ts, packet.timestamp, packet.payload.clone())
+                .marker(header.marker)
+                .ext_vals(ext)
+                .nackable(codec.is_video())
         })
     }
 
-    /// Write one packet of `origin`'s track, numbered `seq` in the origin's sequence, to this
-    /// phone. False when the phone is not connected or does not receive that track.
+    /// Write one packet of `origin`'s track to this phone, renumbered into its own sequence.
+    /// False when the phone is not connected, does not receive that track, or gets another
+    /// encoding of it.
     pub fn send(
         &mut self,
         origin: ParticipantId,
         session: u64,
         origin_mid: Mid,
-        seq: u64,
-        write: impl FnOnce(SeqNo) -> RtpWrite,
+        packet: &Outgoing,
+        now: Instant,
+        write: impl FnOnce(SeqNo, u32) -> RtpWrite,
     ) -> bool {
         let connected = self.connected;
         let Some(at) = self.track_at(origin, session, origin_mid) else {
@@ -619,16 +825,45 @@ impl Peer {
             track.refused.not_open += 1;
             return false;
         };
-        let Some(seq) = track.rebase(seq) else {
-            track.refused.before_start += 1;
+        let Some((seq, ts)) = track.admit(packet, now) else {
+            // Another encoding, or one waiting for its keyframe, is not refused; a packet of
+            // the encoding forwarded, older than where it started, is.
+            if packet.rid == track.current && track.renumber.started() {
+                track.refused.before_start += 1;
+            }
             return false;
         };
+        track.packets += 1;
         let mut api = self.rtc.direct_api();
         let Some(stream) = api.stream_tx_by_mid(mid, None) else {
             return false;
         };
-        stream.write_rtp(write(seq));
-        track.packets += 1;
+        stream.write_rtp(write(seq, ts));
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_link_is_congested_by_a_seconds_heavy_loss_over_all_tracks_not_by_one_reports_bad_luck() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut w = LossWindow::default();
+        // One small track's report of 20 % (4 of 20 packets), among tracks losing nothing.
+        w.add(20, Some(0.2), at(0));
+        w.add(200, Some(0.0), at(500));
+        w.add(200, Some(0.05), at(1000));
+        assert!(!w.congested(), "{w:?}");
+        // A second of 40 % over everything.
+        w.add(150, Some(0.4), at(1500));
+        w.add(150, Some(0.4), at(2000));
+        assert!(w.congested(), "{w:?}");
+        // Too few packets to tell: the last verdict is cleared.
+        w.add(10, Some(0.9), at(3000));
+        assert!(!w.congested(), "{w:?}");
     }
 }

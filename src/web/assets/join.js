@@ -233,6 +233,23 @@
     return [...groups[0], ...groups[1], ...of('RTX')];
   }
 
+  // Two encodings of the camera where the browser can (simulcast): the box forwards each
+  // relative the one its link carries, so one weak link does not shrink everyone's picture.
+  // The small one first: browsers drop encodings from the end when their uplink is short.
+  const SIMULCAST = [
+    { rid: 'l', scaleResolutionDownBy: 2, maxBitrate: 100000 },
+    { rid: 'h', scaleResolutionDownBy: 1, maxBitrate: 900000 },
+  ];
+
+  function addVideoTransceiver(conn, outgoing) {
+    try {
+      return conn.addTransceiver('video', { direction: 'sendonly', streams: [outgoing], sendEncodings: SIMULCAST });
+    } catch (e) {
+      console.warn('Simulcast not available, sending one encoding:', e);
+      return conn.addTransceiver('video', { direction: 'sendonly', streams: [outgoing] });
+    }
+  }
+
   function applyPreferences(first) {
     let ok = true;
     try {
@@ -256,7 +273,7 @@
       if (!codec) throw new Error(`this browser cannot send ${wanted}`);
       const params = sender.getParameters();
       if (!params.encodings || !params.encodings.length) throw new Error('no encodings to change');
-      params.encodings[0].codec = codec;
+      params.encodings.forEach((e) => { e.codec = codec; }); // every simulcast encoding
       await sender.setParameters(params);
     } catch (e) {
       console.warn('Could not switch the video codec to', name, e);
@@ -301,7 +318,7 @@
     // wait for camera start-up (often the slowest step of joining).
     const outgoing = new MediaStream();
     audioTr = conn.addTransceiver('audio', { direction: 'sendonly', streams: [outgoing] });
-    videoTr = conn.addTransceiver('video', { direction: 'sendonly', streams: [outgoing] });
+    videoTr = addVideoTransceiver(conn, outgoing);
     prefsApplied = applyPreferences(publishCodec);
 
     setState('in-call');

@@ -23,7 +23,9 @@ use crate::netns::Netns;
 /// - `m.from.pN = { frames, packets }`: video frames decoded and audio packets received from
 ///   participant pN, attributed through the tracks its tile plays; `m.frames('pN')` and
 ///   `m.packets('pN')` give 0 for someone nothing came from; `m.codec('pN')` is the MIME
-///   type of the video decoded from them ('video/H264', 'video/VP8'; '' before any).
+///   type of the video decoded from them ('video/H264', 'video/VP8'; '' before any), and
+///   `m.width('pN')` the width of the last frame decoded from them (0 before any): which
+///   encoding of a simulcast, or of the box's two layers, this phone gets.
 /// - `m.tiles`: the participants with a tile, this phone's own included; `m.text('pN')` is
 ///   the text of pN's tile ('' without one).
 const MEDIA: &str = r#"async () => {
@@ -33,6 +35,7 @@ const MEDIA: &str = r#"async () => {
     frames: (p) => (m.from[p] ? m.from[p].frames : 0),
     packets: (p) => (m.from[p] ? m.from[p].packets : 0),
     codec: (p) => (m.from[p] && m.from[p].codec) || '',
+    width: (p) => (m.from[p] && m.from[p].width) || 0,
     text: (p) => { const t = tiles.find((t) => t.dataset.participant === p); return t ? t.innerText : ''; },
   };
   const pc = window.hearth && window.hearth.pc;
@@ -55,6 +58,7 @@ const MEDIA: &str = r#"async () => {
       if (from) from.frames += s.framesDecoded || 0;
       const codec = s.codecId && stats.get(s.codecId);
       if (from && codec && s.framesDecoded > 0) from.codec = codec.mimeType;
+      if (from && s.frameWidth) from.width = s.frameWidth;
     } else if (s.kind === 'audio') {
       if (s.packetsReceived > 0) m.audio++;
       if (from) from.packets += s.packetsReceived || 0;
@@ -115,12 +119,20 @@ pub struct Received {
     pub frames: u64,
     /// Audio packets received.
     pub packets: u64,
+    /// The width of the last video frame decoded (0 before any).
+    #[serde(default)]
+    pub width: u64,
 }
 
 impl Media {
     /// Video frames decoded from `participant` (0 if nothing came from them).
     pub fn frames(&self, participant: &str) -> u64 {
         self.from.get(participant).map_or(0, |r| r.frames)
+    }
+
+    /// The width of the last video frame decoded from `participant` (0 before any).
+    pub fn width(&self, participant: &str) -> u64 {
+        self.from.get(participant).map_or(0, |r| r.width)
     }
 
     /// Audio packets received from `participant` (0 if nothing came from them).

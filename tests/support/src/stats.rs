@@ -22,10 +22,11 @@ const STATS: &str = r#"(async () => {
     } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
       out.audio_in[s.id] = { concealed: s.concealedSamples || 0, samples: s.totalSamplesReceived || 0 };
     } else if (s.type === 'outbound-rtp' && s.kind === 'video') {
-      out.target = s.targetBitrate || 0;
+      // Summed over a simulcast's encodings; the reason is the full-size one's (the last).
+      out.target += s.targetBitrate || 0;
       out.limitation = s.qualityLimitationReason || '';
-      out.bytes = s.bytesSent || 0;
-      out.rtx_bytes = s.retransmittedBytesSent || 0;
+      out.bytes += s.bytesSent || 0;
+      out.rtx_bytes += s.retransmittedBytesSent || 0;
     }
   });
   return out;
@@ -36,7 +37,7 @@ const STATS: &str = r#"(async () => {
 pub struct CallStats {
     video_in: BTreeMap<String, VideoIn>,
     audio_in: BTreeMap<String, AudioIn>,
-    /// The video sender's target, bit/s.
+    /// The video sender's target, bit/s (all its simulcast encodings).
     pub target: f64,
     /// Why the video sender holds back ("bandwidth", "cpu", "none").
     pub limitation: String,

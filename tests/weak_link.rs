@@ -1,0 +1,175 @@
+//! One weak link does not shrink everyone's picture (issue 14): three Chromium phones and the
+//! box in the simulated home; the phone on Wi-Fi gets 300 kbit/s from the router (`tbf`).
+//! - It receives the box's low layer and a simulcasting phone's small encoding, while a phone
+//!   beside the box receives the full size of both at the same time: `frameWidth` in
+//!   `getStats()` shows which.
+//! - Within 20 s of the limit being lifted it is back on the box's full size.
+//!
+//! The box in the dev profile encodes 1280 wide, its low layer half that; phones publish their
+//! camera (Chromium's fake one, 640 wide) and half of it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use hearth_test_support::home::{Home, HomeOptions, Ns};
+use hearth_test_support::{BrowserKind, Daemon, Phone};
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The box's full and low layers in the dev profile (board/dev.toml: 1280x720).
+const BOX_FULL_WIDTH: u64 = 1280;
+const BOX_LOW_WIDTH: u64 = 640;
+/// A phone's small encoding: half its camera's 640.
+const PHONE_SMALL_WIDTH: u64 = 320;
+/// From the limit lifted to the full picture, as the issue asks.
+const BACK_WITHIN: Duration = Duration::from_secs(20);
+
+/// What `hearth status` says each phone gets of the box's and the others' video, and why.
+fn layers(daemon: &Daemon) -> String {
+    match daemon.status() {
+        Ok(status) => status["participants"]
+            .as_array()
+            .map(|peers| {
+                peers
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} ({} kbit/s): {}",
+                            p["id"], p["estimate_kbps"], p["video"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_else(|| status.to_string()),
+        Err(e) => format!("no status: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_weak_link_gets_the_small_pictures_and_the_others_keep_the_full_ones() -> Result<()> {
+    let home = Home::build(HomeOptions {
+        miniupnpd: None,
+        ..HomeOptions::default()
+    })?;
+    let daemon = home.start_box("weak-link", "")?;
+    let url = daemon.join_url.clone();
+    let mut far = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Wifi))).await?;
+    far.open(&url).await?;
+    far.join_as("Far").await?;
+    let mut ann = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Home))).await?;
+    ann.open(&url).await?;
+    ann.join_as("Ann").await?;
+    let mut bob = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Home))).await?;
+    bob.open(&url).await?;
+    bob.join_as("Bob").await?;
+    for phone in [&mut far, &mut ann, &mut bob] {
+        phone
+            .wait_for("m.video >= 3 && m.audio >= 3", secs(40))
+            .await
+            .with_context(|| format!("everyone sees everyone: {}", layers(&daemon)))?;
+    }
+    let ids = [
+        daemon.participant_id("Far")?,
+        daemon.participant_id("Ann")?,
+        daemon.participant_id("Bob")?,
+    ];
+    let bob_id = ids[2].clone();
+    // The full pictures: the box's, and a simulcasting phone's larger encoding (how many
+    // phones' full sizes fit too is the phone's own estimate's business).
+    let full = |me: &str| {
+        let others: Vec<String> = ids
+            .iter()
+            .filter(|id| id.as_str() != me)
+            .map(|id| format!("m.width('{id}') > {PHONE_SMALL_WIDTH}"))
+            .collect();
+        format!(
+            "m.width('p0') === {BOX_FULL_WIDTH} && ({})",
+            others.join(" || ")
+        )
+    };
+
+    // Before the limit: the box's full size everywhere.
+    for phone in [&mut far, &mut ann, &mut bob] {
+        phone
+            .wait_for(&format!("m.width('p0') === {BOX_FULL_WIDTH}"), secs(30))
+            .await
+            .with_context(|| format!("the full pictures before the limit: {}", layers(&daemon)))?;
+    }
+
+    // 300 kbit/s towards the phone on Wi-Fi (its port on the router's bridge).
+    home.run_in(
+        Ns::Router,
+        "tc",
+        &[
+            "qdisc", "add", "dev", "lan-wifi", "root", "tbf", "rate", "300kbit", "burst", "16kb",
+            "latency", "400ms",
+        ],
+    )?;
+    let limited = Instant::now();
+    far.wait_for(&format!("m.width('p0') === {BOX_LOW_WIDTH}"), secs(30))
+        .await
+        .with_context(|| {
+            format!(
+                "the weak link's phone on the box's low layer: {}",
+                layers(&daemon)
+            )
+        })?;
+    eprintln!(
+        "the box's low layer {:?} after the limit",
+        limited.elapsed()
+    );
+    // The phones' video at the weak link: their small encodings, or none at all where even
+    // those do not fit beside the box's (the SFU pauses them), never their full ones.
+    let far_id = ids[0].clone();
+    daemon.status_until("the phones' full encodings off the weak link", |status| {
+        let Some(far) = status["participants"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["id"] == far_id.as_str()))
+        else {
+            return false;
+        };
+        let video = far["video"].as_array().cloned().unwrap_or_default();
+        let phones: Vec<_> = video.iter().filter(|v| v["from"] != "p0").collect();
+        phones.len() == 2
+            && phones
+                .iter()
+                .all(|v| v["layer"] == "l" || v["reason"] == "paused")
+    })?;
+    // Meanwhile, the phone beside the box has the full pictures, and the weak link still not.
+    ann.wait_for(&full(&ids[1]), secs(15))
+        .await
+        .with_context(|| format!("Ann dragged down by the weak link: {}", layers(&daemon)))?;
+    let (ann_sees, far_sees) = (ann.media().await?, far.media().await?);
+    let (ann_box, ann_bob) = (ann_sees.width("p0"), ann_sees.width(&bob_id));
+    let (far_box, far_bob) = (far_sees.width("p0"), far_sees.width(&bob_id));
+    eprintln!(
+        "widths: the weak link gets the box at {far_box}, Bob at {far_bob}; Ann gets the box at {ann_box}, Bob at {ann_bob}; {}",
+        layers(&daemon)
+    );
+    ensure!(
+        far_box == BOX_LOW_WIDTH,
+        "the weak link went back to the box's full size while limited: {far_box}"
+    );
+
+    home.run_in(
+        Ns::Router,
+        "tc",
+        &["qdisc", "del", "dev", "lan-wifi", "root"],
+    )?;
+    let lifted = Instant::now();
+    far.wait_for(&format!("m.width('p0') === {BOX_FULL_WIDTH}"), BACK_WITHIN)
+        .await
+        .with_context(|| format!("the phone back on the box's full size: {}", layers(&daemon)))?;
+    eprintln!(
+        "back on the box's full size {:?} after the limit was lifted",
+        lifted.elapsed()
+    );
+
+    for phone in [far, ann, bob] {
+        phone.close().await?;
+    }
+    Ok(())
+}
