@@ -363,19 +363,8 @@ impl BoxLeg {
     /// instead and drags no one down), when that moved more than 10 % from what it was last
     /// told. The share leaves room for the call's other tracks.
     fn bitrate(&mut self, peers: &[Peer]) -> Option<u32> {
-        let video_mid = self.tracks[1].1;
-        let high = BoxEncoding::H264.rid();
-        let lowest = peers
-            .iter()
-            .filter(|p| p.connected && p.decodes_h264)
-            .filter(|p| {
-                p.tracks_out.iter().any(|t| {
-                    t.origin == ParticipantId::BOX
-                        && t.origin_mid == video_mid
-                        && t.choice.target == high
-                        && !t.choice.paused
-                })
-            })
+        let lowest = self
+            .phones_getting(peers, BoxEncoding::H264)
             .filter_map(|p| p.estimate_kbps)
             .min()?;
         let lowest = (lowest as f32 * HIGH_SHARE) as u32;
@@ -389,27 +378,34 @@ impl BoxLeg {
         self.bitrate_told = Some(lowest);
         Some(lowest)
     }
-}
 
-impl BoxLeg {
+    /// The connected phones that get `encoding` of the box's camera now.
+    fn phones_getting<'a>(
+        &self,
+        peers: &'a [Peer],
+        encoding: BoxEncoding,
+    ) -> impl Iterator<Item = &'a Peer> {
+        let video_mid = self.tracks[1].1;
+        peers
+            .iter()
+            .filter(|p| p.connected && p.decodes_h264)
+            .filter(move |p| {
+                p.tracks_out.iter().any(|t| {
+                    t.origin == ParticipantId::BOX
+                        && t.origin_mid == video_mid
+                        && t.choice.target == encoding.rid()
+                        && !t.choice.paused
+                })
+            })
+    }
+
     /// What the half-size encoder should aim at: what the slowest phone that gets it has
     /// for video after its audio (its link is the weak one: a fixed rate over it keeps its
     /// queue full and its estimate sinking), between `LOW_MIN_KBPS` and `LOW_KBPS`; when
     /// that moved more than 10 % from what it was last told.
     fn low_bitrate(&mut self, peers: &[Peer]) -> Option<u32> {
-        let video_mid = self.tracks[1].1;
-        let low = BoxEncoding::H264Low.rid();
-        let lowest = peers
-            .iter()
-            .filter(|p| p.connected && p.decodes_h264)
-            .filter(|p| {
-                p.tracks_out.iter().any(|t| {
-                    t.origin == ParticipantId::BOX
-                        && t.origin_mid == video_mid
-                        && t.choice.target == low
-                        && !t.choice.paused
-                })
-            })
+        let lowest = self
+            .phones_getting(peers, BoxEncoding::H264Low)
             .filter_map(|p| {
                 let audio = p
                     .tracks_out

@@ -50,7 +50,7 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long a phone waits for the keyframe of an encoding it switches to before it is asked
 /// for again.
 const KEYFRAME_WAIT: Duration = Duration::from_secs(1);
-/// A phone that reported heavy loss (10 %, `peer::LOSS_CONGESTED`) this recently may have videos
+/// A phone that reported heavy loss (20 %, `peer::LOSS_CONGESTED`) this recently may have videos
 /// paused: what its link carries is then known to be too little, not guessed.
 const CONGESTED_FOR: Duration = Duration::from_secs(10);
 /// With nothing else due, the peers' clocks still advance this often.

@@ -23,10 +23,12 @@ const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 /// its size; browsers send at most ~1200, and on a 1500-byte link no more fits anyway. A
 /// bigger one is a phone's mistake or mischief and is dropped, never forwarded.
 const MAX_FORWARDED_PAYLOAD: usize = 1400;
-/// The share of a track's packets a phone reports lost (RTCP receiver reports, before
-/// repair) that says its link is overrun: well above the few percent a poor Wi-Fi or mobile
-/// link loses anyway, which NACKs repair.
-const LOSS_CONGESTED: f32 = 0.10;
+/// The share of packets a phone reports lost (RTCP receiver reports, before repair) that
+/// says its link is overrun: well above what a poor Wi-Fi or mobile link loses anyway, which
+/// NACKs repair. A publisher's own losses count too (what it lost upstream is missing from
+/// what is forwarded), so two poor links in a row, 5 % each, read as 10 %; an overrun link
+/// loses 40 % and more.
+const LOSS_CONGESTED: f32 = 0.20;
 /// A subscription whose phone has reported none of its packets (RTCP receiver reports) this
 /// long after it opened, with packets written to it, is renewed: a new m-line, new SSRC.
 /// (Browsers report audio every 5 s, video every second.)
