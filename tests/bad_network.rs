@@ -65,15 +65,12 @@ async fn one_bad_link_spoils_only_its_own_phone() -> Result<()> {
     })?;
     let daemon = home.start_box("bad-network", NO_BOX_MEDIA)?;
     let url = daemon.join_url.clone();
-    let mut bad = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Wifi))).await?;
-    bad.open(&url).await?;
-    bad.join_as("Far").await?;
-    let mut ann = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Home))).await?;
-    ann.open(&url).await?;
-    ann.join_as("Ann").await?;
-    let mut bob = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Home))).await?;
-    bob.open(&url).await?;
-    bob.join_as("Bob").await?;
+    let mut bad =
+        Phone::join_in(BrowserKind::Chromium, Some(home.ns(Ns::Wifi)), &url, "Far").await?;
+    let mut ann =
+        Phone::join_in(BrowserKind::Chromium, Some(home.ns(Ns::Home)), &url, "Ann").await?;
+    let mut bob =
+        Phone::join_in(BrowserKind::Chromium, Some(home.ns(Ns::Home)), &url, "Bob").await?;
     for phone in [&mut bad, &mut ann, &mut bob] {
         phone
             .wait_for("m.video >= 2 && m.audio >= 2", secs(30))

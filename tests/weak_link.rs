@@ -56,15 +56,12 @@ async fn a_weak_link_gets_the_small_pictures_and_the_others_keep_the_full_ones()
     })?;
     let daemon = home.start_box("weak-link", "")?;
     let url = daemon.join_url.clone();
-    let mut far = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Wifi))).await?;
-    far.open(&url).await?;
-    far.join_as("Far").await?;
-    let mut ann = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Home))).await?;
-    ann.open(&url).await?;
-    ann.join_as("Ann").await?;
-    let mut bob = Phone::launch_in(BrowserKind::Chromium, Some(home.ns(Ns::Home))).await?;
-    bob.open(&url).await?;
-    bob.join_as("Bob").await?;
+    let mut far =
+        Phone::join_in(BrowserKind::Chromium, Some(home.ns(Ns::Wifi)), &url, "Far").await?;
+    let mut ann =
+        Phone::join_in(BrowserKind::Chromium, Some(home.ns(Ns::Home)), &url, "Ann").await?;
+    let mut bob =
+        Phone::join_in(BrowserKind::Chromium, Some(home.ns(Ns::Home)), &url, "Bob").await?;
     for phone in [&mut far, &mut ann, &mut bob] {
         phone
             .wait_for("m.video >= 3 && m.audio >= 3", secs(40))

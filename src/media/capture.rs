@@ -449,18 +449,9 @@ impl Supervisor {
             return;
         };
         let kbps = kbps.clamp(self.min_kbps, self.max_kbps.max(self.min_kbps));
-        self.wanted_kbps
-            .store(kbps, std::sync::atomic::Ordering::Relaxed);
-        let (name, wanted) = (name.clone(), self.wanted_kbps.clone());
-        // See `force_keyframe`.
-        encoder.call_async(move |encoder| {
-            let kbps = wanted.load(std::sync::atomic::Ordering::Relaxed);
-            set_encoder_bitrate(encoder, &name, kbps)
-        });
+        set_bitrate_later(encoder, name, &self.wanted_kbps, kbps);
     }
-}
 
-impl Supervisor {
     /// The half-size encoder follows the phones that get it (`call::sfu::BoxLeg`), within
     /// the bounds the SFU keeps.
     fn set_low_bitrate(&self, kbps: u32) {
@@ -475,14 +466,24 @@ impl Supervisor {
         let Some(low) = pipeline.by_name(plan::LOW_ENCODER) else {
             return;
         };
-        self.wanted_low_kbps
-            .store(kbps, std::sync::atomic::Ordering::Relaxed);
-        let (name, wanted) = (name.clone(), self.wanted_low_kbps.clone());
-        low.call_async(move |low| {
-            let kbps = wanted.load(std::sync::atomic::Ordering::Relaxed);
-            set_encoder_bitrate(low, &name, kbps)
-        });
+        set_bitrate_later(&low, name, &self.wanted_low_kbps, kbps);
     }
+}
+
+/// Set an encoder's bitrate on GStreamer's thread pool (see `force_keyframe`). Settings run
+/// in no promised order, so each applies the latest wanted rate, not its own.
+fn set_bitrate_later(
+    encoder: &gst::Element,
+    name: &str,
+    wanted: &std::sync::Arc<std::sync::atomic::AtomicU32>,
+    kbps: u32,
+) {
+    wanted.store(kbps, std::sync::atomic::Ordering::Relaxed);
+    let (name, wanted) = (name.to_string(), wanted.clone());
+    encoder.call_async(move |encoder| {
+        let kbps = wanted.load(std::sync::atomic::Ordering::Relaxed);
+        set_encoder_bitrate(encoder, &name, kbps)
+    });
 }
 
 fn set_encoder_bitrate(encoder: &gst::Element, name: &str, kbps: u32) {

@@ -17,7 +17,7 @@ use crate::call::room::ParticipantId;
 
 /// Packets kept per subscribed video track to resend on request, and for how long.
 const RTX_CACHE_PACKETS: usize = 2000;
-const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(3);
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
 /// The largest payload forwarded. str0m writes a forwarded packet into a 2000-byte buffer
 /// behind the subscriber's own header (up to ~30 bytes, 2 more for a resend) without checking
 /// its size; browsers send at most ~1200, and on a 1500-byte link no more fits anyway. A
@@ -32,7 +32,7 @@ const LOSS_CONGESTED: f32 = 0.20;
 /// A subscription whose phone has reported none of its packets (RTCP receiver reports) this
 /// long after it opened, with packets written to it, is renewed: a new m-line, new SSRC.
 /// (Browsers report audio every 5 s, video every second.)
-pub(super) const UNHEARD_LIMIT: std::time::Duration = std::time::Duration::from_secs(12);
+pub(super) const UNHEARD_LIMIT: Duration = Duration::from_secs(12);
 /// ...once at least this many were written (a publisher with its camera off sends none).
 const UNHEARD_MIN_PACKETS: u64 = 50;
 /// A video subscription whose phone, after `UNHEARD_LIMIT`, asked for keyframes this many
@@ -42,14 +42,14 @@ const UNHEARD_MIN_PACKETS: u64 = 50;
 /// loss burst, a newcomer's arrival) and decodes well.
 const UNDECODED_REQUESTS: usize = 10;
 /// ...the last of them this recently.
-const UNDECODED_RECENT: std::time::Duration = std::time::Duration::from_secs(2);
+const UNDECODED_RECENT: Duration = Duration::from_secs(2);
 /// Resends stop while they are more than this share of what a track sends (a congested
 /// link is not helped by more resends).
 const RTX_SHARE_CAP: f32 = 0.5;
 /// str0m's pacer releases one packet per timeout and then asks for the next a microsecond
 /// later: a timeout due within this is handled at once in `drain`, not left to the caller's
 /// next wake-up (one packet per wake-up held queued media back for seconds on a busy box).
-const IMMEDIATE: std::time::Duration = std::time::Duration::from_millis(1);
+const IMMEDIATE: Duration = Duration::from_millis(1);
 /// Bounds the packets one `drain` sends (a second of forwarding to one phone is ~1000).
 const MOST_TIMEOUTS_PER_DRAIN: u32 = 4096;
 
@@ -187,7 +187,7 @@ struct LossWindow {
 }
 
 impl LossWindow {
-    const LENGTH: std::time::Duration = std::time::Duration::from_secs(1);
+    const LENGTH: Duration = Duration::from_secs(1);
     /// Fewer packets than this in a window say nothing.
     const LEAST_PACKETS: f32 = 100.0;
 
@@ -414,7 +414,7 @@ impl Peer {
         }
     }
 
-    pub fn age(&self, now: Instant) -> std::time::Duration {
+    pub fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.created)
     }
 
@@ -848,7 +848,6 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_link_is_congested_by_a_seconds_heavy_loss_over_all_tracks_not_by_one_reports_bad_luck() {

@@ -185,7 +185,17 @@ impl Phone {
 
     /// Launch, open the join link `url`, and tap Join as `name`.
     pub async fn join(kind: BrowserKind, url: &str, name: &str) -> Result<Phone> {
-        let mut phone = Phone::launch(kind).await?;
+        Phone::join_in(kind, None, url, name).await
+    }
+
+    /// `join`, with the browser in a network namespace (a phone of the simulated home).
+    pub async fn join_in(
+        kind: BrowserKind,
+        netns: Option<&Netns>,
+        url: &str,
+        name: &str,
+    ) -> Result<Phone> {
+        let mut phone = Phone::launch_in(kind, netns).await?;
         phone.open(url).await?;
         phone.join_as(name).await?;
         Ok(phone)
