@@ -10,6 +10,8 @@
 //!   from `getStats()` in the pages, so both servers are counted the same way.
 //!
 //! It prints CPU-ms per 1000 forwarded packets for each run and the ratio Hearth / Janus.
+//! `-- --phones N` measures one call size, `-- --runs N` repeats N times; `HEARTH_PERF=DIR`
+//! profiles Hearth's windows (see `perf_record`).
 //! Prints figures; asserts nothing. Run inside `tests/in-netns` (the Makefile does): Janus
 //! listens on the namespace's interface and its loopback only.
 
@@ -222,12 +224,41 @@ async fn received(browsers: &mut [&mut Browser]) -> Result<u64> {
     Ok(total)
 }
 
+/// With `HEARTH_PERF=DIR` set, where Hearth's window is profiled with `perf record` (one file
+/// per run; `perf report -i FILE` reads it): the top functions before and after a change.
+fn perf_record(pid: u32, name: &str) -> Result<Option<Child>> {
+    let Some(dir) = std::env::var_os("HEARTH_PERF") else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(&dir)?;
+    let out = std::path::Path::new(&dir).join(format!("{name}.data"));
+    let child = Command::new("perf")
+        .args(["record", "-q", "-F", "999", "-p", &pid.to_string(), "-o"])
+        .arg(&out)
+        .args(["--", "sleep", &WINDOW.as_secs().to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("perf record (Debian's linux-perf)")?;
+    Ok(Some(child))
+}
+
 /// CPU-ms per 1000 packets received by the subscribers over the window.
-async fn measure(pid: u32, browsers: &mut [&mut Browser]) -> Result<(f64, u64)> {
+async fn measure(
+    pid: u32,
+    browsers: &mut [&mut Browser],
+    profile: Option<&str>,
+) -> Result<(f64, u64)> {
     tokio::time::sleep(SETTLE).await;
     let (cpu0, rx0) = (cpu_ms(pid)?, received(browsers).await?);
+    let perf = match profile {
+        Some(name) => perf_record(pid, name)?,
+        None => None,
+    };
     tokio::time::sleep(WINDOW).await;
     let (cpu1, rx1) = (cpu_ms(pid)?, received(browsers).await?);
+    if let Some(mut perf) = perf {
+        perf.wait()?;
+    }
     let packets = rx1.saturating_sub(rx0);
     if packets == 0 {
         bail!("no packets received in the window");
@@ -235,7 +266,7 @@ async fn measure(pid: u32, browsers: &mut [&mut Browser]) -> Result<(f64, u64)> 
     Ok(((cpu1 - cpu0) as f64 * 1000.0 / packets as f64, packets))
 }
 
-async fn hearth_run(phones: usize) -> Result<(f64, u64)> {
+async fn hearth_run(phones: usize, run: usize) -> Result<(f64, u64)> {
     let daemon = Daemon::start_with(&temp_dir("bench-janus-hearth"), NO_BOX_MEDIA)?;
     let mut list = Vec::new();
     for i in 0..phones {
@@ -246,7 +277,8 @@ async fn hearth_run(phones: usize) -> Result<(f64, u64)> {
         phone.wait_for(&all, Duration::from_secs(30)).await?;
     }
     let mut browsers: Vec<&mut Browser> = list.iter_mut().map(Phone::browser_mut).collect();
-    let figure = measure(daemon.pid(), &mut browsers).await;
+    let profile = format!("hearth-n{phones}-run{run}");
+    let figure = measure(daemon.pid(), &mut browsers, Some(&profile)).await;
     for phone in list {
         phone.close().await?;
     }
@@ -277,7 +309,7 @@ async fn janus_run(phones: usize, page: &str) -> Result<(f64, u64)> {
         }
     }
     let mut refs: Vec<&mut Browser> = browsers.iter_mut().collect();
-    let figure = measure(janus.pid(), &mut refs).await;
+    let figure = measure(janus.pid(), &mut refs, None).await;
     for b in browsers {
         b.close().await?;
     }
@@ -290,15 +322,25 @@ async fn main() -> Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         return Ok(());
     }
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| {
+        let i = args.iter().position(|a| a == name)?;
+        args.get(i + 1)?.parse::<usize>().ok()
+    };
+    let runs = value("--runs").unwrap_or(RUNS);
+    let sizes = match value("--phones") {
+        Some(n) => vec![n],
+        None => vec![3, 4],
+    };
     let page = serve_blank_page()?;
-    for phones in [3, 4] {
+    for phones in sizes {
         println!(
             "N = {phones}: each publishes H.264 + Opus and subscribes to the other {}",
             phones - 1
         );
         let mut ratios = Vec::new();
-        for run in 1..=RUNS {
-            let (hearth, hearth_packets) = hearth_run(phones).await?;
+        for run in 1..=runs {
+            let (hearth, hearth_packets) = hearth_run(phones, run).await?;
             let (janus, janus_packets) = janus_run(phones, &page).await?;
             let ratio = hearth / janus;
             ratios.push(ratio);

@@ -243,14 +243,21 @@ impl Hub {
             tokio::select! {
                 received = self.media_sockets.recv(&mut buf) => match received {
                     Ok(datagram) => {
-                        self.handle_datagram(datagram, &buf);
+                        // When each forwarded datagram was read, for the forwarding latency.
+                        let mut forwarded = Vec::new();
+                        self.handle_datagram(datagram, &buf, &mut forwarded);
                         // Those already waiting too, so that one pass of the SFU and one round
                         // of sends serve them all, not a wake-up each.
                         for _ in 0..DATAGRAM_BATCH {
                             let Some(datagram) = self.media_sockets.try_recv(&mut buf) else {
                                 break;
                             };
-                            self.handle_datagram(datagram, &buf);
+                            self.handle_datagram(datagram, &buf, &mut forwarded);
+                        }
+                        self.carry_out().await;
+                        let sent = Instant::now();
+                        for read in forwarded {
+                            self.metrics.forward.record(sent - read);
                         }
                     }
                     Err(e) => tracing::debug!("udp receive: {e}"),
@@ -302,7 +309,8 @@ impl Hub {
         .unwrap_or(now + Duration::from_secs(1))
     }
 
-    fn handle_datagram(&mut self, datagram: Received, buf: &[u8]) {
+    /// One datagram into the SFU; when it was read goes into `forwarded` if it was forwarded.
+    fn handle_datagram(&mut self, datagram: Received, buf: &[u8], forwarded: &mut Vec<Instant>) {
         if !self.media_sockets.accepts(datagram.source.ip()) {
             return;
         }
@@ -311,8 +319,13 @@ impl Hub {
             source,
             destination,
         } = datagram;
+        let now = Instant::now();
+        let before = self.call.sfu().counters().packets_forwarded;
         self.call
-            .handle_datagram(Instant::now(), source, destination, &buf[..len]);
+            .handle_datagram(now, source, destination, &buf[..len]);
+        if self.call.sfu().counters().packets_forwarded > before {
+            forwarded.push(now);
+        }
     }
 
     fn handle_signalling(&mut self, event: WsEvent) {

@@ -4,17 +4,33 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// The most recent samples kept per figure.
+/// The most recent samples kept per figure...
 const WINDOW: usize = 1000;
+/// ...and of forwarded datagrams, thousands a second in a large call: the last few seconds.
+const FORWARD_WINDOW: usize = 20_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LatencyWindow {
     samples: VecDeque<Duration>,
+    capacity: usize,
+}
+
+impl Default for LatencyWindow {
+    fn default() -> Self {
+        Self::with_capacity(WINDOW)
+    }
 }
 
 impl LatencyWindow {
+    pub fn with_capacity(capacity: usize) -> Self {
+        LatencyWindow {
+            samples: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
     pub fn record(&mut self, sample: Duration) {
-        if self.samples.len() == WINDOW {
+        if self.samples.len() == self.capacity {
             self.samples.pop_front();
         }
         self.samples.push_back(sample);
@@ -35,8 +51,11 @@ impl LatencyWindow {
 }
 
 /// The daemon's timing figures.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
+    /// A phone's datagram read from the socket → the last copy the SFU forwarded of it handed
+    /// to the socket (datagrams that were forwarded to no one are not counted).
+    pub forward: LatencyWindow,
     /// Encoded frame of the box's camera → its packets handed to the socket.
     pub send: LatencyWindow,
     /// Privacy edge → capture pipelines at NULL (devices closed).
@@ -47,6 +66,19 @@ pub struct Metrics {
     privacy_changed_at: Option<Instant>,
     /// When privacy last turned on, to measure how fast capture was released.
     privacy_on_at: Option<Instant>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            forward: LatencyWindow::with_capacity(FORWARD_WINDOW),
+            send: LatencyWindow::default(),
+            capture_release: LatencyWindow::default(),
+            everyone_told: LatencyWindow::default(),
+            privacy_changed_at: None,
+            privacy_on_at: None,
+        }
+    }
 }
 
 impl Metrics {
@@ -95,5 +127,15 @@ mod tests {
             7_000,
             "old samples leave the window"
         );
+    }
+
+    #[test]
+    fn the_forwarding_window_keeps_more_samples() {
+        let mut metrics = Metrics::default();
+        for _ in 0..FORWARD_WINDOW + 5 {
+            metrics.forward.record(Duration::from_micros(300));
+        }
+        assert_eq!(metrics.forward.summary()["count"], FORWARD_WINDOW);
+        assert_eq!(metrics.forward.summary()["p99"], 300);
     }
 }

@@ -29,6 +29,7 @@ impl Hub {
             "participants": self.participants(),
             "video_codec": self.call.room().publish_codec(),
             "media": self.call.sfu().counters(),
+            "forwarding_latency_us": self.metrics.forward.summary(),
             "udp": self.media_sockets.hosts().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         })
     }
