@@ -22,21 +22,23 @@ impl Hub {
     /// Everything the call has to do, until it has nothing more (carrying out may make more:
     /// a pause from a phone tells the room).
     pub(super) async fn carry_out(&mut self) {
+        // Datagrams are sent together at the end (one system call for many); nothing else
+        // the call asks for waits on them.
+        let mut transmits = Vec::new();
         while let Some(output) = self.call.poll_output() {
-            self.dispatch(output).await;
+            match output {
+                Output::Transmit(t) => transmits.push(t),
+                other => self.dispatch(other).await,
+            }
+        }
+        if !transmits.is_empty() {
+            self.media_sockets.send_all(&transmits).await;
         }
     }
 
     async fn dispatch(&mut self, output: Output) {
         match output {
-            Output::Transmit(t) => {
-                let sent = self
-                    .media_sockets
-                    .send(t.source, t.destination, &t.contents);
-                if let Err(e) = sent.await {
-                    tracing::debug!("udp send: {e}");
-                }
-            }
+            Output::Transmit(t) => self.media_sockets.send_all(&[t]).await,
             Output::Send(conn, mut msg) => {
                 if matches!(msg, ServerMsg::Roster { .. }) {
                     self.metrics.roster_sent();

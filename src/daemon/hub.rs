@@ -12,10 +12,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::box_media::BoxMedia;
 use super::control::Envelope;
-use super::media_socket::{MediaSockets, Received};
+use super::media_socket::MediaSockets;
 use super::metrics::Metrics;
 use super::requests::Waiter;
 use super::state_file::StateWriter;
+use super::udp_batch::RecvBatch;
 use crate::call::invite::InviteStore;
 use crate::call::sfu::Candidates;
 use crate::call::{Call, ConnId};
@@ -28,12 +29,6 @@ use crate::reach::Reach;
 use crate::setup::hotspot::Hotspot;
 use crate::web::acme::CertificateStatus;
 use crate::web::signalling::{WsCommand, WsEvent};
-
-/// Largest datagram read from the media socket (a UDP payload on a 1500-byte link fits).
-const MAX_DATAGRAM: usize = 2000;
-/// Datagrams taken in one go when several are waiting (a bound, so that signalling, control
-/// and the privacy switch never wait behind a flood).
-const DATAGRAM_BATCH: usize = 32;
 
 /// Where join links point and how long they last unless asked otherwise.
 pub struct JoinLinks {
@@ -233,7 +228,7 @@ impl Hub {
     }
 
     pub async fn run(mut self, mut inputs: HubInputs) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut batch = RecvBatch::default();
         // Pinging from this loop, not a separate task: if the loop hangs, systemd restarts us.
         let mut watchdog = super::notify::watchdog_interval().map(tokio::time::interval);
         inputs.reach.borrow_and_update();
@@ -241,23 +236,20 @@ impl Hub {
         loop {
             let deadline = self.next_deadline(Instant::now());
             tokio::select! {
-                received = self.media_sockets.recv(&mut buf) => match received {
-                    Ok(datagram) => {
-                        // When each forwarded datagram was read, for the forwarding latency.
-                        let mut forwarded = Vec::new();
-                        self.handle_datagram(datagram, &buf, &mut forwarded);
-                        // Those already waiting too, so that one pass of the SFU and one round
-                        // of sends serve them all, not a wake-up each.
-                        for _ in 0..DATAGRAM_BATCH {
-                            let Some(datagram) = self.media_sockets.try_recv(&mut buf) else {
-                                break;
-                            };
-                            self.handle_datagram(datagram, &buf, &mut forwarded);
+                received = self.media_sockets.recv(&mut batch) => match received {
+                    Ok(destination) => {
+                        // Everything that was waiting in one pass of the SFU and one round of
+                        // sends, not a wake-up each; when each forwarded datagram was read,
+                        // for the forwarding latency.
+                        let read = Instant::now();
+                        let mut forwarded = 0;
+                        for (source, data) in batch.datagrams() {
+                            forwarded += usize::from(self.handle_datagram(source, destination, data));
                         }
                         self.carry_out().await;
-                        let sent = Instant::now();
-                        for read in forwarded {
-                            self.metrics.forward.record(sent - read);
+                        let latency = read.elapsed();
+                        for _ in 0..forwarded {
+                            self.metrics.forward.record(latency);
                         }
                     }
                     Err(e) => tracing::debug!("udp receive: {e}"),
@@ -309,23 +301,20 @@ impl Hub {
         .unwrap_or(now + Duration::from_secs(1))
     }
 
-    /// One datagram into the SFU; when it was read goes into `forwarded` if it was forwarded.
-    fn handle_datagram(&mut self, datagram: Received, buf: &[u8], forwarded: &mut Vec<Instant>) {
-        if !self.media_sockets.accepts(datagram.source.ip()) {
-            return;
+    /// One datagram into the SFU: whether any of it was forwarded.
+    fn handle_datagram(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        if !self.media_sockets.accepts(source.ip()) {
+            return false;
         }
-        let Received {
-            len,
-            source,
-            destination,
-        } = datagram;
-        let now = Instant::now();
         let before = self.call.sfu().counters().packets_forwarded;
         self.call
-            .handle_datagram(now, source, destination, &buf[..len]);
-        if self.call.sfu().counters().packets_forwarded > before {
-            forwarded.push(now);
-        }
+            .handle_datagram(Instant::now(), source, destination, data);
+        self.call.sfu().counters().packets_forwarded > before
     }
 
     fn handle_signalling(&mut self, event: WsEvent) {

@@ -2,12 +2,16 @@
 //! every datagram's destination is known exactly (ICE answers only on the address a check
 //! was sent to) and every reply leaves from the address the phone talks to.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
-use tokio::io::ReadBuf;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
+
+use super::udp_batch::{self, RecvBatch, BATCH};
+use crate::call::sfu::Transmit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaSocketError {
@@ -25,18 +29,9 @@ pub enum Accept {
     Own(Vec<IpAddr>),
 }
 
-/// One datagram as received.
-#[derive(Debug, Clone, Copy)]
-pub struct Received {
-    pub len: usize,
-    pub source: SocketAddr,
-    /// The local address it was sent to.
-    pub destination: SocketAddr,
-}
-
 pub struct MediaSockets {
     /// Each socket with its own address, asked of the kernel once (not at every datagram).
-    sockets: Vec<(UdpSocket, SocketAddr)>,
+    sockets: Vec<(AsyncFd<std::net::UdpSocket>, SocketAddr)>,
     accept: Accept,
     /// Where the next receive starts looking, so one busy address cannot starve another.
     next: AtomicUsize,
@@ -60,11 +55,13 @@ impl MediaSockets {
             socket
                 .set_nonblocking(true)
                 .map_err(|e| MediaSocketError::Bind(addr, e))?;
-            let socket =
-                UdpSocket::from_std(socket).map_err(|e| MediaSocketError::Bind(addr, e))?;
             let local = socket
                 .local_addr()
                 .map_err(|e| MediaSocketError::Bind(addr, e))?;
+            // SAFETY: a std UdpSocket owns its descriptor for as long as it lives, and it
+            // lives inside the AsyncFd.
+            let socket = unsafe { AsyncFd::register(socket) }
+                .map_err(|e| MediaSocketError::Bind(addr, e.into()))?;
             if port == 0 {
                 port = local.port();
             }
@@ -86,6 +83,7 @@ impl MediaSockets {
         self.hosts().first().map_or(0, |a| a.port())
     }
 
+    /// Whether a datagram from `source` is taken at all.
     pub fn accepts(&self, source: IpAddr) -> bool {
         match &self.accept {
             Accept::Anyone => true,
@@ -93,21 +91,33 @@ impl MediaSockets {
         }
     }
 
-    /// The next datagram on any of the addresses.
-    pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<Received> {
+    /// Everything waiting on one of the addresses (up to a batch), taken in one system call
+    /// once there is something: which local address it came to.
+    pub async fn recv(&self, batch: &mut RecvBatch) -> io::Result<SocketAddr> {
         std::future::poll_fn(|cx| {
             let count = self.sockets.len();
             let start = self.next.fetch_add(1, Ordering::Relaxed);
             for i in 0..count {
                 let (socket, local) = &self.sockets[(start + i) % count];
-                let mut read = ReadBuf::new(buf);
-                if let Poll::Ready(result) = socket.poll_recv_from(cx, &mut read) {
-                    let received = result.map(|source| Received {
-                        len: read.filled().len(),
-                        source,
-                        destination: *local,
-                    });
-                    return Poll::Ready(received);
+                loop {
+                    let mut ready = match socket.poll_read_ready(cx) {
+                        Poll::Ready(Ok(ready)) => ready,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => break,
+                    };
+                    match udp_batch::recv_many(socket.as_raw_fd(), batch) {
+                        Ok(taken) => {
+                            // Less than a batch: the queue was emptied. The next datagram
+                            // wakes the loop (the runtime's epoll is edge-triggered), so
+                            // no receive is spent only to find nothing.
+                            if taken < BATCH {
+                                ready.clear_ready();
+                            }
+                            return Poll::Ready(Ok(*local));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
                 }
             }
             Poll::Pending
@@ -115,44 +125,42 @@ impl MediaSockets {
         .await
     }
 
-    /// A datagram already waiting on any of the addresses, without waiting for one: None
-    /// when there is none (or the receive failed, which the next `recv` reports).
-    pub fn try_recv(&self, buf: &mut [u8]) -> Option<Received> {
-        let count = self.sockets.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..count).find_map(|i| {
-            let (socket, local) = &self.sockets[(start + i) % count];
-            let (len, source) = socket.try_recv_from(buf).ok()?;
-            Some(Received {
-                len,
-                source,
-                destination: *local,
-            })
-        })
+    /// Send every datagram, each from the socket bound to its source (the first one when
+    /// none is), as few system calls as the batch needs. Only a full socket buffer waits.
+    pub async fn send_all(&self, transmits: &[Transmit]) {
+        for (index, (socket, _)) in self.sockets.iter().enumerate() {
+            let datagrams: Vec<(SocketAddr, &[u8])> = transmits
+                .iter()
+                .filter(|t| self.socket_for(t.source) == index)
+                .map(|t| (t.destination, &t.contents[..]))
+                .collect();
+            let mut rest = &datagrams[..];
+            while !rest.is_empty() {
+                let mut ready = match socket.writable().await {
+                    Ok(ready) => ready,
+                    Err(e) => {
+                        tracing::debug!("udp send: {e}");
+                        break;
+                    }
+                };
+                match ready.try_io(|socket| udp_batch::send_many(socket.as_raw_fd(), rest)) {
+                    Ok(Ok(sent)) => rest = &rest[sent..],
+                    // One phone's address unreachable: the others' datagrams still go.
+                    Ok(Err(e)) => {
+                        tracing::debug!("udp send: {e}");
+                        rest = &rest[1..];
+                    }
+                    Err(_would_block) => {}
+                }
+            }
+        }
     }
 
-    /// Send from the socket bound to `source` (the first one when none is).
-    pub async fn send(
-        &self,
-        source: SocketAddr,
-        destination: SocketAddr,
-        data: &[u8],
-    ) -> std::io::Result<usize> {
-        let socket = self
-            .sockets
+    fn socket_for(&self, source: SocketAddr) -> usize {
+        self.sockets
             .iter()
-            .find(|(_, local)| *local == source)
-            .or_else(|| self.sockets.first())
-            .map(|(socket, _)| socket)
-            .ok_or_else(|| std::io::Error::other("no media socket"))?;
-        // Straight into the socket's buffer when it has room, as it nearly always has; only a
-        // full buffer waits for the runtime to say it has drained.
-        match socket.try_send_to(data, destination) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                socket.send_to(data, destination).await
-            }
-            sent => sent,
-        }
+            .position(|(_, local)| *local == source)
+            .unwrap_or(0)
     }
 }
 
@@ -211,26 +219,46 @@ mod tests {
         let phone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         phone.send_to(b"to the second", hosts[1]).unwrap();
         phone.send_to(b"and again", hosts[1]).unwrap();
-        let mut buf = [0u8; 64];
-        let got = sockets.recv(&mut buf).await.unwrap();
-        assert_eq!(&buf[..got.len], b"to the second");
-        assert_eq!(got.destination, hosts[1]);
-        // What else is waiting is taken without waiting, until nothing is.
-        let waiting = sockets
-            .try_recv(&mut buf)
-            .expect("the second datagram is waiting");
-        assert_eq!(&buf[..waiting.len], b"and again");
-        assert_eq!(waiting.destination, hosts[1]);
-        assert!(
-            sockets.try_recv(&mut buf).is_none(),
-            "nothing more is waiting"
+        let mut batch = RecvBatch::default();
+        let to = sockets.recv(&mut batch).await.unwrap();
+        assert_eq!(to, hosts[1]);
+        let got: Vec<(SocketAddr, &[u8])> = batch.datagrams().collect();
+        let from = phone.local_addr().unwrap();
+        assert_eq!(
+            got,
+            vec![(from, &b"to the second"[..]), (from, &b"and again"[..])],
+            "what is waiting comes in one batch"
         );
+        let nothing_more = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            sockets.recv(&mut batch),
+        );
+        assert!(nothing_more.await.is_err(), "nothing more is waiting");
+        phone.send_to(b"later", hosts[0]).unwrap();
+        let to = sockets.recv(&mut batch).await.unwrap();
+        assert_eq!(to, hosts[0], "the next datagram wakes the receive");
+        assert_eq!(batch.datagrams().next().unwrap().1, b"later");
+
+        let back = |source, contents: &[u8]| Transmit {
+            source,
+            destination: from,
+            contents: contents.to_vec(),
+        };
         sockets
-            .send(got.destination, got.source, b"back")
-            .await
-            .unwrap();
-        let (n, from) = phone.recv_from(&mut buf).unwrap();
-        assert_eq!((&buf[..n], from), (&b"back"[..], hosts[1]));
+            .send_all(&[back(hosts[1], b"back"), back(hosts[0], b"first")])
+            .await;
+        let mut buf = [0u8; 64];
+        let mut replies = Vec::new();
+        for _ in 0..2 {
+            let (n, source) = phone.recv_from(&mut buf).unwrap();
+            replies.push((buf[..n].to_vec(), source));
+        }
+        replies.sort();
+        assert_eq!(
+            replies,
+            vec![(b"back".to_vec(), hosts[1]), (b"first".to_vec(), hosts[0])],
+            "each leaves from the address it names"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod requests;
 pub mod setup_hotspot;
 pub mod state_file;
 mod status;
+mod udp_batch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

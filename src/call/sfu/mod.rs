@@ -11,7 +11,7 @@ mod payload;
 mod peer;
 mod reassembly;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +53,10 @@ const KEYFRAME_WAIT: Duration = Duration::from_secs(1);
 /// A phone that reported heavy loss (20 %, `peer::LOSS_CONGESTED`) this recently may have videos
 /// paused: what its link carries is then known to be too little, not guessed.
 const CONGESTED_FOR: Duration = Duration::from_secs(10);
+/// Most 5-tuples remembered (see `Sfu::route`); far more than a call's phones use.
+const MAX_ROUTES: usize = 1024;
+/// A peer due within this is drained with those due now (as `peer::IMMEDIATE`).
+const IMMEDIATE: Duration = Duration::from_millis(1);
 /// With nothing else due, the peers' clocks still advance this often.
 const TICK: Duration = Duration::from_millis(100);
 /// How often each phone's encodings are chosen again from its estimate.
@@ -251,10 +255,17 @@ pub struct Sfu {
     /// The time of the latest input; the peers have been driven up to it unless `dirty`.
     now: Option<Instant>,
     dirty: bool,
+    /// Something other than time reached the peers since the last drive (a datagram, a
+    /// frame, signalling, a choice of layers): every peer is drained. Otherwise only those
+    /// whose `Peer::due` has come: in a large call most timers are one peer's.
+    drain_all: bool,
     next_timeout: Option<Instant>,
     /// Numbers each phone connection (`Peer::session`); 0 is the box's.
     sessions: u64,
     last_layer_choice: Option<Instant>,
+    /// The peer (`Peer::session`) each 5-tuple's datagrams last went to: asked first, so a
+    /// datagram does not go round every peer of a large call.
+    routes: HashMap<(SocketAddr, SocketAddr), u64>,
 }
 
 impl Sfu {
@@ -272,9 +283,11 @@ impl Sfu {
             outputs: VecDeque::new(),
             now: None,
             dirty: false,
+            drain_all: false,
             next_timeout: None,
             sessions: 0,
             last_layer_choice: None,
+            routes: HashMap::new(),
         }
     }
 
@@ -294,6 +307,7 @@ impl Sfu {
         }
         self.box_leg = Some(leg);
         self.dirty = true;
+        self.drain_all = true;
     }
 
     /// The addresses offered to phones that join from now on: the media socket's own
@@ -500,6 +514,7 @@ impl Sfu {
             return;
         };
         let session = self.peers.remove(at).session;
+        self.routes.retain(|_, s| *s != session);
         if let Some(leg) = &mut self.box_leg {
             leg.forget(id);
         }
@@ -507,6 +522,7 @@ impl Sfu {
             peer.unsubscribe(id, session);
         }
         self.dirty = true;
+        self.drain_all = true;
     }
 
     pub fn handle_datagram(
@@ -529,11 +545,10 @@ impl Sfu {
                 contents,
             },
         );
-        // Which peer a datagram belongs to is known only to the peers themselves (ICE ufrag,
-        // DTLS/SRTP 5-tuple).
-        let Some(peer) = self.peers.iter_mut().find(|p| p.rtc.accepts(&input)) else {
+        let Some(at) = self.route(source, destination, &input) else {
             return;
         };
+        let peer = &mut self.peers[at];
         peer.last_heard = Some(now);
         if peer.rtc.handle_input(input).is_err() {
             peer.lost = Some(LostReason::Failed);
@@ -551,14 +566,40 @@ impl Sfu {
         }
     }
 
+    /// Which peer a datagram belongs to. Only the peers themselves know for sure (ICE ufrag,
+    /// the nominated 5-tuple), so the one its 5-tuple last went to is asked first, then all.
+    fn route(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        input: &Input,
+    ) -> Option<usize> {
+        let tuple = (source, destination);
+        let known = self.routes.get(&tuple).and_then(|session| {
+            let at = self.peers.iter().position(|p| p.session == *session)?;
+            self.peers[at].rtc.accepts(input).then_some(at)
+        });
+        if known.is_some() {
+            return known;
+        }
+        let at = self.peers.iter().position(|p| p.rtc.accepts(input))?;
+        // Bounded: a peer's checks come from a handful of candidates.
+        if self.routes.len() >= MAX_ROUTES {
+            self.routes.clear();
+        }
+        self.routes.insert(tuple, self.peers[at].session);
+        Some(at)
+    }
+
     /// Move every peer's clock to `now` and drop the ones gone silent.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.input_at(now);
+        self.time_at(now);
         for peer in &mut self.peers {
             if peer.lost.is_some() {
                 continue;
             }
-            if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
+            let due = peer.due <= now;
+            if due && peer.rtc.handle_input(Input::Timeout(now)).is_err() {
                 peer.lost = Some(LostReason::Failed);
             } else if peer.connected
                 && peer
@@ -580,6 +621,7 @@ impl Sfu {
                     peer.id
                 );
                 self.counters.subscriptions_renewed += 1;
+                self.drain_all = true;
             }
         }
         let due = self
@@ -588,6 +630,7 @@ impl Sfu {
         if due {
             self.last_layer_choice = Some(now);
             self.choose_layers(now);
+            self.drain_all = true;
         }
     }
 
@@ -705,6 +748,12 @@ impl Sfu {
     }
 
     fn input_at(&mut self, now: Instant) {
+        self.time_at(now);
+        self.drain_all = true;
+    }
+
+    /// Only time passed.
+    fn time_at(&mut self, now: Instant) {
         self.now = Some(self.now.map_or(now, |t| t.max(now)));
         self.dirty = true;
     }
@@ -714,21 +763,28 @@ impl Sfu {
         let mut next = now + TICK;
         let mut transmits = Vec::new();
         let mut events = Vec::new();
+        let mut all = std::mem::take(&mut self.drain_all);
         loop {
             let mut propagate = Vec::new();
             for peer in &mut self.peers {
                 if peer.lost.is_some() {
                     continue;
                 }
+                if !all && peer.due > now + IMMEDIATE {
+                    next = next.min(peer.due);
+                    continue;
+                }
                 if let Some(offer) = peer.negotiate_if_needed() {
                     events.push(SfuEvent::Offer(peer.id, offer));
                 }
-                let due = peer.drain(now, &mut transmits, &mut propagate, &mut self.counters);
-                next = next.min(due);
+                peer.due = peer.drain(now, &mut transmits, &mut propagate, &mut self.counters);
+                next = next.min(peer.due);
             }
             if propagate.is_empty() {
                 break;
             }
+            // What propagates (packets, keyframe requests, tracks) may reach any peer.
+            all = true;
             for item in propagate {
                 self.apply(item, now);
             }

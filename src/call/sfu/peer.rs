@@ -380,6 +380,9 @@ pub(super) struct Peer {
     loss: LossWindow,
     pub lossy_at: Option<Instant>,
     created: Instant,
+    /// When its `Rtc` next wants time to pass (from the last `drain`): a peer that was given
+    /// nothing since has nothing to do before then.
+    pub due: Instant,
     pub last_heard: Option<Instant>,
     pub connected: bool,
     pub lost: Option<LostReason>,
@@ -408,6 +411,7 @@ impl Peer {
             lossy_at: None,
             loss: LossWindow::default(),
             created: now,
+            due: now,
             last_heard: None,
             connected: false,
             lost: None,
