@@ -147,11 +147,17 @@ pub(super) fn video_budget(estimate_kbps: u32, audio_tracks: usize) -> i64 {
 /// What a subscriber's bandwidth estimator should find out about, in kbit/s: (the rate that
 /// would take its next better encoding, the rate of the best of everything). Without traffic
 /// near them an estimate never grows past what is being sent, and a phone that once went down
-/// to a cheap encoding would stay there.
+/// to a cheap encoding would stay there. str0m pads what it sends up to the first.
+///
+/// A track in `follows_estimate` (the box's camera) has an encoder that follows the estimate,
+/// so its best grows as the estimate does: it keeps headroom to grow into even at its best.
+/// A phone's encoding at its best is what the phone sends: padding beyond it finds out
+/// nothing anyone can use, and in a call of phones it was one packet in ten sent.
 pub(super) fn probe_rates(
     audio_tracks: usize,
     options: &[Vec<Encoding>],
     chosen: &[Option<usize>],
+    follows_estimate: &[bool],
 ) -> (u32, u32) {
     let audio = audio_tracks as u32 * AUDIO_KBPS;
     let costs = |o: &[Encoding], c: Option<usize>| c.and_then(|c| o.get(c)).map_or(0, |e| e.kbps);
@@ -171,7 +177,19 @@ pub(super) fn probe_rates(
         .map(|e| e.kbps)
         .sum();
     let gross = |kbps: u32| (kbps as f32 / HEADROOM) as u32;
-    (gross(sent + next_step + audio), gross(best + audio))
+    let minimum = if next_step > 0 {
+        gross(sent + next_step + audio)
+    } else {
+        let growing: u32 = options
+            .iter()
+            .zip(chosen)
+            .zip(follows_estimate)
+            .filter(|(_, &follows)| follows)
+            .map(|((o, &c), _)| costs(o, c))
+            .sum();
+        sent + audio + gross(growing) - growing
+    };
+    (minimum, gross(best + audio))
 }
 
 impl Choice {
@@ -431,5 +449,31 @@ mod tests {
         // 50 packets of 1000 bytes in one second: 400 kbit/s.
         assert_eq!(m.kbps(t0 + Duration::from_secs(1)), Some(400));
         assert_eq!(m.kbps(t0 + Duration::from_secs(4)), None);
+    }
+
+    #[test]
+    fn padding_only_where_an_estimate_can_be_used() {
+        let phone = || vec![enc("l", 100), enc("h", 500)];
+        let box_camera = || vec![enc("l", 100), enc("h", 1000)];
+        // Below its best: padded towards the next step, everything with headroom.
+        let (minimum, desired) =
+            probe_rates(2, &[phone(), phone()], &[Some(0), Some(1)], &[false, false]);
+        assert_eq!(minimum, ((600 + 400 + 100) as f32 / HEADROOM) as u32);
+        assert_eq!(desired, ((1000 + 100) as f32 / HEADROOM) as u32);
+        // Every phone at its best: nothing beyond what is sent.
+        let (minimum, _) =
+            probe_rates(2, &[phone(), phone()], &[Some(1), Some(1)], &[false, false]);
+        assert_eq!(minimum, 500 + 500 + 100);
+        // The box's camera at its best still has room to grow into.
+        let (minimum, _) = probe_rates(
+            2,
+            &[box_camera(), phone()],
+            &[Some(1), Some(1)],
+            &[true, false],
+        );
+        assert_eq!(
+            minimum,
+            1000 + 500 + 100 + ((1000.0 / HEADROOM) as u32 - 1000)
+        );
     }
 }

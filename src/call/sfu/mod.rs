@@ -658,7 +658,11 @@ impl Sfu {
                 .lossy_at
                 .is_some_and(|at| now.saturating_duration_since(at) < CONGESTED_FOR);
             let chosen = layers::allocate(peer.estimate_kbps, audio, &options, congested);
-            let rates = layers::probe_rates(audio, &options, &chosen);
+            let follows_estimate: Vec<bool> = video
+                .iter()
+                .map(|(t, _)| peer.tracks_out[*t].origin == ParticipantId::BOX)
+                .collect();
+            let rates = layers::probe_rates(audio, &options, &chosen, &follows_estimate);
             wanted.push((p, video, chosen, rates));
         }
         let mut requests = Vec::new();
