@@ -82,6 +82,8 @@ const MAX_CATCH_UP: u32 = 10;
 const MAX_READS: usize = 64;
 /// Outputs drained from an `Rtc` at once; more means it is stuck in a loop.
 const MAX_OUTPUTS: usize = 10_000;
+/// Each client's socket receive buffer, in bytes (the kernel caps it at `net.core.rmem_max`).
+const CLIENT_RECEIVE_BUFFER: libc::c_int = 4 << 20;
 /// Largest datagram read.
 const MTU: usize = 2000;
 
@@ -103,6 +105,8 @@ struct Media {
     audio: Vec<Arc<[u8]>>,
     video_set: HashSet<Arc<[u8]>>,
     audio_set: HashSet<Arc<[u8]>>,
+    /// Every NAL unit of the video, to tell a frame cut short by a loss from a corrupted one.
+    video_nals: HashSet<Vec<u8>>,
 }
 
 impl Media {
@@ -132,6 +136,10 @@ impl Media {
             bail!("opusenc gave {} frames for {audio_frames}", audio.len());
         }
         Ok(Media {
+            video_nals: video
+                .iter()
+                .flat_map(|au| nal_units(au).into_iter().map(<[u8]>::to_vec))
+                .collect(),
             video_set: video.iter().cloned().collect(),
             audio_set: audio.iter().cloned().collect(),
             video,
@@ -255,8 +263,15 @@ struct Tally {
     rtp_extra: u64,
     /// Frames received byte-identical to a pre-encoded one, per publisher id and kind.
     frames: HashMap<String, [u64; 2]>,
-    /// Frames received that match none: corrupted on the way.
+    /// Video frames that came out of str0m cut short after a loss: its H.264 depacketizer
+    /// takes any whole NAL unit for a frame's start, so a frame whose first slice was lost is
+    /// given as its remaining slices, flagged not contiguous. Each NAL unit is checked.
+    partial: u64,
+    /// Frames received that match none, a failure: bytes never sent, or `truncated`.
     mismatches: u64,
+    /// Of those, video frames of whole NAL units sent but missing the first ones, with no
+    /// sequence gap before them: the receiver cannot tell that anything is missing.
+    truncated: u64,
     first_mismatch: Option<String>,
     /// Datagrams the socket would not take.
     send_failures: u64,
@@ -312,6 +327,28 @@ fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
     tally
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Room for a client's datagrams while it waits for a core: at the kernel's default (208 KiB,
+/// counted with overhead) a client of a 12-way call holds some 50 ms of them, and a client
+/// that drops them is the bench measuring itself. Capped by `net.core.rmem_max`.
+fn enlarge_receive_buffer(socket: &UdpSocket) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let bytes: libc::c_int = CLIENT_RECEIVE_BUFFER;
+    // SAFETY: a valid socket descriptor, an int option with its own size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        bail!("SO_RCVBUF: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// RTP rather than RTCP, STUN or DTLS (RFC 7983 and RFC 5761 demultiplexing).
@@ -377,6 +414,7 @@ impl Client {
         }));
 
         let socket = UdpSocket::bind((CLIENT_IP, 0)).await?;
+        enlarge_receive_buffer(&socket)?;
         let local = socket.local_addr()?;
         let now = Instant::now();
         let mut rtc = Rtc::builder()
@@ -668,14 +706,32 @@ impl Client {
         };
         let mut tally = lock(&self.tally);
         if !known.contains(&data.data[..]) {
+            // Whole NAL units of the sent video, but not a whole frame: its first ones are missing.
+            let nals = nal_units(&data.data);
+            let truncated = kind == VIDEO
+                && !nals.is_empty()
+                && nals
+                    .iter()
+                    .all(|nal| self.shared.media.video_nals.contains(*nal));
+            // After a sequence gap the receiver knows it lost something: a loss, not corruption.
+            if truncated && !data.contiguous {
+                tally.partial += 1;
+                return;
+            }
             tally.mismatches += 1;
+            if truncated {
+                tally.truncated += 1;
+            }
             if tally.first_mismatch.is_none() {
                 tally.first_mismatch = Some(format!(
-                    "{} got {} frame of {} bytes from {publisher} (mid {}) that was never sent: {:02x?}…",
+                    "{} got {} frame of {} bytes from {publisher} (mid {}, contiguous {}, NAL unit types {:?}{}) that was never sent: {:02x?}…",
                     self.name,
                     ["an audio", "a video"][kind],
                     data.data.len(),
                     data.mid,
+                    data.contiguous,
+                    nals.iter().map(|nal| nal[0] & 0x1F).collect::<Vec<_>>(),
+                    if truncated { ", each one sent" } else { "" },
                     &data.data[..data.data.len().min(16)]
                 ));
             }
@@ -717,12 +773,51 @@ fn machine_ticks() -> Result<(u64, u64, usize)> {
     Ok((total - idle, total, cores))
 }
 
+/// Datagrams the kernel dropped at full receive buffers, summed over the namespace's UDP
+/// sockets (/proc/net/udp{,6}, `drops`): (the daemon's media port, all others: the clients).
+fn udp_drops(daemon_port: u16) -> Result<(u64, u64)> {
+    let (mut daemon, mut clients) = (0, 0);
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue; // no IPv6
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = fields
+                .get(1)
+                .and_then(|local| local.rsplit_once(':'))
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+            let drops: u64 = fields.last().and_then(|d| d.parse().ok()).unwrap_or(0);
+            match port == Some(daemon_port) {
+                true => daemon += drops,
+                false => clients += drops,
+            }
+        }
+    }
+    Ok((daemon, clients))
+}
+
+/// Packets held back from paused videos, over every subscriber's tracks (`hearth status`).
+fn paused_packets(status: &serde_json::Value) -> u64 {
+    let participants = status["participants"].as_array().into_iter().flatten();
+    participants
+        .flat_map(|p| p["received"].as_array().into_iter().flatten())
+        .filter_map(|track| track["refused"]["paused"].as_u64())
+        .sum()
+}
+
 /// Everything read at one edge of the window.
 struct Snapshot {
     at: Instant,
     daemon_cpu_ms: u64,
     bench_cpu_ms: u64,
     machine: (u64, u64, usize),
+    /// Packets the SFU did not forward because a subscriber's video was paused.
+    paused: u64,
+    /// Subscriptions the SFU offered anew (`media.subscriptions_renewed`).
+    renewed: u64,
+    /// Receive buffer drops: (daemon, clients).
+    udp_drops: (u64, u64),
     forwarded: u64,
     tallies: Vec<Tally>,
 }
@@ -736,6 +831,11 @@ impl Snapshot {
             daemon_cpu_ms: cpu_ms(&daemon.pid().to_string())?,
             bench_cpu_ms: cpu_ms("self")?,
             machine: machine_ticks()?,
+            udp_drops: udp_drops(daemon.udp_port)?,
+            paused: paused_packets(&status),
+            renewed: status["media"]["subscriptions_renewed"]
+                .as_u64()
+                .unwrap_or(0),
             forwarded: status["media"]["packets_forwarded"]
                 .as_u64()
                 .context("no packets_forwarded in hearth status")?,
@@ -883,7 +983,13 @@ fn report(
     let send_failures = sum(&|t| t.send_failures);
     let keyframe_requests = sum(&|t| t.keyframe_requests);
     let written = sum(&|t| t.sent[AUDIO] + t.sent[VIDEO]);
+    let partial = sum(&|t| t.partial);
     let mismatches = after.tallies.iter().map(|t| t.mismatches).sum::<u64>();
+    let truncated = after.tallies.iter().map(|t| t.truncated).sum::<u64>();
+    let paused = after.paused.saturating_sub(before.paused);
+    let renewed = after.renewed.saturating_sub(before.renewed);
+    let daemon_drops = after.udp_drops.0.saturating_sub(before.udp_drops.0);
+    let client_drops = after.udp_drops.1.saturating_sub(before.udp_drops.1);
 
     // Per kind: frames each subscriber received from the others, over what the others sent.
     let mut received = [0u64; 2];
@@ -938,6 +1044,9 @@ fn report(
         expected[AUDIO],
         percent(received[AUDIO], expected[AUDIO]),
     );
+    println!(
+        "  losses: datagrams dropped at full receive buffers: daemon {daemon_drops}, clients {client_drops}; video frames cut short after a sequence gap: {partial}; packets the SFU held back from videos it paused: {paused}; subscriptions it renewed: {renewed}"
+    );
     // c: CPU-ms per forwarded packet; r: packets per second per (publisher, subscriber) pair.
     let c = cpu / forwarded as f64;
     let r = forwarded as f64 / seconds / (n * (n - 1)) as f64;
@@ -975,9 +1084,14 @@ fn report(
     if mismatches > 0 {
         let first = after.tallies.iter().find_map(|t| t.first_mismatch.clone());
         eprintln!(
-            "!!! N = {n}: {mismatches} received frames match no frame sent: {}",
+            "!!! N = {n}: {mismatches} received frames match no frame sent, over the whole run; first: {}",
             first.unwrap_or_default()
         );
+        if truncated > 0 {
+            eprintln!(
+                "!!! {truncated} of them are sent NAL units with the frame's first ones missing and no sequence gap before them: forwarding began mid-frame, numbered on without a gap (a paused video resuming?)"
+            );
+        }
         bail!("N = {n}: {mismatches} corrupted frames");
     }
     Ok(())
