@@ -24,7 +24,7 @@ DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fon
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
-.PHONY: deps build run test bench bench-janus soak fuzz cross deb deb-arm64
+.PHONY: deps build run test bench bench-janus bench-load soak fuzz cross deb deb-arm64
 
 SYSROOT := $(CURDIR)/target/sysroot-arm64
 ARM64 := aarch64-unknown-linux-gnu
@@ -87,6 +87,14 @@ bench-janus: deps
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends janus; }
 	$(CARGO) build --release --locked --all-targets
 	./tests/in-netns $(CARGO) bench --locked --offline --bench janus
+
+# The SFU at scale without browsers (benches/load.rs): N = 4, 8 and 12 str0m clients in one
+# process, each publishing pre-encoded H.264 and Opus and checking every frame it receives;
+# CPU per 1000 forwarded packets, forwarding latency, delivery, and the call size one core
+# holds on paper. The clients share the machine with the daemon.
+bench-load: deps
+	$(CARGO) build --release --locked --all-targets
+	./tests/in-netns $(CARGO) bench --locked --offline --bench load
 
 # Half an hour of phones joining, leaving, muting and reconnecting with the box's media on:
 # fails if the daemon's memory, descriptors or threads grow (SOAK_MINUTES to change).
