@@ -264,7 +264,11 @@ impl TrackOut {
             return None;
         }
         if self.resuming || p.rid != self.current || !self.renumber.started() {
-            let start_here = p.rid == self.choice.target && (p.keyframe || p.rid.is_none());
+            // A track's only encoding may start anywhere the first time (the phone's decoder
+            // waits for the keyframe asked for it); after a pause only at a keyframe: numbered
+            // on without a gap, a frame's later packets would pass for a whole frame.
+            let start_here =
+                p.rid == self.choice.target && (p.keyframe || (p.rid.is_none() && !self.resuming));
             if !start_here {
                 return None;
             }
@@ -852,6 +856,38 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paused_video_comes_back_at_a_keyframe_numbered_on_without_a_gap() {
+        let t0 = Instant::now();
+        let mut track = TrackOut::new(ParticipantId::BOX, 0, Mid::from("v"), MediaKind::Video);
+        let packet = |seq: u64, keyframe: bool| Outgoing {
+            rid: None,
+            seq,
+            ts: seq as u32 * 3000,
+            keyframe,
+            clock: 90_000,
+        };
+        let first = track
+            .admit(&packet(10, false), t0)
+            .expect("the only encoding starts anywhere");
+        let second = track.admit(&packet(11, false), t0).expect("and goes on");
+        assert_eq!(*second.0, *first.0 + 1);
+        track.choice.paused = true;
+        assert_eq!(track.admit(&packet(12, false), t0), None, "paused");
+        track.choice.paused = false;
+        assert_eq!(
+            track.admit(&packet(13, false), t0),
+            None,
+            "the middle of a frame after the pause is not a place to start"
+        );
+        let back = track.admit(&packet(14, true), t0).expect("the keyframe is");
+        assert_eq!(
+            *back.0,
+            *second.0 + 1,
+            "no gap for the phone to ask resends for"
+        );
+    }
 
     #[test]
     fn a_link_is_congested_by_a_seconds_heavy_loss_over_all_tracks_not_by_one_reports_bad_luck() {
