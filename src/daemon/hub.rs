@@ -244,7 +244,7 @@ impl Hub {
                         let read = Instant::now();
                         let mut forwarded = 0;
                         for (source, data) in batch.datagrams() {
-                            forwarded += usize::from(self.handle_datagram(source, destination, data));
+                            forwarded += usize::from(self.handle_datagram(read, source, destination, data));
                         }
                         self.carry_out().await;
                         let latency = read.elapsed();
@@ -301,9 +301,10 @@ impl Hub {
         .unwrap_or(now + Duration::from_secs(1))
     }
 
-    /// One datagram into the SFU: whether any of it was forwarded.
+    /// One datagram, read at `read`, into the SFU: whether any of it was forwarded.
     fn handle_datagram(
         &mut self,
+        read: Instant,
         source: SocketAddr,
         destination: SocketAddr,
         data: &[u8],
@@ -312,8 +313,7 @@ impl Hub {
             return false;
         }
         let before = self.call.sfu().counters().packets_forwarded;
-        self.call
-            .handle_datagram(Instant::now(), source, destination, data);
+        self.call.handle_datagram(read, source, destination, data);
         self.call.sfu().counters().packets_forwarded > before
     }
 

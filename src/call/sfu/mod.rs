@@ -47,6 +47,11 @@ const KEYFRAME_PATIENCE: Duration = Duration::from_secs(1);
 const BWE_START_KBPS: u64 = 5000;
 /// How often a phone below its best encodings asks str0m for a probe.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A phone's estimate below this is started again from `ESTIMATE_RESET_KBPS` (at most every
+/// `ESTIMATE_RESET_EVERY`): below it str0m paces out less than one audio stream.
+const ESTIMATE_FLOOR_KBPS: u32 = 60;
+const ESTIMATE_RESET_KBPS: u64 = 200;
+const ESTIMATE_RESET_EVERY: Duration = Duration::from_secs(2);
 /// How long a phone waits for the keyframe of an encoding it switches to before it is asked
 /// for again.
 const KEYFRAME_WAIT: Duration = Duration::from_secs(1);
@@ -550,6 +555,7 @@ impl Sfu {
         };
         let peer = &mut self.peers[at];
         peer.last_heard = Some(now);
+        peer.clock = peer.clock.max(now);
         if peer.rtc.handle_input(input).is_err() {
             peer.lost = Some(LostReason::Failed);
             return;
@@ -599,6 +605,9 @@ impl Sfu {
                 continue;
             }
             let due = peer.due <= now;
+            if due {
+                peer.clock = peer.clock.max(now);
+            }
             if due && peer.rtc.handle_input(Input::Timeout(now)).is_err() {
                 peer.lost = Some(LostReason::Failed);
             } else if peer.connected
@@ -703,6 +712,22 @@ impl Sfu {
             };
             if nudge {
                 peer.probe_asked_at = Some(now);
+            }
+            // An estimate that fell to almost nothing paces almost nothing: no feedback comes
+            // back to raise it, and the phone gets neither audio nor a keyframe (seen on a
+            // 300 kbit/s link: 1 kbit/s for good). Start it again from a rate that carries a
+            // call's audio and the box's smallest picture.
+            if peer.estimate_kbps.is_some_and(|e| e < ESTIMATE_FLOOR_KBPS)
+                && peer
+                    .estimate_reset_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= ESTIMATE_RESET_EVERY)
+            {
+                tracing::debug!(
+                    "{}: estimate below {ESTIMATE_FLOOR_KBPS} kbit/s, started again",
+                    peer.id
+                );
+                peer.estimate_reset_at = Some(now);
+                peer.rtc.bwe().reset(Bitrate::kbps(ESTIMATE_RESET_KBPS));
             }
             if changed || nudge {
                 peer.probe_told = Some((minimum, desired));

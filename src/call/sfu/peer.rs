@@ -379,6 +379,8 @@ pub(super) struct Peer {
     pub probe_told: Option<(u32, u32)>,
     /// When `desired` was last raised to ask str0m for a probe (see `Sfu::choose_layers`).
     pub probe_asked_at: Option<Instant>,
+    /// When its estimate was last started again from a floor (see `Sfu::choose_layers`).
+    pub estimate_reset_at: Option<Instant>,
     /// What the phone reports losing, over all it is sent, and when that last came to
     /// `LOSS_CONGESTED` or more.
     loss: LossWindow,
@@ -387,6 +389,8 @@ pub(super) struct Peer {
     /// When its `Rtc` next wants time to pass (from the last `drain`): a peer that was given
     /// nothing since has nothing to do before then.
     pub due: Instant,
+    /// The latest time its `Rtc` was given (see `send`).
+    pub clock: Instant,
     pub last_heard: Option<Instant>,
     pub connected: bool,
     pub lost: Option<LostReason>,
@@ -412,10 +416,12 @@ impl Peer {
             estimate_kbps: None,
             probe_told: None,
             probe_asked_at: None,
+            estimate_reset_at: None,
             lossy_at: None,
             loss: LossWindow::default(),
             created: now,
             due: now,
+            clock: now,
             last_heard: None,
             connected: false,
             lost: None,
@@ -591,6 +597,7 @@ impl Peer {
                         self.lost = Some(LostReason::Failed);
                         return now;
                     }
+                    self.clock = self.clock.max(t.max(now));
                 }
                 Output::Timeout(t) => return t,
                 Output::Transmit(t) => transmits.push(Transmit {
@@ -844,6 +851,17 @@ impl Peer {
             return false;
         };
         track.packets += 1;
+        // str0m stamps what it sends with the latest time it was given. A peer whose own
+        // timers were not due has not been told the time since, and its packets' send times
+        // would lag: the phone's transport feedback would read the lag as a queue building up
+        // and the estimate would collapse (seen on the weak link: 1 kbit/s).
+        if self.clock < now {
+            if self.rtc.handle_input(Input::Timeout(now)).is_err() {
+                self.lost = Some(LostReason::Failed);
+                return false;
+            }
+            self.clock = now;
+        }
         let mut api = self.rtc.direct_api();
         let Some(stream) = api.stream_tx_by_mid(mid, None) else {
             return false;
