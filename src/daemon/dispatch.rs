@@ -38,6 +38,7 @@ impl Hub {
 
     async fn dispatch(&mut self, output: Output) {
         match output {
+            // `carry_out` sends datagrams in batches; one alone goes out as a batch of one.
             Output::Transmit(t) => self.media_sockets.send_all(&[t]).await,
             Output::Send(conn, mut msg) => {
                 if matches!(msg, ServerMsg::Roster { .. }) {

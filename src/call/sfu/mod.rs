@@ -564,7 +564,7 @@ impl Sfu {
         // next datagram, and forward it.
         let mut transmits = Vec::new();
         let mut propagate = Vec::new();
-        peer.drain(now, &mut transmits, &mut propagate, &mut self.counters);
+        peer.due = peer.drain(now, &mut transmits, &mut propagate, &mut self.counters);
         self.outputs
             .extend(transmits.into_iter().map(SfuOutput::Transmit));
         for item in propagate {
