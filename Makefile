@@ -24,7 +24,7 @@ DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fon
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
-.PHONY: deps build run test weak-link bench bench-janus bench-load soak fuzz cross deb deb-arm64
+.PHONY: deps build run test bench bench-janus bench-load soak fuzz cross deb deb-arm64
 
 SYSROOT := $(CURDIR)/target/sysroot-arm64
 ARM64 := aarch64-unknown-linux-gnu
@@ -71,12 +71,6 @@ test: deps
 	$(CARGO) test --release --locked --no-run
 	./tests/in-netns $(CARGO) test --release --locked --offline
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
-
-# The weak link in the simulated home (tests/weak_link.rs), kept out of `make test` while the
-# limited phone stalls on the box's low layer in about half the runs.
-weak-link: deps
-	$(CARGO) build --release --locked --all-targets
-	./tests/in-netns $(CARGO) test --release --locked --offline --test weak_link -- --ignored
 
 # Figures of a call (benches/call.rs) and of a call on a bad network (benches/impaired.rs).
 bench: deps

@@ -671,11 +671,11 @@ impl Sfu {
                 .iter()
                 .map(|(t, _)| peer.tracks_out[*t].origin == ParticipantId::BOX)
                 .collect();
-            let rates = layers::probe_rates(audio, &options, &chosen, &follows_estimate);
-            wanted.push((p, video, chosen, rates));
+            let rates = layers::probe_rates(audio, &options, &chosen, &follows_estimate, congested);
+            wanted.push((p, video, chosen, rates, congested));
         }
         let mut requests = Vec::new();
-        for (p, video, chosen, (minimum, desired)) in wanted {
+        for (p, video, chosen, (minimum, desired), congested) in wanted {
             let peer = &mut self.peers[p];
             let below_best = video
                 .iter()
@@ -702,7 +702,10 @@ impl Sfu {
             // str0m probes beyond 1.5x what is acknowledged only when `desired` rises: while
             // this phone gets less than the best there is, raise it a little every
             // `PROBE_EVERY` so that a link that cleared is found out in seconds.
+            // A congested link is not nudged into probes either (see `probe_rates`): the
+            // estimator's own probes find out once it has room again.
             let nudge = below_best
+                && !congested
                 && peer
                     .probe_asked_at
                     .is_none_or(|at| now.saturating_duration_since(at) >= PROBE_EVERY);
