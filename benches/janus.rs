@@ -3,7 +3,8 @@
 //! machine, in one run, alternating.
 //!
 //! The same headless Chromium at default settings with its fake camera and mic, `PHONES` of
-//! them each time, each publishing H.264 and Opus and subscribing to all the others; Hearth
+//! them each time, each publishing H.264 (two simulcast encodings, full and half size, as
+//! Hearth's page does) and Opus and subscribing to all the others; Hearth
 //! with `[box] media = false`. Over `WINDOW`, once everyone decodes everyone:
 //! - CPU is the server process's utime + stime;
 //! - packets are every subscriber's inbound-rtp `packetsReceived` deltas (audio and video),
@@ -39,6 +40,18 @@ const RECEIVED: &str = r#"(async () => {
     (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp') n += s.packetsReceived || 0; });
   }
   return n;
+})()"#;
+
+/// JS: the width of the last frame decoded on every inbound video stream of this page, so
+/// that each server is seen to forward the full-size encoding.
+const WIDTHS: &str = r#"(async () => {
+  const pcs = window.hearth ? [window.hearth.pc] : (window.bench ? window.bench.pcs : []);
+  const widths = [];
+  for (const pc of pcs) {
+    if (!pc) continue;
+    (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video' && s.framesDecoded > 0) widths.push(s.frameWidth || 0); });
+  }
+  return widths;
 })()"#;
 
 /// JS: a VideoRoom participant over Janus's HTTP API: publish camera and mic, subscribe to
@@ -102,7 +115,13 @@ const JANUS_CLIENT: &str = r#"async (base, name) => {
   await joined;
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
   const pc = new RTCPeerConnection();
-  for (const t of stream.getTracks()) pc.addTrack(t, stream);
+  // Two encodings, as Hearth's page sends (join.js), so both servers receive the same: in
+  // janus.js's order, the best first; subscribers get the best by default.
+  pc.addTransceiver(stream.getAudioTracks()[0], { direction: 'sendonly', streams: [stream] });
+  pc.addTransceiver(stream.getVideoTracks()[0], { direction: 'sendonly', streams: [stream], sendEncodings: [
+    { rid: 'h', scaleResolutionDownBy: 1, maxBitrate: 900000 },
+    { rid: 'l', scaleResolutionDownBy: 2, maxBitrate: 100000 },
+  ] });
   await pc.setLocalDescription(await pc.createOffer());
   await gathered(pc);
   const answered = new Promise((ok) => waiters.set(handle, ok));
@@ -242,12 +261,34 @@ fn perf_record(pid: u32, name: &str) -> Result<Option<Child>> {
     Ok(Some(child))
 }
 
+/// What one server's window came to.
+struct Figure {
+    /// CPU-ms per 1000 packets received by the subscribers.
+    cpu_per_1000: f64,
+    packets: u64,
+    /// How many subscriptions decode at each frame width, at the end of the window.
+    widths: std::collections::BTreeMap<u64, usize>,
+}
+
+impl std::fmt::Display for Figure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let widths: Vec<String> = self
+            .widths
+            .iter()
+            .map(|(w, n)| format!("{n} at {w} wide"))
+            .collect();
+        write!(
+            f,
+            "{:.1} CPU-ms per 1000 packets ({} packets; video {})",
+            self.cpu_per_1000,
+            self.packets,
+            widths.join(", ")
+        )
+    }
+}
+
 /// CPU-ms per 1000 packets received by the subscribers over the window.
-async fn measure(
-    pid: u32,
-    browsers: &mut [&mut Browser],
-    profile: Option<&str>,
-) -> Result<(f64, u64)> {
+async fn measure(pid: u32, browsers: &mut [&mut Browser], profile: Option<&str>) -> Result<Figure> {
     tokio::time::sleep(SETTLE).await;
     let (cpu0, rx0) = (cpu_ms(pid)?, received(browsers).await?);
     let perf = match profile {
@@ -263,10 +304,26 @@ async fn measure(
     if packets == 0 {
         bail!("no packets received in the window");
     }
-    Ok(((cpu1 - cpu0) as f64 * 1000.0 / packets as f64, packets))
+    let mut widths = std::collections::BTreeMap::new();
+    for b in browsers.iter_mut() {
+        for w in b
+            .eval(WIDTHS)
+            .await?
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            *widths.entry(w.as_u64().unwrap_or(0)).or_default() += 1;
+        }
+    }
+    Ok(Figure {
+        cpu_per_1000: (cpu1 - cpu0) as f64 * 1000.0 / packets as f64,
+        packets,
+        widths,
+    })
 }
 
-async fn hearth_run(phones: usize, run: usize) -> Result<(f64, u64)> {
+async fn hearth_run(phones: usize, run: usize) -> Result<Figure> {
     let daemon = Daemon::start_with(&temp_dir("bench-janus-hearth"), NO_BOX_MEDIA)?;
     let mut list = Vec::new();
     for i in 0..phones {
@@ -285,7 +342,7 @@ async fn hearth_run(phones: usize, run: usize) -> Result<(f64, u64)> {
     figure
 }
 
-async fn janus_run(phones: usize, page: &str) -> Result<(f64, u64)> {
+async fn janus_run(phones: usize, page: &str) -> Result<Figure> {
     let janus = Janus::start()?;
     let base = format!("http://127.0.0.1:{JANUS_HTTP_PORT}/janus");
     let mut browsers = Vec::new();
@@ -335,18 +392,16 @@ async fn main() -> Result<()> {
     let page = serve_blank_page()?;
     for phones in sizes {
         println!(
-            "N = {phones}: each publishes H.264 + Opus and subscribes to the other {}",
+            "N = {phones}: each publishes H.264 (two encodings) + Opus and subscribes to the other {}",
             phones - 1
         );
         let mut ratios = Vec::new();
         for run in 1..=runs {
-            let (hearth, hearth_packets) = hearth_run(phones, run).await?;
-            let (janus, janus_packets) = janus_run(phones, &page).await?;
-            let ratio = hearth / janus;
+            let hearth = hearth_run(phones, run).await?;
+            let janus = janus_run(phones, &page).await?;
+            let ratio = hearth.cpu_per_1000 / janus.cpu_per_1000;
             ratios.push(ratio);
-            println!(
-                "  run {run}: Hearth {hearth:.1} CPU-ms per 1000 packets ({hearth_packets} packets), Janus {janus:.1} ({janus_packets} packets): ratio {ratio:.2}"
-            );
+            println!("  run {run}: ratio {ratio:.2}\n    Hearth {hearth}\n    Janus  {janus}");
         }
         let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
         let worst = ratios.iter().cloned().fold(0.0, f64::max);
