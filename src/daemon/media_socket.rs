@@ -13,6 +13,14 @@ use tokio::io::unix::AsyncFd;
 use super::udp_batch::{self, RecvBatch, BATCH};
 use crate::call::sfu::Transmit;
 
+/// What the kernel is asked to hold of datagrams not yet read (it doubles it for its own
+/// bookkeeping): about half a second of a twelve-phone call coming in. Its default, 208 KiB
+/// all told, is about 50 ms of one: a busy moment on a Pi (a keyframe encoded, a page
+/// served) and datagrams were dropped before they were read (640 at twelve load clients).
+/// The kernel caps it at `net.core.rmem_max`, which the .deb raises to this
+/// (image/deb/sysctl.conf).
+const RECEIVE_BUFFER: usize = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MediaSocketError {
     #[error("port {0} is already in use (call.udp_port)")]
@@ -55,6 +63,14 @@ impl MediaSockets {
             socket
                 .set_nonblocking(true)
                 .map_err(|e| MediaSocketError::Bind(addr, e))?;
+            let held = udp_batch::raise_receive_buffer(socket.as_raw_fd(), RECEIVE_BUFFER)
+                .map_err(|e| MediaSocketError::Bind(addr, e))?;
+            if held < 2 * RECEIVE_BUFFER {
+                tracing::debug!(
+                    "media socket holds {held} bytes unread (asked for {}; net.core.rmem_max caps it)",
+                    2 * RECEIVE_BUFFER
+                );
+            }
             let local = socket
                 .local_addr()
                 .map_err(|e| MediaSocketError::Bind(addr, e))?;
@@ -203,6 +219,20 @@ pub(crate) fn is_link_local(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_receive_buffer_is_raised_as_far_as_the_kernel_allows() {
+        let loopback: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+        let sockets = MediaSockets::bind(&loopback, 0, Accept::Anyone).unwrap();
+        let allowed: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let held = udp_batch::receive_buffer(sockets.sockets[0].0.as_raw_fd()).unwrap();
+        // The kernel's default is rmem_default (208 KiB on Debian), not doubled.
+        assert_eq!(held, 2 * RECEIVE_BUFFER.min(allowed));
+    }
 
     #[tokio::test]
     async fn datagrams_come_with_their_destination_and_replies_leave_from_it() {

@@ -196,6 +196,46 @@ fn write_socket_addr(address: SocketAddr, storage: &mut libc::sockaddr_storage) 
     len as libc::socklen_t
 }
 
+/// Ask the kernel to hold up to `bytes` of unread datagrams on `fd`: what it holds then (it
+/// doubles what it is asked, capped at `net.core.rmem_max`).
+pub fn raise_receive_buffer(fd: RawFd, bytes: usize) -> io::Result<usize> {
+    let asked = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `asked` outlives the call, and its size is passed with it.
+    let set = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&asked as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    receive_buffer(fd)
+}
+
+/// How many bytes of unread datagrams the kernel holds on `fd`.
+pub fn receive_buffer(fd: RawFd) -> io::Result<usize> {
+    let mut held: libc::c_int = 0;
+    let mut size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `held` and `size` outlive the call, and `size` is `held`'s.
+    let got = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut held as *mut libc::c_int).cast(),
+            &mut size,
+        )
+    };
+    if got != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(held).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
