@@ -313,7 +313,6 @@ fn camera_source(camera: &CameraProfile, found: &CameraFound) -> Option<Chain> {
     Some(chain)
 }
 
-/// The encoder element with its bitrate and keyframe interval, and its output caps.
 /// How x264 cuts a frame. Its zero-latency tuning encodes one slice per thread (three on a
 /// two-core machine), each its own RTP packet. At the low layer's 40–100 kbit/s those are
 /// 60-byte packets whose headers cost more than the picture: 90 packets a second, 97 kbit/s
@@ -324,6 +323,7 @@ enum Slices {
     One,
 }
 
+/// The encoder element with its bitrate and keyframe interval, and its output caps.
 fn h264_encoder(encoder: &str, kbps: u32, key_interval: u32, name: &str, slices: Slices) -> Chain {
     let bits = kbps.saturating_mul(1000).to_string();
     let key_interval = key_interval.to_string();
