@@ -16,6 +16,7 @@
 //! Prints figures; asserts nothing. Run inside `tests/in-netns` (the Makefile does): Janus
 //! listens on the namespace's interface and its loopback only.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -31,27 +32,21 @@ const WINDOW: Duration = Duration::from_secs(20);
 const JANUS_HTTP_PORT: u16 = 18088;
 const NO_BOX_MEDIA: &str = "[box]\nmedia = false\n";
 
-/// JS: every inbound RTP packet this page has received, summed over its peer connections.
-const RECEIVED: &str = r#"(async () => {
+/// JS: every inbound RTP packet this page has received, summed over its peer connections,
+/// and the width of the last frame decoded on each of its inbound videos (so that each
+/// server is seen to forward the full-size encoding).
+const INBOUND: &str = r#"(async () => {
   const pcs = window.hearth ? [window.hearth.pc] : (window.bench ? window.bench.pcs : []);
-  let n = 0;
+  const inbound = { packets: 0, widths: [] };
   for (const pc of pcs) {
     if (!pc) continue;
-    (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp') n += s.packetsReceived || 0; });
+    (await pc.getStats()).forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      inbound.packets += s.packetsReceived || 0;
+      if (s.kind === 'video' && s.framesDecoded > 0) inbound.widths.push(s.frameWidth || 0);
+    });
   }
-  return n;
-})()"#;
-
-/// JS: the width of the last frame decoded on every inbound video stream of this page, so
-/// that each server is seen to forward the full-size encoding.
-const WIDTHS: &str = r#"(async () => {
-  const pcs = window.hearth ? [window.hearth.pc] : (window.bench ? window.bench.pcs : []);
-  const widths = [];
-  for (const pc of pcs) {
-    if (!pc) continue;
-    (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video' && s.framesDecoded > 0) widths.push(s.frameWidth || 0); });
-  }
-  return widths;
+  return inbound;
 })()"#;
 
 /// JS: a VideoRoom participant over Janus's HTTP API: publish camera and mic, subscribe to
@@ -235,12 +230,17 @@ fn cpu_ms(pid: u32) -> Result<u64> {
     Ok((fields[11].parse::<u64>()? + fields[12].parse::<u64>()?) * 10)
 }
 
-async fn received(browsers: &mut [&mut Browser]) -> Result<u64> {
-    let mut total = 0;
+/// Packets received by all the pages, and how many of their videos decode at each width.
+async fn inbound(browsers: &mut [&mut Browser]) -> Result<(u64, BTreeMap<u64, usize>)> {
+    let (mut packets, mut widths) = (0, BTreeMap::new());
     for b in browsers.iter_mut() {
-        total += b.eval(RECEIVED).await?.as_u64().unwrap_or(0);
+        let page = b.eval(INBOUND).await?;
+        packets += page["packets"].as_u64().unwrap_or(0);
+        for w in page["widths"].as_array().into_iter().flatten() {
+            *widths.entry(w.as_u64().unwrap_or(0)).or_default() += 1;
+        }
     }
-    Ok(total)
+    Ok((packets, widths))
 }
 
 /// With `HEARTH_PERF=DIR` set, where Hearth's window is profiled with `perf record` (one file
@@ -267,7 +267,7 @@ struct Figure {
     cpu_per_1000: f64,
     packets: u64,
     /// How many subscriptions decode at each frame width, at the end of the window.
-    widths: std::collections::BTreeMap<u64, usize>,
+    widths: BTreeMap<u64, usize>,
 }
 
 impl std::fmt::Display for Figure {
@@ -290,31 +290,19 @@ impl std::fmt::Display for Figure {
 /// CPU-ms per 1000 packets received by the subscribers over the window.
 async fn measure(pid: u32, browsers: &mut [&mut Browser], profile: Option<&str>) -> Result<Figure> {
     tokio::time::sleep(SETTLE).await;
-    let (cpu0, rx0) = (cpu_ms(pid)?, received(browsers).await?);
+    let (cpu0, (rx0, _)) = (cpu_ms(pid)?, inbound(browsers).await?);
     let perf = match profile {
         Some(name) => perf_record(pid, name)?,
         None => None,
     };
     tokio::time::sleep(WINDOW).await;
-    let (cpu1, rx1) = (cpu_ms(pid)?, received(browsers).await?);
+    let (cpu1, (rx1, widths)) = (cpu_ms(pid)?, inbound(browsers).await?);
     if let Some(mut perf) = perf {
         perf.wait()?;
     }
     let packets = rx1.saturating_sub(rx0);
     if packets == 0 {
         bail!("no packets received in the window");
-    }
-    let mut widths = std::collections::BTreeMap::new();
-    for b in browsers.iter_mut() {
-        for w in b
-            .eval(WIDTHS)
-            .await?
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            *widths.entry(w.as_u64().unwrap_or(0)).or_default() += 1;
-        }
     }
     Ok(Figure {
         cpu_per_1000: (cpu1 - cpu0) as f64 * 1000.0 / packets as f64,

@@ -68,7 +68,8 @@ const MEDIA: &str = r#"async () => {
 }"#;
 
 /// An async JS function describing the page for failure messages: the call's state, what the
-/// page says, and per RTP stream its codec, packets, frames and keyframe requests.
+/// page says, and per RTP stream its codec, packets, frames and keyframe requests; for
+/// received video also what was lost, resent and asked again, the width and the freezes.
 const PAGE: &str = r#"async () => {
   const message = document.getElementById('message');
   const page = { state: window.hearth ? window.hearth.state : 'no window.hearth', message: message && message.textContent };
@@ -82,7 +83,10 @@ const PAGE: &str = r#"async () => {
     const codec = s.codecId && stats.get(s.codecId);
     page.streams.push({ type: s.type, kind: s.kind, mid: s.mid, codec: codec && codec.mimeType,
       packets: s.type === 'inbound-rtp' ? s.packetsReceived : s.packetsSent,
-      frames: s.framesDecoded, keyframes: s.keyFramesDecoded, plis: s.pliCount });
+      frames: s.framesDecoded, keyframes: s.keyFramesDecoded, plis: s.pliCount,
+      ...(s.type === 'inbound-rtp' && s.kind === 'video' ? { lost: s.packetsLost,
+        resent: s.retransmittedPacketsReceived, nacks: s.nackCount, width: s.frameWidth,
+        freezes: s.freezeCount } : {}) });
   });
   page.transceivers = pc.getTransceivers().map((t) => [t.mid, t.direction, t.currentDirection]);
   return page;
