@@ -121,14 +121,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     )?;
     // The hub runs on a thread of its own (see `spawn_hub`); its media sockets are registered
     // with that thread's runtime, so a datagram wakes the hub's thread and nothing else.
-    let hub_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the hub's runtime")?;
-    let Listeners { https, http, media } = {
-        let _hub = hub_runtime.enter();
-        addresses.bind(&config)?
-    };
+    let hub_runtime = HubRuntime::new()?;
+    let Listeners { https, http, media } = hub_runtime.enter(|| addresses.bind(&config))?;
     let media_port = media.port();
     let control_listener = control::bind(&state_dir).await?;
 
@@ -233,14 +227,47 @@ pub async fn run(options: RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// The hub on a thread of its own with a single-threaded runtime. On the shared runtime each
-/// datagram's wake-up also woke a second worker to look for work, and the hub's task moved
-/// between the two: at four phones the second worker used 30 % of the daemon's CPU.
+/// The hub's own single-threaded runtime, until its thread takes it (`spawn_hub`). On the
+/// shared runtime each datagram's wake-up also woke a second worker to look for work, and the
+/// hub's task moved between the two: at four phones the second worker used 30 % of the
+/// daemon's CPU.
+struct HubRuntime(Option<tokio::runtime::Runtime>);
+
+impl HubRuntime {
+    fn new() -> Result<HubRuntime> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the hub's runtime")?;
+        Ok(HubRuntime(Some(runtime)))
+    }
+
+    /// Sockets made in `make` are registered with the hub's runtime.
+    fn enter<T>(&self, make: impl FnOnce() -> T) -> T {
+        let _hub = self.0.as_ref().map(|runtime| runtime.enter());
+        make()
+    }
+}
+
+impl Drop for HubRuntime {
+    /// Not started (the daemon stopped on an error first): dropped without blocking, which
+    /// inside the main runtime would panic.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 fn spawn_hub(
-    runtime: tokio::runtime::Runtime,
+    mut runtime: HubRuntime,
     hub: Hub,
     inputs: HubInputs,
 ) -> Result<std::thread::JoinHandle<()>> {
+    let runtime = runtime
+        .0
+        .take()
+        .context("the hub's runtime was already taken")?;
     std::thread::Builder::new()
         .name("hearth-hub".into())
         .spawn(move || runtime.block_on(hub.run(inputs)))
