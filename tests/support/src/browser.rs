@@ -32,8 +32,9 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--headless",
     "--no-sandbox", // we run as root, where Chromium's sandbox refuses to start
     "--disable-gpu",
-    "--use-fake-device-for-media-stream", // synthetic camera + microphone
-    "--use-fake-ui-for-media-stream",     // auto-accept the getUserMedia prompt
+    // (and --use-fake-device-for-media-stream, added in `launch_with`: a synthetic camera and
+    // microphone)
+    "--use-fake-ui-for-media-stream", // auto-accept the getUserMedia prompt
     "--autoplay-policy=no-user-gesture-required", // <video autoplay> with sound, no click needed
     "--disable-background-networking",
     "--disable-component-update",
@@ -252,7 +253,18 @@ impl Browser {
         kind: BrowserKind,
         netns: Option<&super::netns::Netns>,
     ) -> Result<Browser> {
-        Self::launch_with(kind, netns, None).await
+        Self::launch_with(kind, netns, None, None).await
+    }
+
+    /// `launch_in` with Chromium's fake camera at `fps` frames a second instead of its default
+    /// (20), for a test whose three phones would otherwise leave a 2-core machine no CPU for
+    /// the call they are in (see weak_link.rs). Chromium only.
+    pub async fn launch_in_at_fps(
+        kind: BrowserKind,
+        netns: Option<&super::netns::Netns>,
+        fps: u32,
+    ) -> Result<Browser> {
+        Self::launch_with(kind, netns, None, Some(fps)).await
     }
 
     /// As a user's browser: certificates checked against the system's roots plus
@@ -263,13 +275,14 @@ impl Browser {
         netns: Option<&super::netns::Netns>,
         trust: &Trust,
     ) -> Result<Browser> {
-        Self::launch_with(kind, netns, Some(trust)).await
+        Self::launch_with(kind, netns, Some(trust), None).await
     }
 
     async fn launch_with(
         kind: BrowserKind,
         netns: Option<&super::netns::Netns>,
         trust: Option<&Trust>,
+        camera_fps: Option<u32>,
     ) -> Result<Browser> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
@@ -291,6 +304,11 @@ impl Browser {
         let (bin, marker, mut cmd) = match kind {
             BrowserKind::Chromium => {
                 let mut cmd = Command::new(CHROMIUM_BIN);
+                let fake_devices = "--use-fake-device-for-media-stream";
+                match camera_fps {
+                    None => cmd.arg(fake_devices),
+                    Some(fps) => cmd.arg(format!("{fake_devices}=fps={fps}")),
+                };
                 cmd.args(CHROMIUM_FLAGS)
                     .arg(format!("--user-data-dir={}", profile.display()));
                 match trust {
@@ -312,6 +330,9 @@ impl Browser {
             BrowserKind::Firefox => {
                 if trust.is_some() {
                     bail!("launch_trusting is for Chromium (NSS database in HOME)");
+                }
+                if camera_fps.is_some() {
+                    bail!("launch_in_at_fps is for Chromium (a command-line switch)");
                 }
                 std::fs::write(profile.join("user.js"), FIREFOX_USER_JS)?;
                 let mut cmd = Command::new(FIREFOX_BIN);

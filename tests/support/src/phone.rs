@@ -100,6 +100,11 @@ const TAP: &str = r#"(id) => {
   b.click();
 }"#;
 
+/// How often a wait in the page reads `getStats()` (it was 20 ms). Each read is work for the
+/// browser's WebRTC threads, the ones that time packets for its bandwidth estimate, and the
+/// conditions waited for take seconds. (`video_stops` keeps 20 ms: it measures a latency.)
+const POLL_MS: u64 = 100;
+
 /// How much longer than a wait inside the page the protocol call around it may take.
 const WAIT_SLACK: Duration = Duration::from_secs(10);
 
@@ -200,6 +205,24 @@ impl Phone {
         name: &str,
     ) -> Result<Phone> {
         let mut phone = Phone::launch_in(kind, netns).await?;
+        phone.open(url).await?;
+        phone.join_as(name).await?;
+        Ok(phone)
+    }
+
+    /// `join_in` with the fake camera at `fps` frames a second (see
+    /// `Browser::launch_in_at_fps`).
+    pub async fn join_in_at_fps(
+        kind: BrowserKind,
+        netns: Option<&Netns>,
+        url: &str,
+        name: &str,
+        fps: u32,
+    ) -> Result<Phone> {
+        let mut phone = Phone {
+            browser: Browser::launch_in_at_fps(kind, netns, fps).await?,
+            name: format!("{kind:?}"),
+        };
         phone.open(url).await?;
         phone.join_as(name).await?;
         Ok(phone)
@@ -369,7 +392,7 @@ impl Phone {
 {condition}
     )) return {{ ok: true, took: performance.now() - t0, at: performance.now() }};
     if (performance.now() - t0 >= {within}) return {{ ok: false, media: m, page: await ({PAGE})() }};
-    await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, {POLL_MS}));
   }}
 }})()"#,
             within = within.as_millis(),
