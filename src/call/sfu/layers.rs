@@ -96,13 +96,16 @@ pub(super) struct Choice {
 /// reports heavy loss), a track whose cheapest encoding does not fit is paused (None); the
 /// first never is, so a phone on the weakest link still sees the box. Without it every track
 /// gets at least its cheapest: an estimate alone is not trusted to take a picture away (on a
-/// busy box, CPU delay reads as a congested link). `options[i]` lists track i's encodings,
+/// busy box, CPU delay reads as a congested link). But a track that loss paused (`paused[i]`)
+/// comes back only once the estimate has room for it: brought back at once, it overran the
+/// weak link again each time the loss was forgotten. `options[i]` lists track i's encodings,
 /// cheapest first. Returns the index into `options[i]` each track should get.
 pub(super) fn allocate(
     estimate_kbps: Option<u32>,
     audio_tracks: usize,
     options: &[Vec<Encoding>],
     congested: bool,
+    paused: &[bool],
 ) -> Vec<Option<usize>> {
     let Some(estimate) = estimate_kbps else {
         // No estimate yet (the first second of a call): the best, as a browser would send.
@@ -111,8 +114,8 @@ pub(super) fn allocate(
     let budget = video_budget(estimate, audio_tracks);
     let mut chosen: Vec<Option<usize>> = vec![None; options.len()];
     let mut left = budget;
-    let kept = if congested { 1 } else { options.len() };
-    for (i, o) in options.iter().enumerate().take(kept) {
+    let kept = |i: usize| i == 0 || !(congested || paused.get(i).copied().unwrap_or(false));
+    for (i, o) in options.iter().enumerate().filter(|(i, _)| kept(*i)) {
         if let Some(cheapest) = o.first() {
             chosen[i] = Some(0);
             left -= cheapest.kbps as i64;
@@ -383,30 +386,51 @@ mod tests {
             vec![enc("l", 100), enc("h", 600)],
         ];
         assert_eq!(
-            allocate(Some(400), 2, &tracks, true),
+            allocate(Some(400), 2, &tracks, true, &[]),
             vec![Some(0), Some(0)]
         );
         assert_eq!(
-            allocate(Some(1300), 2, &tracks, true),
+            allocate(Some(1300), 2, &tracks, true, &[]),
             vec![Some(1), Some(0)],
             "the first raised first"
         );
         assert_eq!(
-            allocate(Some(2000), 2, &tracks, true),
+            allocate(Some(2000), 2, &tracks, true, &[]),
             vec![Some(1), Some(1)]
         );
         assert_eq!(
-            allocate(None, 2, &tracks, true),
+            allocate(None, 2, &tracks, true, &[]),
             vec![Some(1), Some(1)],
             "no estimate yet"
         );
         // Room for one small picture on a lossy link: the first gets it, the second is paused.
-        assert_eq!(allocate(Some(300), 2, &tracks, true), vec![Some(0), None]);
+        assert_eq!(
+            allocate(Some(300), 2, &tracks, true, &[]),
+            vec![Some(0), None]
+        );
         // The first is never paused, however weak.
-        assert_eq!(allocate(Some(50), 2, &tracks, true), vec![Some(0), None]);
+        assert_eq!(
+            allocate(Some(50), 2, &tracks, true, &[]),
+            vec![Some(0), None]
+        );
         // Without loss, a low estimate takes no picture away.
         assert_eq!(
-            allocate(Some(50), 2, &tracks, false),
+            allocate(Some(50), 2, &tracks, false, &[false, false]),
+            vec![Some(0), Some(0)]
+        );
+        // Once the loss is over, what it paused stays paused until the estimate has room...
+        assert_eq!(
+            allocate(Some(300), 2, &tracks, false, &[false, true]),
+            vec![Some(0), None]
+        );
+        // ...and then comes back (0.85 * 500 - 2 * 50 = 325 for video: 100 + 100 fit).
+        assert_eq!(
+            allocate(Some(500), 2, &tracks, false, &[false, true]),
+            vec![Some(0), Some(0)]
+        );
+        // The first is never paused, so never held back either.
+        assert_eq!(
+            allocate(Some(50), 2, &tracks, false, &[true, false]),
             vec![Some(0), Some(0)]
         );
     }
