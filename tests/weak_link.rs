@@ -65,30 +65,18 @@ async fn a_weak_link_gets_the_small_pictures_and_the_others_keep_the_full_ones()
     })?;
     let daemon = home.start_box("weak-link", BOX)?;
     let url = daemon.join_url.clone();
-    let mut far = Phone::join_in_at_fps(
-        BrowserKind::Chromium,
-        Some(home.ns(Ns::Wifi)),
-        &url,
-        "Far",
-        PHONE_FPS,
-    )
-    .await?;
-    let mut ann = Phone::join_in_at_fps(
-        BrowserKind::Chromium,
-        Some(home.ns(Ns::Home)),
-        &url,
-        "Ann",
-        PHONE_FPS,
-    )
-    .await?;
-    let mut bob = Phone::join_in_at_fps(
-        BrowserKind::Chromium,
-        Some(home.ns(Ns::Home)),
-        &url,
-        "Bob",
-        PHONE_FPS,
-    )
-    .await?;
+    let join = |ns: Ns, name: &'static str| {
+        Phone::join_in_at_fps(
+            BrowserKind::Chromium,
+            Some(home.ns(ns)),
+            &url,
+            name,
+            PHONE_FPS,
+        )
+    };
+    let mut far = join(Ns::Wifi, "Far").await?;
+    let mut ann = join(Ns::Home, "Ann").await?;
+    let mut bob = join(Ns::Home, "Bob").await?;
     for phone in [&mut far, &mut ann, &mut bob] {
         phone
             .wait_for("m.video >= 3 && m.audio >= 3", secs(40))
