@@ -174,10 +174,7 @@ impl Phone {
     /// A browser of `kind` with a blank page, inside a network namespace (a phone in the
     /// simulated home, see `home.rs`).
     pub async fn launch_in(kind: BrowserKind, netns: Option<&Netns>) -> Result<Phone> {
-        Ok(Phone {
-            browser: Browser::launch_in(kind, netns).await?,
-            name: format!("{kind:?}"),
-        })
+        Ok(Phone::on(Browser::launch_in(kind, netns).await?))
     }
 
     /// A Chromium phone that checks certificates (see `Browser::launch_trusting`).
@@ -186,10 +183,9 @@ impl Phone {
         netns: Option<&Netns>,
         trust: &crate::browser::Trust,
     ) -> Result<Phone> {
-        Ok(Phone {
-            browser: Browser::launch_trusting(kind, netns, trust).await?,
-            name: format!("{kind:?}"),
-        })
+        Ok(Phone::on(
+            Browser::launch_trusting(kind, netns, trust).await?,
+        ))
     }
 
     /// Launch, open the join link `url`, and tap Join as `name`.
@@ -204,10 +200,9 @@ impl Phone {
         url: &str,
         name: &str,
     ) -> Result<Phone> {
-        let mut phone = Phone::launch_in(kind, netns).await?;
-        phone.open(url).await?;
-        phone.join_as(name).await?;
-        Ok(phone)
+        Phone::on(Browser::launch_in(kind, netns).await?)
+            .joined(url, name)
+            .await
     }
 
     /// `join_in` with the fake camera at `fps` frames a second (see
@@ -219,13 +214,22 @@ impl Phone {
         name: &str,
         fps: u32,
     ) -> Result<Phone> {
-        let mut phone = Phone {
-            browser: Browser::launch_in_at_fps(kind, netns, fps).await?,
-            name: format!("{kind:?}"),
-        };
-        phone.open(url).await?;
-        phone.join_as(name).await?;
-        Ok(phone)
+        Phone::on(Browser::launch_in_at_fps(kind, netns, fps).await?)
+            .joined(url, name)
+            .await
+    }
+
+    /// A phone on a browser just launched, named after its kind until it joins.
+    fn on(browser: Browser) -> Phone {
+        let name = format!("{:?}", browser.kind());
+        Phone { browser, name }
+    }
+
+    /// Open the join link `url` and tap Join as `name`.
+    async fn joined(mut self, url: &str, name: &str) -> Result<Phone> {
+        self.open(url).await?;
+        self.join_as(name).await?;
+        Ok(self)
     }
 
     /// Load `url` afresh (the same link again is a new page: any call on the old one ends).
