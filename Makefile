@@ -24,7 +24,7 @@ DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fon
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
-.PHONY: deps build run test bench bench-janus bench-load soak fuzz cross deb deb-arm64
+.PHONY: deps build run test bench bench-janus bench-load bench-forward soak fuzz cross deb deb-arm64
 
 SYSROOT := $(CURDIR)/target/sysroot-arm64
 ARM64 := aarch64-unknown-linux-gnu
@@ -95,6 +95,12 @@ bench-janus: deps
 bench-load: deps
 	$(CARGO) build --release --locked --all-targets
 	./tests/in-netns $(CARGO) bench --locked --offline --bench load
+
+# The SFU core alone (benches/forward.rs): the tests/sfu phones in memory on a stepped clock;
+# only the time inside the SFU's own calls is counted, per 1000 forwarded packets. Seconds,
+# not minutes, and free of the kernel's and the runtime's noise.
+bench-forward: deps
+	$(CARGO) bench --locked --offline --bench forward
 
 # Half an hour of phones joining, leaving, muting and reconnecting with the box's media on:
 # fails if the daemon's memory, descriptors or threads grow (SOAK_MINUTES to change).

@@ -233,8 +233,16 @@ impl Hub {
         let mut watchdog = super::notify::watchdog_interval().map(tokio::time::interval);
         inputs.reach.borrow_and_update();
         self.show_idle_screen();
+        // One timer for the whole loop, moved only when the deadline does: a new one each turn
+        // was registered afresh, and every one earlier than the runtime's planned wake-up made
+        // the runtime wake itself (an eventfd write and a turn of epoll for nothing).
+        let timer = tokio::time::sleep_until(Instant::now().into());
+        tokio::pin!(timer);
         loop {
-            let deadline = self.next_deadline(Instant::now());
+            let deadline: tokio::time::Instant = self.next_deadline(Instant::now()).into();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 received = self.media_sockets.recv(&mut batch) => match received {
                     Ok(destination) => {
@@ -275,7 +283,7 @@ impl Hub {
                 Ok(()) = inputs.dns.changed() => {
                     self.dns = inputs.dns.borrow_and_update().clone();
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => self.handle_timeout(),
+                _ = &mut timer => self.handle_timeout(),
                 _ = tick(&mut watchdog) => super::notify::notify("WATCHDOG=1"),
                 _ = inputs.shutdown.changed() => break,
             }

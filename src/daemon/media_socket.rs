@@ -4,11 +4,12 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use super::udp_batch::{self, RecvBatch, BATCH};
 use crate::call::sfu::Transmit;
@@ -74,9 +75,14 @@ impl MediaSockets {
             let local = socket
                 .local_addr()
                 .map_err(|e| MediaSocketError::Bind(addr, e))?;
+            // Registered for reading only: registered for writing as well, every send woke the
+            // hub again (the kernel signals a UDP socket writable each time a sent datagram's
+            // buffer is freed), and it went back to sleep with nothing to do, one wasted turn
+            // of the runtime per batch sent. Writes wait for room only when the kernel has none
+            // (`wait_writable`).
             // SAFETY: a std UdpSocket owns its descriptor for as long as it lives, and it
             // lives inside the AsyncFd.
-            let socket = unsafe { AsyncFd::register(socket) }
+            let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
                 .map_err(|e| MediaSocketError::Bind(addr, e.into()))?;
             if port == 0 {
                 port = local.port();
@@ -150,23 +156,22 @@ impl MediaSockets {
                 .filter(|t| self.socket_for(t.source) == index)
                 .map(|t| (t.destination, &t.contents[..]))
                 .collect();
+            let fd = socket.get_ref().as_fd();
             let mut rest = &datagrams[..];
             while !rest.is_empty() {
-                let mut ready = match socket.writable().await {
-                    Ok(ready) => ready,
-                    Err(e) => {
-                        tracing::debug!("udp send: {e}");
-                        break;
+                match udp_batch::send_many(fd.as_raw_fd(), rest) {
+                    Ok(sent) => rest = &rest[sent..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if let Err(e) = wait_writable(fd).await {
+                            tracing::debug!("udp send: {e}");
+                            break;
+                        }
                     }
-                };
-                match ready.try_io(|socket| udp_batch::send_many(socket.as_raw_fd(), rest)) {
-                    Ok(Ok(sent)) => rest = &rest[sent..],
                     // One phone's address unreachable: the others' datagrams still go.
-                    Ok(Err(e)) => {
+                    Err(e) => {
                         tracing::debug!("udp send: {e}");
                         rest = &rest[1..];
                     }
-                    Err(_would_block) => {}
                 }
             }
         }
@@ -182,6 +187,17 @@ impl MediaSockets {
 
 /// This machine's addresses for media: IPv4 and global IPv6 (not loopback, not link-local,
 /// which needs a scope browsers do not give). Loopback only when there is nothing else.
+/// Until the socket's send buffer has room: through a second descriptor for it, registered
+/// for writing only while this waits (the socket itself is registered for reading only).
+async fn wait_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let descriptor = fd.try_clone_to_owned()?;
+    // SAFETY: the duplicate is owned by the AsyncFd and closed when it drops.
+    let writer = unsafe { AsyncFd::register_with_interest(descriptor, Interest::WRITABLE) }
+        .map_err(io::Error::from)?;
+    writer.writable().await?.retain_ready();
+    Ok(())
+}
+
 pub fn media_addresses() -> Vec<IpAddr> {
     let mut found: Vec<IpAddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()

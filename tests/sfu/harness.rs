@@ -30,6 +30,8 @@ pub const STEP: Duration = Duration::from_millis(5);
 pub const FRAME: Duration = Duration::from_millis(20);
 /// Added to the frame number of the box's half-size frames, so they differ from its full-size.
 pub const LOW_FRAMES: u64 = 1_000_000;
+/// How far apart datagrams read one at a time are (`World::one_datagram_at_a_time`).
+const DATAGRAM_SPACING: Duration = Duration::from_micros(50);
 /// A limited downlink's bucket, in bytes.
 const DOWNLINK_BUCKET: f64 = 10_000.0;
 /// Datagram exchanges within one step before the harness calls it a livelock.
@@ -67,6 +69,8 @@ pub struct Phone {
     pub orientation: Option<VideoOrientation>,
     /// Written with every audio frame (the audio-level header extension) when set.
     pub audio_level: Option<i8>,
+    /// Its video delta frames are padded to this many bytes (a keyframe is already bigger).
+    pub video_frame_bytes: usize,
     /// Every frame written, per kind, in order.
     pub sent_audio: Vec<Arc<[u8]>>,
     pub sent_video: Vec<Arc<[u8]>>,
@@ -185,7 +189,10 @@ impl Phone {
         }
         if let Some(pt) = self.pt_for(self.video_mid, self.video_codec) {
             let key = std::mem::take(&mut self.keyframe_wanted);
-            let data = frame(self.id, self.video_codec, n, key);
+            let data = sized(
+                frame(self.id, self.video_codec, n, key),
+                self.video_frame_bytes,
+            );
             let time = MediaTime::new(n * 1800, Frequency::NINETY_KHZ);
             let mut writer = self.rtc.writer(self.video_mid).expect("video mid");
             if let Some(o) = self.orientation {
@@ -238,6 +245,11 @@ pub struct World {
     pub start: Instant,
     pub now: Instant,
     pub sfu: Sfu,
+    /// Time spent inside the SFU's own calls (datagrams, outputs, timeouts), for benches.
+    pub sfu_busy: Duration,
+    /// True: the SFU gets each datagram alone and is polled after it (a daemon on a quiet
+    /// network, woken per datagram); false: a step's datagrams together.
+    pub one_datagram_at_a_time: bool,
     pub phones: Vec<Phone>,
     /// Everything the SFU reported except offers (those go to the phones), with when.
     pub sfu_events: Vec<(Instant, SfuEvent)>,
@@ -262,6 +274,8 @@ impl World {
             start,
             now: start,
             sfu: Sfu::new(SFU_ADDR),
+            sfu_busy: Duration::ZERO,
+            one_datagram_at_a_time: false,
             phones: Vec::new(),
             sfu_events: Vec::new(),
             box_publishing: false,
@@ -310,6 +324,7 @@ impl World {
             publishing: true,
             orientation: None,
             audio_level: None,
+            video_frame_bytes: 0,
             sent_audio: Vec::new(),
             sent_video: Vec::new(),
             downlink_kbps: None,
@@ -380,7 +395,9 @@ impl World {
             }
         }
         if self.sfu.poll_timeout().is_none_or(|t| t <= now) {
+            let started = Instant::now();
             self.sfu.handle_timeout(now);
+            self.sfu_busy += started.elapsed();
         }
         self.pump();
     }
@@ -439,6 +456,62 @@ impl World {
             .map(|(_, e)| e)
     }
 
+    /// Everything the SFU has to send or say now, delivered; whether there was anything.
+    fn deliver_sfu_outputs(&mut self) -> bool {
+        let now = self.now;
+        let mut moved = false;
+        loop {
+            let started = Instant::now();
+            let output = self.sfu.poll_output();
+            self.sfu_busy += started.elapsed();
+            let Some(output) = output else {
+                break;
+            };
+            moved = true;
+            match output {
+                SfuOutput::Transmit(t) => {
+                    let Some(phone) = self.phones.iter_mut().find(|p| p.addr == t.destination)
+                    else {
+                        continue;
+                    };
+                    if phone.downlink_kbps.is_some() {
+                        let size = t.contents.len() as f64;
+                        if phone.downlink_tokens < size {
+                            continue;
+                        }
+                        phone.downlink_tokens -= size;
+                    }
+                    if !phone.takes(&t.contents, now) {
+                        continue;
+                    }
+                    let input = Input::Receive(
+                        now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: SFU_ADDR,
+                            destination: t.destination,
+                            contents: t.contents.as_slice().try_into().expect("datagram"),
+                        },
+                    );
+                    phone.rtc.handle_input(input).expect("phone input");
+                }
+                SfuOutput::Event(SfuEvent::Offer(id, sdp)) => {
+                    let Some(phone) = self.phones.iter_mut().find(|p| p.id == id) else {
+                        continue;
+                    };
+                    phone.unanswered.push((now + phone.answer_delay, sdp));
+                }
+                SfuOutput::Event(e) => {
+                    if e == SfuEvent::BoxKeyframe {
+                        self.box_keyframe_wanted = true;
+                    }
+                    self.sfu_events.push((now, e));
+                }
+            }
+        }
+        moved
+    }
+
     /// Deliver everything until all are quiet: phones' datagrams to the SFU, the SFU's to the
     /// phones, the SFU's offers to the phones and their answers back.
     fn pump(&mut self) {
@@ -477,54 +550,32 @@ impl World {
                     }
                 }
             }
-            for (source, destination, contents) in uplink {
-                moved = true;
-                self.sfu
-                    .handle_datagram(now, source, destination, &contents);
-            }
-            while let Some(output) = self.sfu.poll_output() {
-                moved = true;
-                match output {
-                    SfuOutput::Transmit(t) => {
-                        let Some(phone) = self.phones.iter_mut().find(|p| p.addr == t.destination)
-                        else {
-                            continue;
-                        };
-                        if phone.downlink_kbps.is_some() {
-                            let size = t.contents.len() as f64;
-                            if phone.downlink_tokens < size {
-                                continue;
-                            }
-                            phone.downlink_tokens -= size;
-                        }
-                        if !phone.takes(&t.contents, now) {
-                            continue;
-                        }
-                        let input = Input::Receive(
-                            now,
-                            Receive {
-                                proto: Protocol::Udp,
-                                source: SFU_ADDR,
-                                destination: t.destination,
-                                contents: t.contents.as_slice().try_into().expect("datagram"),
-                            },
-                        );
-                        phone.rtc.handle_input(input).expect("phone input");
+            // As the daemon reads them: all that came in one step together, or each alone
+            // with what it makes sent before the next is read.
+            let batches: Vec<&[(SocketAddr, SocketAddr, Vec<u8>)]> =
+                match self.one_datagram_at_a_time {
+                    true => uplink.chunks(1).collect(),
+                    false => vec![&uplink[..]],
+                };
+            for batch in batches {
+                // Alone, each is read a little after the last, as datagrams come over a link.
+                let read = match self.one_datagram_at_a_time {
+                    true => {
+                        let next = self.sfu.now().map_or(now, |t| t + DATAGRAM_SPACING);
+                        next.clamp(now, now + STEP - DATAGRAM_SPACING)
                     }
-                    SfuOutput::Event(SfuEvent::Offer(id, sdp)) => {
-                        let Some(phone) = self.phones.iter_mut().find(|p| p.id == id) else {
-                            continue;
-                        };
-                        phone.unanswered.push((now + phone.answer_delay, sdp));
-                    }
-                    SfuOutput::Event(e) => {
-                        if e == SfuEvent::BoxKeyframe {
-                            self.box_keyframe_wanted = true;
-                        }
-                        self.sfu_events.push((now, e));
-                    }
+                    false => now,
+                };
+                let started = Instant::now();
+                for (source, destination, contents) in batch {
+                    self.sfu
+                        .handle_datagram(read, *source, *destination, contents);
                 }
+                self.sfu_busy += started.elapsed();
+                moved |= self.deliver_sfu_outputs();
             }
+            moved |= !uplink.is_empty();
+            moved |= self.deliver_sfu_outputs();
             for phone in &mut self.phones {
                 let due = phone
                     .unanswered

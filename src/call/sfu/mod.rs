@@ -561,7 +561,6 @@ impl Sfu {
         };
         let peer = &mut self.peers[at];
         peer.last_heard = Some(now);
-        peer.clock = peer.clock.max(now);
         if peer.rtc.handle_input(input).is_err() {
             peer.lost = Some(LostReason::Failed);
             return;
@@ -611,9 +610,6 @@ impl Sfu {
                 continue;
             }
             let due = peer.due <= now;
-            if due {
-                peer.clock = peer.clock.max(now);
-            }
             if due && peer.rtc.handle_input(Input::Timeout(now)).is_err() {
                 peer.lost = Some(LostReason::Failed);
             } else if peer.connected

@@ -389,8 +389,6 @@ pub(super) struct Peer {
     /// When its `Rtc` next wants time to pass (from the last `drain`): a peer that was given
     /// nothing since has nothing to do before then.
     pub due: Instant,
-    /// The latest time its `Rtc` was given (see `send`).
-    pub clock: Instant,
     pub last_heard: Option<Instant>,
     pub connected: bool,
     pub lost: Option<LostReason>,
@@ -421,7 +419,6 @@ impl Peer {
             loss: LossWindow::default(),
             created: now,
             due: now,
-            clock: now,
             last_heard: None,
             connected: false,
             lost: None,
@@ -597,7 +594,6 @@ impl Peer {
                         self.lost = Some(LostReason::Failed);
                         return now;
                     }
-                    self.clock = self.clock.max(t.max(now));
                 }
                 Output::Timeout(t) => return t,
                 Output::Transmit(t) => transmits.push(Transmit {
@@ -851,17 +847,8 @@ impl Peer {
             return false;
         };
         track.packets += 1;
-        // str0m stamps what it sends with the latest time it was given. A peer whose own
-        // timers were not due has not been told the time since, and its packets' send times
-        // would lag: the phone's transport feedback would read the lag as a queue building up
-        // and the estimate would collapse (seen on the weak link: 1 kbit/s).
-        if self.clock < now {
-            if self.rtc.handle_input(Input::Timeout(now)).is_err() {
-                self.lost = Some(LostReason::Failed);
-                return false;
-            }
-            self.clock = now;
-        }
+        // Not told the time here: str0m stamps a written packet's queueing and sending with
+        // the time of the `drain` that sends it, which the SFU runs at this same `now`.
         let mut api = self.rtc.direct_api();
         let Some(stream) = api.stream_tx_by_mid(mid, None) else {
             return false;
