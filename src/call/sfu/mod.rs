@@ -543,7 +543,9 @@ impl Sfu {
         destination: SocketAddr,
         data: &[u8],
     ) {
-        self.input_at(now);
+        // Not every peer: the one it came from is drained here, and those it propagates to
+        // (a packet written, a keyframe asked for) are marked due.
+        self.time_at(now);
         let Ok(contents) = data.try_into() else {
             return;
         };
@@ -821,11 +823,12 @@ impl Sfu {
             if propagate.is_empty() {
                 break;
             }
-            // What propagates (packets, keyframe requests, tracks) may reach any peer.
-            all = true;
+            // What propagates marks the peers it reaches due (a packet written, a keyframe
+            // asked for), or all of them (a new track to negotiate).
             for item in propagate {
                 self.apply(item, now);
             }
+            all = std::mem::take(&mut self.drain_all);
         }
         if let Some(leg) = &mut self.box_leg {
             if let Some(due) = leg.poll(&self.peers, now, &mut events) {
@@ -866,6 +869,8 @@ impl Sfu {
                         .push(TrackOut::new(origin, session, mid, kind));
                 }
                 self.last_layer_choice = None;
+                // Every other peer negotiates the new track.
+                self.drain_all = true;
             }
             Propagate::Rtp {
                 origin,
@@ -920,6 +925,7 @@ impl Sfu {
         }
         for peer in self.peers.iter_mut().filter(|p| p.id != origin) {
             if peer.forward(origin, session, mid, rid, keyframe, params, packet, now) {
+                peer.due = now;
                 self.counters.packets_forwarded += 1;
             }
         }
@@ -962,6 +968,7 @@ impl Sfu {
         }
         if let Some(stream) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             stream.request_keyframe(kind);
+            peer.due = now;
             self.counters.keyframe_requests_sent += 1;
         }
     }
