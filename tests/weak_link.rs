@@ -45,8 +45,8 @@ fn layers(daemon: &Daemon) -> String {
                     .iter()
                     .map(|p| {
                         format!(
-                            "{} ({} kbit/s): {}",
-                            p["id"], p["estimate_kbps"], p["video"]
+                            "{} ({} kbit/s, pauses {}): {}",
+                            p["id"], p["estimate_kbps"], p["paused_encodings"], p["video"]
                         )
                     })
                     .collect::<Vec<_>>()
@@ -110,6 +110,34 @@ async fn a_weak_link_gets_the_small_pictures_and_the_others_keep_the_full_ones()
             .await
             .with_context(|| format!("the full pictures before the limit: {}", layers(&daemon)))?;
     }
+
+    // Every link carries the full pictures, so no one takes a simulcasting phone's small
+    // encoding: the box tells the phone to pause it, and its page does.
+    let status = daemon.status_within(
+        "a phone told to pause the small encoding no one takes",
+        secs(30),
+        |status| {
+            status["participants"].as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|p| p["paused_encodings"] == serde_json::json!(["l"]))
+            })
+        },
+    )?;
+    let pausing = status["participants"]
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|p| p["paused_encodings"] == serde_json::json!(["l"]))
+        })
+        .and_then(|p| p["id"].as_str())
+        .and_then(|id| ids.iter().position(|i| i == id))
+        .context("the pausing phone among the three")?;
+    let small_inactive = "window.hearth.pc.getSenders().some((s) => \
+        (s.getParameters().encodings || []).some((e) => e.rid === 'l' && e.active === false))";
+    [&mut far, &mut ann, &mut bob][pausing]
+        .wait_for(small_inactive, secs(5))
+        .await
+        .context("the page pausing its small encoding as told")?;
 
     // 300 kbit/s towards the phone on Wi-Fi (its port on the router's bridge).
     home.run_in(

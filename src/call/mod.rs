@@ -800,6 +800,13 @@ impl Call {
             SfuEvent::BoxLowBitrate(kbps) => self.outputs.push_back(Output::BoxLowBitrate(kbps)),
             SfuEvent::BoxVp8(on) => self.outputs.push_back(Output::BoxVp8(on)),
             SfuEvent::ToBox(frame) => self.outputs.push_back(Output::ToBox(frame)),
+            SfuEvent::PublishLayers(id, paused) => {
+                if let Some(conn) = self.conn_of(id) {
+                    let paused = paused.iter().map(|rid| rid.to_string()).collect();
+                    self.outputs
+                        .push_back(Output::Send(conn, ServerMsg::PublishLayers { paused }));
+                }
+            }
         }
     }
 }

@@ -100,6 +100,11 @@ pub enum ServerMsg {
     PublishCodec {
         codec: VideoCodec,
     },
+    /// Send only the simulcast encodings not listed (by rid): no one in the call takes those
+    /// now. An empty list: send them all.
+    PublishLayers {
+        paused: Vec<String>,
+    },
     /// A problem with the last message; the session goes on.
     Error {
         message: String,

@@ -54,6 +54,8 @@ impl Hub {
                 // Which encoding of each video it gets, and why: its estimate decides.
                 "estimate_kbps": peer.and_then(|m| m.estimate_kbps),
                 "video": peer.map(|m| m.video.clone()).unwrap_or_default(),
+                // Its own simulcast encodings it was told to pause: no one takes them.
+                "paused_encodings": peer.map(|m| m.paused_encodings.clone()).unwrap_or_default(),
             })
         });
         Value::Array(list.collect())

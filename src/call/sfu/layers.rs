@@ -53,6 +53,11 @@ impl RateMeter {
         }
         self.kbps
     }
+
+    /// The last full window's rate however long ago: what a paused encoding would cost again.
+    pub fn last_kbps(&self) -> Option<u32> {
+        self.kbps
+    }
 }
 
 /// One encoding a subscriber could get, with what it costs.

@@ -11,7 +11,7 @@ mod payload;
 mod peer;
 mod reassembly;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +72,13 @@ const IMMEDIATE: Duration = Duration::from_millis(1);
 const TICK: Duration = Duration::from_millis(100);
 /// How often each phone's encodings are chosen again from its estimate.
 const LAYER_INTERVAL: Duration = Duration::from_millis(200);
+/// A phone's simulcast encoding no one has taken for this long is paused at the phone (its
+/// uplink and battery, and the box's work of receiving what it forwards to no one). Long
+/// enough that a subscriber settling between encodings does not flap it off and on.
+const PAUSE_UNUSED_AFTER: Duration = Duration::from_secs(10);
+/// A paused encoding is sent again once a subscriber would have taken it for this long: a
+/// moment's dip in an estimate near the edge does not flap it on and off.
+const RESUME_WANTED_AFTER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
@@ -168,6 +175,8 @@ pub enum SfuEvent {
     BoxVp8(bool),
     /// A phone's frame, for the box's screen and speaker.
     ToBox(PhoneFrame),
+    /// The phone should send only the simulcast encodings not listed (no one takes those).
+    PublishLayers(ParticipantId, Vec<Rid>),
 }
 
 /// One encoded frame of a phone's track, as the box's decoders take it.
@@ -224,6 +233,8 @@ pub struct PeerSummary {
     pub estimate_kbps: Option<u32>,
     /// Which encoding of each video it receives, and why.
     pub video: Vec<VideoReceived>,
+    /// Its own simulcast encodings it was told to pause: no one takes them.
+    pub paused_encodings: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -385,6 +396,13 @@ impl Sfu {
                             packets: t.packets,
                         }
                     })
+                    .collect(),
+                paused_encodings: p
+                    .tracks_in
+                    .iter()
+                    .flat_map(|t| &t.layers)
+                    .filter(|l| l.paused_at_source)
+                    .filter_map(|l| l.rid.map(|r| r.to_string()))
                     .collect(),
             })
             .collect()
@@ -650,6 +668,7 @@ impl Sfu {
     /// The encodings each phone gets, from its estimate; a keyframe is asked for each new one.
     fn choose_layers(&mut self, now: Instant) {
         let mut wanted = Vec::new();
+        let mut to_resume = Vec::new();
         for (p, peer) in self.peers.iter().enumerate() {
             let mut video = Vec::new();
             let mut audio = 0;
@@ -675,6 +694,34 @@ impl Sfu {
                 .map(|(t, _)| peer.tracks_out[*t].choice.paused)
                 .collect();
             let chosen = layers::allocate(peer.estimate_kbps, audio, &options, congested, &paused);
+            // What it would choose if the phones sent their paused encodings again: those
+            // it would take are asked for (a link grown weak needs a smaller one back).
+            let options_if_resumed: Vec<Vec<Encoding>> = video
+                .iter()
+                .map(|(t, _)| {
+                    self.encodings_if_resumed(&peer.tracks_out[*t], peer.decodes_h264, now)
+                })
+                .collect();
+            if options_if_resumed != options {
+                let could = layers::allocate(
+                    peer.estimate_kbps,
+                    audio,
+                    &options_if_resumed,
+                    congested,
+                    &paused,
+                );
+                for (((t, _), encodings), c) in video.iter().zip(&options_if_resumed).zip(could) {
+                    if let Some(c) = c {
+                        let track = &peer.tracks_out[*t];
+                        to_resume.push((
+                            track.origin,
+                            track.origin_session,
+                            track.origin_mid,
+                            encodings[c].rid,
+                        ));
+                    }
+                }
+            }
             let follows_estimate: Vec<bool> = video
                 .iter()
                 .map(|(t, _)| peer.tracks_out[*t].origin == ParticipantId::BOX)
@@ -751,6 +798,86 @@ impl Sfu {
             let kind = KeyframeRequestKind::Pli;
             self.request_keyframe(origin, mid, rid, kind, Urgency::NewSubscriber, now);
         }
+        self.pause_unused_layers(&to_resume, now);
+    }
+
+    /// Tell each simulcasting phone which of its encodings to send: the best it sends, those
+    /// a subscriber takes (or switches to, or has for `RESUME_WANTED_AFTER` wanted to take
+    /// were it sent: `to_resume`), and none that no one has taken for `PAUSE_UNUSED_AFTER`.
+    fn pause_unused_layers(
+        &mut self,
+        to_resume: &[(ParticipantId, u64, Mid, Option<Rid>)],
+        now: Instant,
+    ) {
+        let wanted: HashSet<(ParticipantId, u64, Mid, Option<Rid>)> =
+            to_resume.iter().copied().collect();
+        let mut used = HashSet::new();
+        for track in self.peers.iter().flat_map(|p| &p.tracks_out) {
+            for rid in track.encodings_used().into_iter().flatten() {
+                used.insert((track.origin, track.origin_session, track.origin_mid, rid));
+            }
+        }
+        let mut events = Vec::new();
+        for peer in &mut self.peers {
+            let mut changed = false;
+            let simulcast = peer.tracks_in.iter_mut().filter(|t| {
+                t.kind == MediaKind::Video
+                    && t.layers.iter().filter(|l| l.rid.is_some()).count() > 1
+            });
+            for track in simulcast {
+                let sent = track.encodings(now);
+                // Nothing heard of what it sends (its camera off, its uplink gone): all back.
+                let heard = sent.iter().any(|e| e.kbps > 0);
+                let best = sent.last().map(|e| e.rid);
+                // Only encodings the phone named (a rid) can be paused by name.
+                for layer in track.layers.iter_mut().filter(|l| l.rid.is_some()) {
+                    let key = (peer.id, peer.session, track.mid, layer.rid);
+                    let wanted_since = if wanted.contains(&key) {
+                        Some(*layer.wanted_since.get_or_insert(now))
+                    } else {
+                        layer.wanted_since = None;
+                        None
+                    };
+                    let wanted_long = wanted_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= RESUME_WANTED_AFTER);
+                    if !heard || best == Some(layer.rid) || used.contains(&key) || wanted_long {
+                        layer.unused_since = None;
+                        layer.wanted_since = None;
+                        changed |= std::mem::take(&mut layer.paused_at_source);
+                        continue;
+                    }
+                    if wanted_since.is_some() {
+                        // Not sent, but wanted: not unused (it is resumed if it stays wanted).
+                        layer.unused_since = None;
+                        continue;
+                    }
+                    let since = *layer.unused_since.get_or_insert(now);
+                    if !layer.paused_at_source
+                        && now.saturating_duration_since(since) >= PAUSE_UNUSED_AFTER
+                    {
+                        layer.paused_at_source = true;
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                let paused: Vec<Rid> = peer
+                    .tracks_in
+                    .iter()
+                    .flat_map(|t| &t.layers)
+                    .filter(|l| l.paused_at_source)
+                    .filter_map(|l| l.rid)
+                    .collect();
+                let list: Vec<String> = paused.iter().map(|r| r.to_string()).collect();
+                tracing::debug!(
+                    "{}: sends its video without {list:?} (no one takes them)",
+                    peer.id
+                );
+                events.push(SfuEvent::PublishLayers(peer.id, paused));
+            }
+        }
+        self.outputs
+            .extend(events.into_iter().map(SfuOutput::Event));
     }
 
     /// The encodings of a track a phone could get, cheapest first.
@@ -767,6 +894,24 @@ impl Sfu {
             .find(|p| p.id == track.origin && p.session == track.origin_session)
             .and_then(|p| p.tracks_in.iter().find(|t| t.mid == track.origin_mid))
             .map(|t| t.encodings(now))
+            .unwrap_or_default()
+    }
+
+    /// `encodings`, with a phone's paused encodings as if it sent them again.
+    fn encodings_if_resumed(
+        &self,
+        track: &TrackOut,
+        decodes_h264: bool,
+        now: Instant,
+    ) -> Vec<Encoding> {
+        if track.origin == ParticipantId::BOX {
+            return self.encodings(track, decodes_h264, now);
+        }
+        self.peers
+            .iter()
+            .find(|p| p.id == track.origin && p.session == track.origin_session)
+            .and_then(|p| p.tracks_in.iter().find(|t| t.mid == track.origin_mid))
+            .map(|t| t.encodings_if_resumed(now))
             .unwrap_or_default()
     }
 

@@ -70,6 +70,12 @@ pub(super) struct LayerIn {
     pub last_keyframe_request: Option<Instant>,
     /// Since when a keyframe has been asked for and not yet come.
     pub keyframe_asked_since: Option<Instant>,
+    /// The phone was told to stop sending it: no one takes it (see `Sfu::pause_unused_layers`).
+    pub paused_at_source: bool,
+    /// Since when no one has taken it.
+    pub unused_since: Option<Instant>,
+    /// While paused: since when a subscriber would take it if it were sent.
+    pub wanted_since: Option<Instant>,
 }
 
 impl TrackIn {
@@ -82,6 +88,9 @@ impl TrackIn {
                     meter: RateMeter::default(),
                     last_keyframe_request: None,
                     keyframe_asked_since: None,
+                    paused_at_source: false,
+                    unused_since: None,
+                    wanted_since: None,
                 });
                 self.layers.last_mut().expect("just pushed")
             }
@@ -90,19 +99,18 @@ impl TrackIn {
 
     /// The encodings a subscriber can choose from, cheapest first. Until their rates are
     /// known (the first second), all of them at no cost, so the best is tried.
+    /// An encoding the phone was told to pause is not among them.
     pub fn encodings(&self, now: Instant) -> Vec<Encoding> {
-        let mut measured: Vec<Encoding> = self
-            .layers
-            .iter()
+        let sent = self.layers.iter().filter(|l| !l.paused_at_source);
+        let mut measured: Vec<Encoding> = sent
+            .clone()
             .filter_map(|l| {
                 let kbps = l.meter.kbps(now)?;
                 Some(Encoding { rid: l.rid, kbps })
             })
             .collect();
         if measured.is_empty() {
-            return self
-                .layers
-                .iter()
+            return sent
                 .map(|l| Encoding {
                     rid: l.rid,
                     kbps: 0,
@@ -111,6 +119,26 @@ impl TrackIn {
         }
         measured.sort_by_key(|e| e.kbps);
         measured
+    }
+
+    /// `encodings`, with the paused ones back at what they cost when they were last sent: what
+    /// a subscriber would choose from if the phone sent them again.
+    pub fn encodings_if_resumed(&self, now: Instant) -> Vec<Encoding> {
+        let mut all = self.encodings(now);
+        if all.iter().all(|e| e.kbps == 0) {
+            return all;
+        }
+        all.extend(
+            self.layers
+                .iter()
+                .filter(|l| l.paused_at_source)
+                .map(|l| Encoding {
+                    rid: l.rid,
+                    kbps: l.meter.last_kbps().unwrap_or(0),
+                }),
+        );
+        all.sort_by_key(|e| e.kbps);
+        all
     }
 }
 
@@ -158,6 +186,15 @@ pub(super) struct TrackOut {
     pub keyframe_requests: u32,
     /// When the last `UNDECODED_REQUESTS` of them came, oldest first.
     recent_keyframe_requests: VecDeque<Instant>,
+}
+
+impl TrackOut {
+    /// The encodings of its origin's track this subscription uses: the one forwarded now and
+    /// the one it should get (they differ while it switches). None while it is paused.
+    pub fn encodings_used(&self) -> Option<[Option<Rid>; 2]> {
+        (self.open_mid().is_some() && !self.choice.paused)
+            .then_some([self.current, self.choice.target])
+    }
 }
 
 /// Packets of a track not written to a subscriber, by why.

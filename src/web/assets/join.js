@@ -205,6 +205,7 @@
           send({ type: 'answer', sdp: pc.localDescription.sdp });
         });
       case 'publish_codec': return enqueue(s, () => switchCodec(msg.codec));
+      case 'publish_layers': return enqueue(s, () => publishLayers(msg.paused));
       case 'error': console.warn('Hearth server says:', msg.message); return undefined;
       default: console.warn('Unknown message type:', msg.type); return undefined;
     }
@@ -277,6 +278,21 @@
       await sender.setParameters(params);
     } catch (e) {
       console.warn('Could not switch the video codec to', name, e);
+    }
+  }
+
+  // The box pauses the simulcast encodings no one in the call takes (and asks for them again
+  // when someone would): less to send on this phone's uplink and battery.
+  async function publishLayers(paused) {
+    const sender = videoTr && videoTr.sender;
+    if (!sender || !Array.isArray(paused)) return;
+    try {
+      const params = sender.getParameters();
+      if (!params.encodings || params.encodings.length < 2) return;
+      params.encodings.forEach((e) => { e.active = !paused.includes(e.rid); });
+      await sender.setParameters(params);
+    } catch (e) {
+      console.warn('Could not pause the encodings', paused, e);
     }
   }
 
