@@ -589,7 +589,7 @@ impl Sfu {
         // next datagram, and forward it.
         let mut transmits = Vec::new();
         let mut propagate = Vec::new();
-        peer.due = peer.drain(now, &mut transmits, &mut propagate, &mut self.counters);
+        peer.drain(now, &mut transmits, &mut propagate, &mut self.counters);
         self.outputs
             .extend(transmits.into_iter().map(SfuOutput::Transmit));
         for item in propagate {
@@ -771,6 +771,7 @@ impl Sfu {
             if nudge {
                 peer.probe_asked_at = Some(now);
             }
+            peer.nothing_to_probe = !below_best && minimum == 0;
             // An estimate that fell to almost nothing paces almost nothing: no feedback comes
             // back to raise it, and the phone gets neither audio nor a keyframe (seen on a
             // 300 kbit/s link: 1 kbit/s for good). Start it again from a rate that carries a
@@ -956,14 +957,14 @@ impl Sfu {
                     continue;
                 }
                 if !all && peer.due > now + IMMEDIATE {
-                    next = next.min(peer.due);
+                    next = next.min(peer.latest);
                     continue;
                 }
                 if let Some(offer) = peer.negotiate_if_needed() {
                     events.push(SfuEvent::Offer(peer.id, offer));
                 }
-                peer.due = peer.drain(now, &mut transmits, &mut propagate, &mut self.counters);
-                next = next.min(peer.due);
+                peer.drain(now, &mut transmits, &mut propagate, &mut self.counters);
+                next = next.min(peer.latest);
             }
             if propagate.is_empty() {
                 break;
@@ -1070,7 +1071,6 @@ impl Sfu {
         }
         for peer in self.peers.iter_mut().filter(|p| p.id != origin) {
             if peer.forward(origin, session, mid, rid, keyframe, params, packet, now) {
-                peer.due = now;
                 self.counters.packets_forwarded += 1;
             }
         }
@@ -1113,7 +1113,7 @@ impl Sfu {
         }
         if let Some(stream) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             stream.request_keyframe(kind);
-            peer.due = now;
+            peer.wake_at(now, now);
             self.counters.keyframe_requests_sent += 1;
         }
     }

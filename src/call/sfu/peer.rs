@@ -9,7 +9,7 @@ use str0m::change::SdpPendingOffer;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
-use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason, Rtc};
 
 use super::layers::{Choice, Encoding, LayerReason, RateMeter, Renumber};
 use super::{payload, LostReason, SfuCounters, Transmit};
@@ -52,6 +52,12 @@ const RTX_SHARE_CAP: f32 = 0.5;
 const IMMEDIATE: Duration = Duration::from_millis(1);
 /// Bounds the packets one `drain` sends (a second of forwarding to one phone is ~1000).
 const MOST_TIMEOUTS_PER_DRAIN: u32 = 4096;
+/// How late housekeeping (reports, budgets, the pacer's pass after its last packet) may run:
+/// a packet arrives every few milliseconds in a call and does it on its way, so a wake-up of
+/// its own is rarely needed. Nothing a viewer sees or hears waits on it.
+const HOUSEKEEPING_SLACK: Duration = Duration::from_millis(20);
+/// How late the NACK scan (every 33 ms) and TWCC feedback (every 50 ms) may run.
+const FEEDBACK_SLACK: Duration = Duration::from_millis(10);
 
 /// A track this phone publishes.
 #[derive(Debug)]
@@ -424,8 +430,16 @@ pub(super) struct Peer {
     pub lossy_at: Option<Instant>,
     created: Instant,
     /// When its `Rtc` next wants time to pass (from the last `drain`): a peer that was given
-    /// nothing since has nothing to do before then.
+    /// nothing since has nothing to do before then, and is drained on any wake-up after.
     pub due: Instant,
+    /// When it must be drained at the latest: `due`, or a little after it when what is due
+    /// can wait for a wake-up the call makes anyway (`slack`).
+    pub latest: Instant,
+    /// RTP packets written to it since the last `drain`.
+    written: u32,
+    /// Every video it gets is the best there is and it is not padded: its estimate has
+    /// nothing to find out, so its pacer sends what is written and no probes.
+    pub nothing_to_probe: bool,
     pub last_heard: Option<Instant>,
     pub connected: bool,
     pub lost: Option<LostReason>,
@@ -456,6 +470,9 @@ impl Peer {
             loss: LossWindow::default(),
             created: now,
             due: now,
+            latest: now,
+            written: 0,
+            nothing_to_probe: false,
             last_heard: None,
             connected: false,
             lost: None,
@@ -606,41 +623,75 @@ impl Peer {
     }
 
     /// Poll str0m until it has nothing but a timeout, which is returned.
+    /// Everything its `Rtc` has to send or tell, and time passed up to `now`; then `due` and
+    /// `latest` say when it next needs draining.
     pub fn drain(
         &mut self,
         now: Instant,
         transmits: &mut Vec<Transmit>,
         propagate: &mut Vec<Propagate>,
         counters: &mut SfuCounters,
-    ) -> Instant {
+    ) {
         let mut timeouts = 0;
+        let mut media_sent = 0;
         loop {
             let output = match self.rtc.poll_output() {
                 Ok(o) => o,
                 Err(_) => {
                     self.lost = Some(LostReason::Failed);
-                    return now;
+                    self.wake_at(now, now);
+                    return;
                 }
             };
             match output {
                 Output::Timeout(t)
                     if t <= now + IMMEDIATE && timeouts < MOST_TIMEOUTS_PER_DRAIN =>
                 {
+                    // After each packet the pacer asks for a pass to let the next one out.
+                    // With all that was written sent and nothing to probe, that pass finds
+                    // nothing to send: it is left to the pass the next write needs anyway
+                    // (one pass per packet, not two), or to `HOUSEKEEPING_SLACK` later.
+                    // Where probes or padding are wanted it runs now: they come from it.
+                    let gate =
+                        self.rtc.last_timeout_reason() == Reason::Pacer(PacerReason::Immediate);
+                    if gate
+                        && self.nothing_to_probe
+                        && self.written > 0
+                        && media_sent == self.written
+                    {
+                        self.written = 0;
+                        self.wake_at(t + HOUSEKEEPING_SLACK, t + HOUSEKEEPING_SLACK);
+                        return;
+                    }
                     timeouts += 1;
                     if self.rtc.handle_input(Input::Timeout(t.max(now))).is_err() {
                         self.lost = Some(LostReason::Failed);
-                        return now;
+                        self.wake_at(now, now);
+                        return;
                     }
                 }
-                Output::Timeout(t) => return t,
-                Output::Transmit(t) => transmits.push(Transmit {
-                    source: t.source,
-                    destination: t.destination,
-                    contents: t.contents.into(),
-                }),
+                Output::Timeout(t) => {
+                    self.written = 0;
+                    self.wake_at(t, t + slack(self.rtc.last_timeout_reason()));
+                    return;
+                }
+                Output::Transmit(t) => {
+                    media_sent += u32::from(is_rtp(&t.contents));
+                    transmits.push(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    })
+                }
                 Output::Event(event) => self.on_event(event, now, propagate, counters),
             }
         }
+    }
+
+    /// Drain it at `due` if awake then, and wake up for it at `latest`.
+    pub fn wake_at(&mut self, due: Instant, latest: Instant) {
+        self.due = due;
+        self.latest = latest;
     }
 
     fn on_event(
@@ -891,8 +942,32 @@ impl Peer {
             return false;
         };
         stream.write_rtp(write(seq, ts));
+        self.written += 1;
+        self.wake_at(now, now);
         true
     }
+}
+
+/// How late what str0m wakes up for may be done, to be done on a wake-up the call makes
+/// anyway: receiver and sender reports, statistics, the pacer's budget and paused-stream
+/// checks by `HOUSEKEEPING_SLACK`; the periodic scan for packets to NACK and TWCC feedback
+/// (the phones' estimators read its contents, not its timing) by `FEEDBACK_SLACK`. Packets,
+/// resends, probes, connecting and the estimator's own timers are not put off.
+fn slack(reason: Reason) -> Duration {
+    match reason {
+        Reason::Pacer(PacerReason::Handle)
+        | Reason::Feedback
+        | Reason::Stats
+        | Reason::PauseCheck
+        | Reason::NotHappening => HOUSEKEEPING_SLACK,
+        Reason::Nack | Reason::Twcc => FEEDBACK_SLACK,
+        _ => Duration::ZERO,
+    }
+}
+
+/// An RTP packet, not RTCP, STUN or DTLS (RFC 7983's first byte; RFC 5761's packet types).
+fn is_rtp(datagram: &[u8]) -> bool {
+    matches!(datagram, [128..=191, second, ..] if !(192..=223).contains(second))
 }
 
 #[cfg(test)]
