@@ -975,6 +975,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_rtp_counts_as_media_sent() {
+        assert!(is_rtp(&[0x80, 96, 0, 1]), "RTP, payload type 96");
+        assert!(is_rtp(&[0x80, 0x80 | 111, 0, 1]), "RTP with its marker bit");
+        assert!(!is_rtp(&[0x80, 200, 0, 6]), "RTCP sender report");
+        assert!(!is_rtp(&[0x81, 205, 0, 4]), "RTCP transport feedback");
+        assert!(!is_rtp(&[0x00, 0x01, 0, 0]), "STUN binding request");
+        assert!(!is_rtp(&[22, 0xfe, 0xfd]), "DTLS handshake");
+        assert!(!is_rtp(&[0x80]), "too short");
+    }
+
+    #[test]
+    fn only_housekeeping_and_feedback_wait() {
+        assert_eq!(slack(Reason::Feedback), HOUSEKEEPING_SLACK);
+        assert_eq!(
+            slack(Reason::Pacer(PacerReason::Handle)),
+            HOUSEKEEPING_SLACK
+        );
+        assert_eq!(slack(Reason::Twcc), FEEDBACK_SLACK);
+        for now in [
+            Reason::Pacer(PacerReason::Paced),
+            Reason::Pacer(PacerReason::Unpaced),
+            Reason::Pacer(PacerReason::Probe1),
+            Reason::Pacer(PacerReason::Padding),
+            Reason::Ice,
+            Reason::DTLS,
+            Reason::BweDelayControl,
+        ] {
+            assert_eq!(slack(now), Duration::ZERO, "{now:?}");
+        }
+    }
+
+    #[test]
     fn a_paused_video_comes_back_at_a_keyframe_numbered_on_without_a_gap() {
         let t0 = Instant::now();
         let mut track = TrackOut::new(ParticipantId::BOX, 0, Mid::from("v"), MediaKind::Video);
