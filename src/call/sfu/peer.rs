@@ -56,8 +56,6 @@ const MOST_TIMEOUTS_PER_DRAIN: u32 = 4096;
 /// a packet arrives every few milliseconds in a call and does it on its way, so a wake-up of
 /// its own is rarely needed. Nothing a viewer sees or hears waits on it.
 const HOUSEKEEPING_SLACK: Duration = Duration::from_millis(20);
-/// How late the NACK scan (every 33 ms) and TWCC feedback (every 50 ms) may run.
-const FEEDBACK_SLACK: Duration = Duration::from_millis(10);
 
 /// A track this phone publishes.
 #[derive(Debug)]
@@ -672,7 +670,15 @@ impl Peer {
                 }
                 Output::Timeout(t) => {
                     self.written = 0;
-                    self.wake_at(t, t + slack(self.rtc.last_timeout_reason()));
+                    // While it is padded or probed, the pacer's budget pass makes the padding:
+                    // put off, it came in bursts, and a weak link's estimate recovered more
+                    // slowly (tests/sfu). Only a phone with nothing to probe has slack.
+                    let slack = if self.nothing_to_probe {
+                        slack(self.rtc.last_timeout_reason())
+                    } else {
+                        Duration::ZERO
+                    };
+                    self.wake_at(t, t + slack);
                     return;
                 }
                 Output::Transmit(t) => {
@@ -950,9 +956,8 @@ impl Peer {
 
 /// How late what str0m wakes up for may be done, to be done on a wake-up the call makes
 /// anyway: receiver and sender reports, statistics, the pacer's budget and paused-stream
-/// checks by `HOUSEKEEPING_SLACK`; the periodic scan for packets to NACK and TWCC feedback
-/// (the phones' estimators read its contents, not its timing) by `FEEDBACK_SLACK`. Packets,
-/// resends, probes, connecting and the estimator's own timers are not put off.
+/// checks. Packets, resends, probes, connecting, the NACK scan, TWCC feedback and the
+/// estimator's own timers are not put off.
 fn slack(reason: Reason) -> Duration {
     match reason {
         Reason::Pacer(PacerReason::Handle)
@@ -960,7 +965,6 @@ fn slack(reason: Reason) -> Duration {
         | Reason::Stats
         | Reason::PauseCheck
         | Reason::NotHappening => HOUSEKEEPING_SLACK,
-        Reason::Nack | Reason::Twcc => FEEDBACK_SLACK,
         _ => Duration::ZERO,
     }
 }
@@ -992,8 +996,9 @@ mod tests {
             slack(Reason::Pacer(PacerReason::Handle)),
             HOUSEKEEPING_SLACK
         );
-        assert_eq!(slack(Reason::Twcc), FEEDBACK_SLACK);
         for now in [
+            Reason::Twcc,
+            Reason::Nack,
             Reason::Pacer(PacerReason::Paced),
             Reason::Pacer(PacerReason::Unpaced),
             Reason::Pacer(PacerReason::Probe1),
