@@ -30,7 +30,7 @@ use box_leg::BoxLeg;
 pub use box_leg::{BoxEncoding, LOW_KBPS, VP8_KBPS};
 use layers::Encoding;
 pub use layers::LayerReason;
-use peer::{Peer, Propagate, TrackOut, Urgency};
+use peer::{Peer, Propagate, TrackIn, TrackOut, Urgency};
 
 /// A peer that has sent nothing for this long is gone (ICE failed, phone out of range).
 /// Browsers send RTCP at least every second and STUN consent checks every few seconds.
@@ -890,12 +890,17 @@ impl Sfu {
                 .map(|leg| leg.encodings(decodes_h264, now))
                 .unwrap_or_default();
         }
+        self.published(track)
+            .map(|t| t.encodings(now))
+            .unwrap_or_default()
+    }
+
+    /// The phone's track that `track` forwards.
+    fn published(&self, track: &TrackOut) -> Option<&TrackIn> {
         self.peers
             .iter()
             .find(|p| p.id == track.origin && p.session == track.origin_session)
             .and_then(|p| p.tracks_in.iter().find(|t| t.mid == track.origin_mid))
-            .map(|t| t.encodings(now))
-            .unwrap_or_default()
     }
 
     /// `encodings`, with a phone's paused encodings as if it sent them again.
@@ -908,10 +913,7 @@ impl Sfu {
         if track.origin == ParticipantId::BOX {
             return self.encodings(track, decodes_h264, now);
         }
-        self.peers
-            .iter()
-            .find(|p| p.id == track.origin && p.session == track.origin_session)
-            .and_then(|p| p.tracks_in.iter().find(|t| t.mid == track.origin_mid))
+        self.published(track)
             .map(|t| t.encodings_if_resumed(now))
             .unwrap_or_default()
     }
