@@ -113,24 +113,20 @@ async fn a_weak_link_gets_the_small_pictures_and_the_others_keep_the_full_ones()
 
     // Every link carries the full pictures, so no one takes a simulcasting phone's small
     // encoding: the box tells the phone to pause it, and its page does.
+    let pausing_small = |status: &serde_json::Value| -> Option<String> {
+        let participants = status["participants"].as_array()?;
+        let pausing = participants
+            .iter()
+            .find(|p| p["paused_encodings"] == serde_json::json!(["l"]))?;
+        pausing["id"].as_str().map(str::to_owned)
+    };
     let status = daemon.status_within(
         "a phone told to pause the small encoding no one takes",
         secs(30),
-        |status| {
-            status["participants"].as_array().is_some_and(|l| {
-                l.iter()
-                    .any(|p| p["paused_encodings"] == serde_json::json!(["l"]))
-            })
-        },
+        |status| pausing_small(status).is_some(),
     )?;
-    let pausing = status["participants"]
-        .as_array()
-        .and_then(|l| {
-            l.iter()
-                .find(|p| p["paused_encodings"] == serde_json::json!(["l"]))
-        })
-        .and_then(|p| p["id"].as_str())
-        .and_then(|id| ids.iter().position(|i| i == id))
+    let pausing = pausing_small(&status)
+        .and_then(|id| ids.iter().position(|i| *i == id))
         .context("the pausing phone among the three")?;
     let small_inactive = "window.hearth.pc.getSenders().some((s) => \
         (s.getParameters().encodings || []).some((e) => e.rid === 'l' && e.active === false))";

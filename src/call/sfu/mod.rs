@@ -397,13 +397,7 @@ impl Sfu {
                         }
                     })
                     .collect(),
-                paused_encodings: p
-                    .tracks_in
-                    .iter()
-                    .flat_map(|t| &t.layers)
-                    .filter(|l| l.paused_at_source)
-                    .filter_map(|l| l.rid.map(|r| r.to_string()))
-                    .collect(),
+                paused_encodings: p.paused_encodings().map(|r| r.to_string()).collect(),
             })
             .collect()
     }
@@ -862,13 +856,7 @@ impl Sfu {
                 }
             }
             if changed {
-                let paused: Vec<Rid> = peer
-                    .tracks_in
-                    .iter()
-                    .flat_map(|t| &t.layers)
-                    .filter(|l| l.paused_at_source)
-                    .filter_map(|l| l.rid)
-                    .collect();
+                let paused: Vec<Rid> = peer.paused_encodings().collect();
                 let list: Vec<String> = paused.iter().map(|r| r.to_string()).collect();
                 tracing::debug!(
                     "{}: sends its video without {list:?} (no one takes them)",

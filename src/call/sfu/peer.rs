@@ -620,7 +620,6 @@ impl Peer {
         which
     }
 
-    /// Poll str0m until it has nothing but a timeout, which is returned.
     /// Everything its `Rtc` has to send or tell, and time passed up to `now`; then `due` and
     /// `latest` say when it next needs draining.
     pub fn drain(
@@ -692,6 +691,15 @@ impl Peer {
                 Output::Event(event) => self.on_event(event, now, propagate, counters),
             }
         }
+    }
+
+    /// Its simulcast encodings it was told to pause (`Sfu::pause_unused_layers`).
+    pub fn paused_encodings(&self) -> impl Iterator<Item = Rid> + '_ {
+        self.tracks_in
+            .iter()
+            .flat_map(|t| &t.layers)
+            .filter(|l| l.paused_at_source)
+            .filter_map(|l| l.rid)
     }
 
     /// Drain it at `due` if awake then, and wake up for it at `latest`.
@@ -990,13 +998,13 @@ mod tests {
     }
 
     #[test]
-    fn only_housekeeping_and_feedback_wait() {
+    fn only_housekeeping_waits() {
         assert_eq!(slack(Reason::Feedback), HOUSEKEEPING_SLACK);
         assert_eq!(
             slack(Reason::Pacer(PacerReason::Handle)),
             HOUSEKEEPING_SLACK
         );
-        for now in [
+        for reason in [
             Reason::Twcc,
             Reason::Nack,
             Reason::Pacer(PacerReason::Paced),
@@ -1007,7 +1015,7 @@ mod tests {
             Reason::DTLS,
             Reason::BweDelayControl,
         ] {
-            assert_eq!(slack(now), Duration::ZERO, "{now:?}");
+            assert_eq!(slack(reason), Duration::ZERO, "{reason:?}");
         }
     }
 
