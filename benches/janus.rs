@@ -11,7 +11,8 @@
 //!   from `getStats()` in the pages, so both servers are counted the same way.
 //!
 //! It prints CPU-ms per 1000 forwarded packets for each run and the ratio Hearth / Janus.
-//! `-- --phones N` measures one call size, `-- --runs N` repeats N times; `HEARTH_PERF=DIR`
+//! `-- --phones N` measures one call size, `-- --runs N` repeats N times, `-- --settle S`
+//! waits S seconds (default 8) before the window; `HEARTH_PERF=DIR`
 //! profiles Hearth's windows (see `perf_record`).
 //! Prints figures; asserts nothing. Run inside `tests/in-netns` (the Makefile does): Janus
 //! listens on the namespace's interface and its loopback only.
@@ -27,6 +28,10 @@ use hearth_test_support::browser::{Browser, BrowserKind};
 use hearth_test_support::{temp_dir, Daemon, Phone};
 
 const RUNS: usize = 3;
+/// From everyone decoding everyone to the window. Hearth pauses a simulcast encoding no one
+/// takes 10 s after it was last taken (dynacast), so the window's first seconds may still
+/// hold some of that; `-- --settle 20` measures a call past it (it moved the ratio by about
+/// 0.02 here, within run-to-run noise).
 const SETTLE: Duration = Duration::from_secs(8);
 const WINDOW: Duration = Duration::from_secs(20);
 const JANUS_HTTP_PORT: u16 = 18088;
@@ -288,8 +293,13 @@ impl std::fmt::Display for Figure {
 }
 
 /// CPU-ms per 1000 packets received by the subscribers over the window.
-async fn measure(pid: u32, browsers: &mut [&mut Browser], profile: Option<&str>) -> Result<Figure> {
-    tokio::time::sleep(SETTLE).await;
+async fn measure(
+    pid: u32,
+    browsers: &mut [&mut Browser],
+    settle: Duration,
+    profile: Option<&str>,
+) -> Result<Figure> {
+    tokio::time::sleep(settle).await;
     let (cpu0, (rx0, _)) = (cpu_ms(pid)?, inbound(browsers).await?);
     let perf = match profile {
         Some(name) => perf_record(pid, name)?,
@@ -311,7 +321,7 @@ async fn measure(pid: u32, browsers: &mut [&mut Browser], profile: Option<&str>)
     })
 }
 
-async fn hearth_run(phones: usize, run: usize) -> Result<Figure> {
+async fn hearth_run(phones: usize, run: usize, settle: Duration) -> Result<Figure> {
     let daemon = Daemon::start_with(&temp_dir("bench-janus-hearth"), NO_BOX_MEDIA)?;
     let mut list = Vec::new();
     for i in 0..phones {
@@ -323,14 +333,14 @@ async fn hearth_run(phones: usize, run: usize) -> Result<Figure> {
     }
     let mut browsers: Vec<&mut Browser> = list.iter_mut().map(Phone::browser_mut).collect();
     let profile = format!("hearth-n{phones}-run{run}");
-    let figure = measure(daemon.pid(), &mut browsers, Some(&profile)).await;
+    let figure = measure(daemon.pid(), &mut browsers, settle, Some(&profile)).await;
     for phone in list {
         phone.close().await?;
     }
     figure
 }
 
-async fn janus_run(phones: usize, page: &str) -> Result<Figure> {
+async fn janus_run(phones: usize, page: &str, settle: Duration) -> Result<Figure> {
     let janus = Janus::start()?;
     let base = format!("http://127.0.0.1:{JANUS_HTTP_PORT}/janus");
     let mut browsers = Vec::new();
@@ -354,7 +364,7 @@ async fn janus_run(phones: usize, page: &str) -> Result<Figure> {
         }
     }
     let mut refs: Vec<&mut Browser> = browsers.iter_mut().collect();
-    let figure = measure(janus.pid(), &mut refs, None).await;
+    let figure = measure(janus.pid(), &mut refs, settle, None).await;
     for b in browsers {
         b.close().await?;
     }
@@ -373,6 +383,7 @@ async fn main() -> Result<()> {
         args.get(i + 1)?.parse::<usize>().ok()
     };
     let runs = value("--runs").unwrap_or(RUNS);
+    let settle = value("--settle").map_or(SETTLE, |s| Duration::from_secs(s as u64));
     let sizes = match value("--phones") {
         Some(n) => vec![n],
         None => vec![3, 4],
@@ -380,13 +391,16 @@ async fn main() -> Result<()> {
     let page = serve_blank_page()?;
     for phones in sizes {
         println!(
-            "N = {phones}: each publishes H.264 (two encodings) + Opus and subscribes to the other {}",
-            phones - 1
+            "N = {phones}: each publishes H.264 (two encodings) + Opus and subscribes to the other {}; \
+             window {} s from {} s after everyone decodes everyone",
+            phones - 1,
+            WINDOW.as_secs(),
+            settle.as_secs()
         );
         let mut ratios = Vec::new();
         for run in 1..=runs {
-            let hearth = hearth_run(phones, run).await?;
-            let janus = janus_run(phones, &page).await?;
+            let hearth = hearth_run(phones, run, settle).await?;
+            let janus = janus_run(phones, &page, settle).await?;
             let ratio = hearth.cpu_per_1000 / janus.cpu_per_1000;
             ratios.push(ratio);
             println!("  run {run}: ratio {ratio:.2}\n    Hearth {hearth}\n    Janus  {janus}");
