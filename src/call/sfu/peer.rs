@@ -56,12 +56,6 @@ const MOST_TIMEOUTS_PER_DRAIN: u32 = 4096;
 /// a packet arrives every few milliseconds in a call and does it on its way, so a wake-up of
 /// its own is rarely needed. Nothing a viewer sees or hears waits on it.
 const HOUSEKEEPING_SLACK: Duration = Duration::from_millis(20);
-/// How late the NACK scan and TWCC feedback to a phone with nothing to probe may run. They
-/// come every 33 and 50 ms for each phone, and on their own wake-up were one in ten of the
-/// hub's wake-ups in a three-phone call; a packet a few milliseconds later does them on its
-/// way. A resend request or a feedback report at most this late is well inside what the
-/// browser's retransmission and estimator expect.
-const FEEDBACK_SLACK: Duration = Duration::from_millis(10);
 
 /// A track this phone publishes.
 #[derive(Debug)]
@@ -677,9 +671,7 @@ impl Peer {
                     self.written = 0;
                     // While it is padded or probed, the pacer's budget pass makes the padding:
                     // put off, it came in bursts, and a weak link's estimate recovered more
-                    // slowly (tests/sfu); so did its NACK and TWCC timers put off, as they
-                    // hid the pacer's next pass behind them. Only a phone with nothing to
-                    // probe has slack.
+                    // slowly (tests/sfu). Only a phone with nothing to probe has slack.
                     let slack = if self.nothing_to_probe {
                         slack(self.rtc.last_timeout_reason())
                     } else {
@@ -970,11 +962,10 @@ impl Peer {
     }
 }
 
-/// How late what str0m wakes up for may be done (for a phone with nothing to probe), to be
-/// done on a wake-up the call makes anyway: receiver and sender reports, statistics, the
-/// pacer's budget and paused-stream checks, and a little less for the NACK scan and TWCC
-/// feedback. Packets, resends, probes, connecting and the estimator's own timers are not put
-/// off.
+/// How late what str0m wakes up for may be done, to be done on a wake-up the call makes
+/// anyway: receiver and sender reports, statistics, the pacer's budget and paused-stream
+/// checks. Packets, resends, probes, connecting, the NACK scan, TWCC feedback and the
+/// estimator's own timers are not put off.
 fn slack(reason: Reason) -> Duration {
     match reason {
         Reason::Pacer(PacerReason::Handle)
@@ -982,7 +973,6 @@ fn slack(reason: Reason) -> Duration {
         | Reason::Stats
         | Reason::PauseCheck
         | Reason::NotHappening => HOUSEKEEPING_SLACK,
-        Reason::Nack | Reason::Twcc => FEEDBACK_SLACK,
         _ => Duration::ZERO,
     }
 }
@@ -1008,15 +998,15 @@ mod tests {
     }
 
     #[test]
-    fn only_housekeeping_and_feedback_wait() {
+    fn only_housekeeping_waits() {
         assert_eq!(slack(Reason::Feedback), HOUSEKEEPING_SLACK);
         assert_eq!(
             slack(Reason::Pacer(PacerReason::Handle)),
             HOUSEKEEPING_SLACK
         );
-        assert_eq!(slack(Reason::Nack), FEEDBACK_SLACK);
-        assert_eq!(slack(Reason::Twcc), FEEDBACK_SLACK);
         for reason in [
+            Reason::Twcc,
+            Reason::Nack,
             Reason::Pacer(PacerReason::Paced),
             Reason::Pacer(PacerReason::Unpaced),
             Reason::Pacer(PacerReason::Probe1),
