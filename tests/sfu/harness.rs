@@ -24,8 +24,12 @@ pub const SFU_ADDR: SocketAddr = SocketAddr::new(
     std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
     10000,
 );
-/// How far the clock moves per step.
+/// How far the clock moves per step at most.
 pub const STEP: Duration = Duration::from_millis(5);
+/// How far it moves at least: a step ends early at the SFU's timer, to the millisecond, as
+/// the daemon's timer wakes it. At 5 ms steps alone its pacer sent a bandwidth probe in
+/// lumps, the probe measured a fraction of the link, and the estimate fell to that.
+const MIN_STEP: Duration = Duration::from_millis(1);
 /// Phones send one audio and one video frame this often while publishing.
 pub const FRAME: Duration = Duration::from_millis(20);
 /// Added to the frame number of the box's half-size frames, so they differ from its full-size.
@@ -369,8 +373,13 @@ impl World {
     /// Move the clock one step: frames due are written, timers due are fired, and every
     /// datagram is delivered until nobody has anything more to say.
     pub fn step(&mut self) {
-        self.now += STEP;
+        let before = self.now;
+        let sfu_due = self.sfu.poll_timeout().unwrap_or(before + STEP);
+        self.now = sfu_due
+            .min(self.next_frame)
+            .clamp(before + MIN_STEP, before + STEP);
         let now = self.now;
+        let elapsed = now - before;
         if now >= self.next_frame {
             self.next_frame = now + FRAME;
             for phone in &mut self.phones {
@@ -384,7 +393,7 @@ impl World {
         }
         for phone in &mut self.phones {
             if let Some(kbps) = phone.downlink_kbps {
-                let refill = kbps as f64 * 1000.0 / 8.0 * STEP.as_secs_f64();
+                let refill = kbps as f64 * 1000.0 / 8.0 * elapsed.as_secs_f64();
                 phone.downlink_tokens = (phone.downlink_tokens + refill).min(DOWNLINK_BUCKET);
             }
             if phone.timeout <= now {
@@ -562,7 +571,7 @@ impl World {
                 let read = match self.one_datagram_at_a_time {
                     true => {
                         let next = self.sfu.now().map_or(now, |t| t + DATAGRAM_SPACING);
-                        next.clamp(now, now + STEP - DATAGRAM_SPACING)
+                        next.clamp(now, now + MIN_STEP - DATAGRAM_SPACING)
                     }
                     false => now,
                 };
