@@ -408,10 +408,9 @@ async fn main() -> Result<()> {
         // Runs on this machine spread by +-15 % (both servers): the spread is printed with the
         // middle, so that more runs (`--runs`) can tell a change from noise.
         let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
-        let mut sorted = ratios.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = sorted[sorted.len() / 2];
-        let (best, worst) = (sorted[0], sorted[sorted.len() - 1]);
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        let (best, worst) = (ratios[0], ratios[ratios.len() - 1]);
         println!(
             "  ratio Hearth / Janus: mean {mean:.2}, median {median:.2}, best {best:.2}, \
              worst {worst:.2} over {} runs (goal at most 0.5)",

@@ -370,8 +370,9 @@ impl World {
         self.now - self.start
     }
 
-    /// Move the clock one step: frames due are written, timers due are fired, and every
-    /// datagram is delivered until nobody has anything more to say.
+    /// Move the clock one step (to the SFU's timer or the next frame, within `MIN_STEP` and
+    /// `STEP`): frames due are written, timers due are fired, and every datagram is delivered
+    /// until nobody has anything more to say.
     pub fn step(&mut self) {
         let before = self.now;
         let sfu_due = self.sfu.poll_timeout().unwrap_or(before + STEP);
