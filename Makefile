@@ -24,7 +24,7 @@ DEPS := build-essential pkg-config cmake ca-certificates iproute2 util-linux fon
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/target/dev-state
 
-.PHONY: deps build run test bench bench-janus bench-load bench-forward soak fuzz cross deb deb-arm64
+.PHONY: deps build ship run test bench bench-janus bench-load bench-forward soak fuzz cross deb deb-arm64
 
 SYSROOT := $(CURDIR)/target/sysroot-arm64
 ARM64 := aarch64-unknown-linux-gnu
@@ -61,6 +61,11 @@ deps:
 build: deps
 	$(CARGO) build --release --locked
 
+# What goes on the box: Cargo.toml's `ship` profile (fat LTO), in target/ship/. `make run` and
+# the tests use `release`, which builds in a fraction of the time.
+ship: deps
+	$(CARGO) build --profile ship --locked
+
 run: build
 	./target/release/hearth --state-dir $(STATE_DIR) run --board dev
 
@@ -78,15 +83,16 @@ bench: deps
 	./tests/in-netns $(CARGO) bench --locked --offline --bench call --bench impaired
 
 # Hearth's SFU and Janus's VideoRoom side by side (benches/janus.rs): CPU per 1000 forwarded
-# packets, N = 3 and 4, three alternating runs each. Debian's janus is installed here, its
-# unit masked first as coturn's is: the bench starts its own Janus inside the namespace.
+# packets, N = 3 and 4, three alternating runs each, of the build that ships (the `ship`
+# profile). Debian's janus is installed here, its unit masked first as coturn's is: the bench
+# starts its own Janus inside the namespace.
 bench-janus: deps
 	@dpkg-query -W -f='$${Status}\n' janus 2>/dev/null | grep -q '^install ok installed' || { \
 		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 		$$SUDO mkdir -p /etc/systemd/system && $$SUDO ln -sf /dev/null /etc/systemd/system/janus.service; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends janus; }
-	$(CARGO) build --release --locked --all-targets
-	./tests/in-netns $(CARGO) bench --locked --offline --bench janus
+	$(CARGO) bench --profile ship --locked --no-run --bench janus
+	./tests/in-netns $(CARGO) bench --profile ship --locked --offline --bench janus
 
 # The SFU at scale without browsers (benches/load.rs): N = 4, 8 and 12 str0m clients in one
 # process, each publishing pre-encoded H.264 and Opus and checking every frame it receives;
@@ -144,15 +150,15 @@ fuzz: deps
 cross: deps
 	image/cross-sysroot.sh $(SYSROOT)
 	rustup target add $(ARM64)
-	$(CROSS_ENV) $(CARGO) build --release --locked --target $(ARM64)
+	$(CROSS_ENV) $(CARGO) build --profile ship --locked --target $(ARM64)
 
 # Debian packages (cargo-deb): binary, unit, default config, udev rules.
-deb: build
+deb: ship
 	$(CARGO) install cargo-deb --locked --version 3.8.0 --quiet || $(CARGO) install cargo-deb --locked --quiet
-	./target/release/hearth config default > target/hearth.toml
-	$(CARGO) deb --no-build --locked
+	./target/ship/hearth config default > target/hearth.toml
+	$(CARGO) deb --no-build --profile ship --locked
 
 deb-arm64: cross
 	$(CARGO) install cargo-deb --locked --version 3.8.0 --quiet || $(CARGO) install cargo-deb --locked --quiet
 	./target/release/hearth config default > target/hearth.toml || $(CARGO) run --release --locked -- config default > target/hearth.toml
-	$(CARGO) deb --no-build --no-strip --locked --target $(ARM64)
+	$(CARGO) deb --no-build --no-strip --profile ship --locked --target $(ARM64)

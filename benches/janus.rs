@@ -1,6 +1,6 @@
-//! `make bench-janus` (`cargo bench --bench janus`): what forwarding costs Hearth's SFU next to
-//! Janus 1.1.2's VideoRoom (Debian's `janus`, which `make bench-janus` installs), on this
-//! machine, in one run, alternating.
+//! `make bench-janus` (`cargo bench --profile ship --bench janus`): what forwarding costs
+//! Hearth's SFU, built as it ships, next to Janus 1.1.2's VideoRoom (Debian's `janus`, which
+//! `make bench-janus` installs), on this machine, in one run, alternating.
 //!
 //! The same headless Chromium at default settings with its fake camera and mic, `PHONES` of
 //! them each time, each publishing H.264 (two simulcast encodings, full and half size, as
