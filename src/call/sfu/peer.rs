@@ -56,6 +56,10 @@ const MOST_TIMEOUTS_PER_DRAIN: u32 = 4096;
 /// a packet arrives every few milliseconds in a call and does it on its way, so a wake-up of
 /// its own is rarely needed. Nothing a viewer sees or hears waits on it.
 const HOUSEKEEPING_SLACK: Duration = Duration::from_millis(20);
+/// How late the NACK scan (every 33 ms) and TWCC feedback (every 50 ms) may run: a tenth of a
+/// round trip on a home link, and in a call a datagram comes within it to do them on its way
+/// (about one wake-up in ten was theirs, bench-janus at N = 3).
+const FEEDBACK_SLACK: Duration = Duration::from_millis(10);
 
 /// A track this phone publishes.
 #[derive(Debug)]
@@ -964,8 +968,9 @@ impl Peer {
 
 /// How late what str0m wakes up for may be done, to be done on a wake-up the call makes
 /// anyway: receiver and sender reports, statistics, the pacer's budget and paused-stream
-/// checks. Packets, resends, probes, connecting, the NACK scan, TWCC feedback and the
-/// estimator's own timers are not put off.
+/// checks by `HOUSEKEEPING_SLACK`; the NACK scan and TWCC feedback by `FEEDBACK_SLACK`.
+/// Packets, resends, probes, connecting and the estimator's own timers are not put off. Only
+/// a phone with nothing to probe gets any (`Peer::drain`).
 fn slack(reason: Reason) -> Duration {
     match reason {
         Reason::Pacer(PacerReason::Handle)
@@ -973,6 +978,7 @@ fn slack(reason: Reason) -> Duration {
         | Reason::Stats
         | Reason::PauseCheck
         | Reason::NotHappening => HOUSEKEEPING_SLACK,
+        Reason::Nack | Reason::Twcc => FEEDBACK_SLACK,
         _ => Duration::ZERO,
     }
 }
@@ -1004,9 +1010,9 @@ mod tests {
             slack(Reason::Pacer(PacerReason::Handle)),
             HOUSEKEEPING_SLACK
         );
+        assert_eq!(slack(Reason::Twcc), FEEDBACK_SLACK);
+        assert_eq!(slack(Reason::Nack), FEEDBACK_SLACK);
         for reason in [
-            Reason::Twcc,
-            Reason::Nack,
             Reason::Pacer(PacerReason::Paced),
             Reason::Pacer(PacerReason::Unpaced),
             Reason::Pacer(PacerReason::Probe1),
