@@ -56,9 +56,9 @@ const MOST_TIMEOUTS_PER_DRAIN: u32 = 4096;
 /// a packet arrives every few milliseconds in a call and does it on its way, so a wake-up of
 /// its own is rarely needed. Nothing a viewer sees or hears waits on it.
 const HOUSEKEEPING_SLACK: Duration = Duration::from_millis(20);
-/// How late the NACK scan (every 33 ms) and TWCC feedback (every 50 ms) may run: a tenth of a
-/// round trip on a home link, and in a call a datagram comes within it to do them on its way
-/// (about one wake-up in ten was theirs, bench-janus at N = 3).
+/// How late the NACK scan (every 33 ms) and TWCC feedback (every 50 ms) may run: less than
+/// the phones' own feedback intervals, and in a call a datagram comes within it to do them on
+/// its way (about one wake-up in ten was theirs, bench-janus at N = 3).
 const FEEDBACK_SLACK: Duration = Duration::from_millis(10);
 
 /// A track this phone publishes.
